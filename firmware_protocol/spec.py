@@ -1,0 +1,590 @@
+"""The one declarative specification of the host <-> board protocol.
+
+Everything else in this package — the Python message classes (``messages.py``), the codec,
+the C header (``python -m firmware_protocol c-header``) and ``docs/protocol.md``
+(``python -m firmware_protocol docs``) — is derived from the data in this file.
+
+Wire conventions: little-endian, packed, no padding. ``str`` is a u8 length followed by UTF-8
+bytes; ``T[]`` is a u16 element count followed by the elements; ``records`` is a u16 count
+followed by packed records of the named record type.
+
+Changing anything here changes :data:`SPEC_HASH`, which the handshake compares, and the
+per-message CRC seeds, so a board built from another spec is refused instead of misparsed.
+The two handshake messages (``hello``, ``hello_reply``) are frozen: never change them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import asdict, dataclass
+from enum import IntEnum, IntFlag
+from typing import Literal
+
+PROTOCOL_VERSION = 1
+"""Framing/header version carried in every frame header."""
+
+MAX_PAYLOAD = 1024
+"""Largest payload in bytes; a frame announcing more is rejected."""
+
+HEADER_SIZE = 7  # version u8, msg_id u8, flags u8, seq u16, payload_len u16
+CRC_SIZE = 4
+
+Direction = Literal["host_to_board", "board_to_host"]
+
+SCALAR_TYPES: dict[str, tuple[str, int, str]] = {
+    # wire type: (struct code, size in bytes, C type)
+    "u8": ("B", 1, "uint8_t"),
+    "u16": ("H", 2, "uint16_t"),
+    "u32": ("I", 4, "uint32_t"),
+    "u64": ("Q", 8, "uint64_t"),
+    "i8": ("b", 1, "int8_t"),
+    "i16": ("h", 2, "int16_t"),
+    "i32": ("i", 4, "int32_t"),
+    "f32": ("f", 4, "float"),
+    "f64": ("d", 8, "double"),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str  # a scalar type, "str", "<scalar>[]" or "records"
+    unit: str = ""
+    doc: str = ""
+    max_len: int = 0  # for str / arrays / records: maximum element count
+    record: str = ""  # for "records": the record type name
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.type in SCALAR_TYPES
+
+    @property
+    def is_array(self) -> bool:
+        return self.type.endswith("[]")
+
+    @property
+    def elem_type(self) -> str:
+        return self.type[:-2]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A fixed-size packed record carried many to a frame (sample streams)."""
+
+    name: str
+    doc: str
+    fields: tuple[Field, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(SCALAR_TYPES[f.type][1] for f in self.fields)
+
+
+@dataclass(frozen=True)
+class Message:
+    name: str
+    id: int
+    direction: Direction
+    doc: str
+    fields: tuple[Field, ...] = ()
+    acked: bool = False  # a request the board answers (ok / error / a named reply)
+    reply: str = ""  # the reply message for acked requests ("ok" when empty)
+    stream: str = ""  # for stream data: the stream it belongs to
+    frozen: bool = False  # handshake messages: never change
+
+
+class ErrorCode(IntEnum):
+    """Codes carried by the ``error`` message."""
+
+    COMPLIANCE = 1
+    INTERLOCK = 2
+    BUSY = 3
+    BAD_ARGUMENT = 4
+    UNKNOWN_MESSAGE = 5
+    VERSION_MISMATCH = 6
+    NOT_AVAILABLE = 7
+    LIMIT = 8
+    INTERNAL = 9
+    NOT_READY = 10
+
+
+class FrameFlags(IntFlag):
+    NONE = 0
+    RESPONSE = 0x01  # the frame answers the request with the same seq
+    RETRY = 0x02  # a retransmission of a request already sent with this seq
+    STREAM = 0x04  # unsolicited stream data
+
+
+class Stream(IntEnum):
+    """Sample streams: each has its own 32-bit sequence and ring buffer on the board."""
+
+    AGING = 0
+    SWEEP = 1
+    SPECTRUM = 2
+
+
+class SmuMode(IntEnum):
+    SOURCE_V = 0
+    SOURCE_I = 1
+
+
+class SweepEnd(IntEnum):
+    COMPLETED = 0
+    COMPLIANCE = 1
+    ABORTED = 2
+    INTERLOCK = 3
+    BREAKDOWN = 4
+    REBOOT = 5
+
+
+class SampleFlags(IntFlag):
+    NONE = 0
+    COMPLIANCE = 0x01  # the source hit its compliance
+    PD_SATURATED = 0x02  # the photodiode saturated even at the lowest gain
+    REVERSE = 0x04  # sweep point on the return (reverse) scan
+    SHORT = 0x08  # the pixel is shorted (voltage collapsed)
+    OPEN = 0x10  # the pixel is open (current cannot be sourced)
+    STOPPED = 0x20  # the channel stopped after this sample (failure / interlock / command)
+    AUTORANGED = 0x40  # the photodiode gain changed for this reading
+
+
+class WatchdogPolicy(IntEnum):
+    KEEP_AGING = 0  # on host silence: SMU off, aging channels keep running and buffering
+    GO_SAFE = 1  # on host silence: all outputs off
+
+
+class Fault(IntFlag):
+    NONE = 0
+    INTERLOCK_OPEN = 0x01
+    OVER_TEMPERATURE = 0x02
+    WATCHDOG_EXPIRED = 0x04
+    SPECTROMETER = 0x08
+    RING_OVERFLOW = 0x10  # samples were overwritten before the host acknowledged them
+
+
+class EventCode(IntEnum):
+    INTERLOCK_OPEN = 1
+    INTERLOCK_CLOSED = 2
+    CHANNEL_STOPPED = 3
+    PIXEL_SHORT = 4
+    PIXEL_OPEN = 5
+    COMPLIANCE = 6
+    WATCHDOG_EXPIRED = 7
+    OVER_TEMPERATURE = 8
+
+
+class SpectrumKind(IntEnum):
+    PHOTON_COUNTS = 0
+    ENERGY = 1
+
+
+F = Field
+
+RECORDS: tuple[Record, ...] = (
+    Record(
+        "aging_sample",
+        "One constant-current aging sample of one channel.",
+        (
+            F("seq", "u32", doc="sample sequence number of the AGING stream"),
+            F("t_us", "u64", "us", "board time since its epoch"),
+            F("channel", "u8", doc="aging channel (0-based)"),
+            F("pixel", "u8", doc="pixel driven by the channel (1-based)"),
+            F("flags", "u8", doc="SampleFlags"),
+            F("pd_gain", "u8", doc="photodiode gain index used"),
+            F("current_a", "f32", "A", "measured drive current"),
+            F("voltage_v", "f32", "V", "measured pixel voltage"),
+            F("photodiode_a", "f32", "A", "photodiode current (not dark-subtracted)"),
+            F("temperature_c", "f32", "degC", "substrate temperature"),
+        ),
+    ),
+    Record(
+        "sweep_point",
+        "One point of an on-board J-V-L sweep program.",
+        (
+            F("seq", "u32", doc="sample sequence number of the SWEEP stream"),
+            F("t_us", "u64", "us", "board time at the end of the point's integration"),
+            F("sweep_id", "u16", doc="the id the host gave the sweep"),
+            F("index", "u16", doc="point index in the program (0-based, forward then reverse)"),
+            F("pixel", "u8", doc="pixel (1-based)"),
+            F("flags", "u8", doc="SampleFlags"),
+            F("pd_gain", "u8", doc="photodiode gain index used"),
+            F("voltage_set_v", "f32", "V", "programmed voltage"),
+            F("voltage_v", "f32", "V", "measured voltage"),
+            F("current_a", "f32", "A", "measured current"),
+            F("photodiode_a", "f32", "A", "photodiode current (not dark-subtracted)"),
+        ),
+    ),
+)
+
+MESSAGES: tuple[Message, ...] = (
+    # --- handshake (frozen) -----------------------------------------------------------------
+    Message(
+        "hello", 0x01, "host_to_board",
+        "First message of a session. The board answers hello_reply whatever its spec.",
+        (F("protocol_version", "u16"), F("spec_hash", "u32", doc="host's SPEC_HASH")),
+        acked=True, reply="hello_reply", frozen=True,
+    ),
+    Message(
+        "hello_reply", 0x02, "board_to_host",
+        "The board's identity; the host refuses a board whose spec_hash differs from its own.",
+        (
+            F("protocol_version", "u16"),
+            F("spec_hash", "u32", doc="SPEC_HASH the firmware was built from"),
+            F("boot_id", "u32", doc="changes at every board reset"),
+            F("firmware_version", "str", max_len=32),
+            F("serial_number", "str", max_len=32),
+        ),
+        frozen=True,
+    ),
+    # --- generic replies --------------------------------------------------------------------
+    Message(
+        "ok", 0x03, "board_to_host",
+        "Success reply to an acknowledged request with no data of its own.",
+        (F("value", "u32", doc="request-specific value (e.g. first sequence number replayed)"),),
+    ),
+    Message(
+        "error", 0x04, "board_to_host",
+        "Failure reply to a request (or unsolicited with seq 0 for an unknown frame).",
+        (
+            F("code", "u8", doc="ErrorCode"),
+            F("ref_msg_id", "u8", doc="message id of the request that failed"),
+            F("detail", "str", max_len=96, doc="human-readable reason"),
+        ),
+    ),
+    Message(
+        "get_capabilities", 0x05, "host_to_board", "Ask for the board's capabilities.",
+        acked=True, reply="capabilities",
+    ),
+    Message(
+        "capabilities", 0x06, "board_to_host", "What the board has and its limits.",
+        (
+            F("n_substrates", "u8"),
+            F("pixels_per_substrate", "u8"),
+            F("n_aging_channels", "u8"),
+            F("n_temperature_sensors", "u8"),
+            F("smu_voltage_ranges_v", "f32[]", "V", max_len=8),
+            F("smu_current_ranges_a", "f32[]", "A", max_len=8),
+            F("max_voltage_v", "f32", "V", "largest voltage the SMU can source"),
+            F("max_current_a", "f32", "A", "largest current the SMU can source"),
+            F("max_aging_current_a", "f32", "A", "largest current of an aging driver"),
+            F("aging_compliance_v", "f32", "V", "aging drivers' voltage compliance"),
+            F("pd_gains_v_per_a", "f32[]", "V/A", "transimpedance of each photodiode gain", 8),
+            F("pd_full_scale_v", "f32", "V", "ADC full scale of the photodiode amplifier"),
+            F("pd_adc_bits", "u8"),
+            F("spectrometer_pixels", "u16"),
+            F("wavelength_cal", "f64[]", "nm", "lambda(p) = sum c_k p^k, p = pixel index", 6),
+            F("spectrum_kind", "u8", doc="SpectrumKind: photon counts or energy"),
+            F("spectrometer_max_counts", "u32"),
+            F("ring_depth", "u32", doc="aging samples the board buffers"),
+            F("board_tick_us", "u32", "us", "period of the board's control loop"),
+        ),
+    ),
+    Message(
+        "ping", 0x07, "host_to_board", "Liveness check; also feeds the watchdog.",
+        (F("nonce", "u32"),), acked=True, reply="pong",
+    ),
+    Message(
+        "pong", 0x08, "board_to_host", "Reply to ping.",
+        (F("nonce", "u32"), F("t_us", "u64", "us", "board time")),
+    ),
+    # --- status / safety --------------------------------------------------------------------
+    Message(
+        "get_status", 0x09, "host_to_board", "Ask for a status message.",
+        acked=True, reply="status",
+    ),
+    Message(
+        "status", 0x0A, "board_to_host",
+        "Board state; sent in reply to get_status and unsolicited once a second (seq 0).",
+        (
+            F("t_us", "u64", "us", "board time"),
+            F("boot_id", "u32"),
+            F("faults", "u32", doc="Fault bits"),
+            F("interlock_closed", "u8", doc="1 when the interlock permits outputs"),
+            F("smu_output_on", "u8"),
+            F("sweep_active", "u8"),
+            F("aging_active_mask", "u32", doc="bit k set when aging channel k runs"),
+            F("temperatures_c", "f32[]", "degC", max_len=8),
+            F("aging_head_seq", "u32", doc="next seq the AGING stream will use"),
+            F("sweep_head_seq", "u32", doc="next seq the SWEEP stream will use"),
+            F("spectrum_head_seq", "u32", doc="next seq the SPECTRUM stream will use"),
+            F("aging_oldest_seq", "u32", doc="oldest AGING seq still in the ring buffer"),
+        ),
+    ),
+    Message(
+        "all_off", 0x0B, "host_to_board",
+        "Every output off: SMU, sweep, all aging channels. Always accepted.", acked=True,
+    ),
+    Message(
+        "set_watchdog", 0x0C, "host_to_board",
+        "What the board does when the host is silent for timeout_ms (0 disables).",
+        (F("timeout_ms", "u32", "ms"), F("policy", "u8", doc="WatchdogPolicy")),
+        acked=True,
+    ),
+    Message(
+        "event", 0x0D, "board_to_host",
+        "Unsolicited notification (interlock, failure, compliance, watchdog).",
+        (
+            F("code", "u8", doc="EventCode"),
+            F("channel", "u8", doc="aging channel or 0xFF"),
+            F("pixel", "u8", doc="pixel or 0"),
+            F("t_us", "u64", "us"),
+            F("value", "f32", doc="code-specific value"),
+            F("detail", "str", max_len=64),
+        ),
+    ),
+    # --- SMU and multiplexer ----------------------------------------------------------------
+    Message(
+        "mux_select", 0x10, "host_to_board",
+        "Connect the SMU to one pixel (1-based) or to none (0).", (F("pixel", "u8"),), acked=True,
+    ),
+    Message(
+        "smu_configure", 0x11, "host_to_board", "Source mode, range, compliance, integration.",
+        (
+            F("mode", "u8", doc="SmuMode"),
+            F("range_index", "u8", doc="index into the board's ranges, 0xFF = autorange"),
+            F("compliance", "f32", "A or V", "current limit (source V) or voltage limit"),
+            F("integration_ms", "f32", "ms"),
+        ),
+        acked=True,
+    ),
+    Message(
+        "smu_output", 0x12, "host_to_board", "Set the source level and switch the output.",
+        (F("enable", "u8"), F("level", "f32", "V or A")), acked=True,
+    ),
+    Message(
+        "smu_measure", 0x13, "host_to_board", "One measurement of the selected pixel.",
+        acked=True, reply="smu_reading",
+    ),
+    Message(
+        "smu_reading", 0x14, "board_to_host", "Reply to smu_measure.",
+        (
+            F("t_us", "u64", "us"),
+            F("voltage_v", "f32", "V"),
+            F("current_a", "f32", "A"),
+            F("photodiode_a", "f32", "A", "photodiode of the selected pixel"),
+            F("pd_gain", "u8"),
+            F("flags", "u8", doc="SampleFlags"),
+        ),
+    ),
+    # --- on-board sweep program -------------------------------------------------------------
+    Message(
+        "sweep_start", 0x15, "host_to_board",
+        "Run a voltage sweep on one pixel on the board; points stream as sweep_point records, "
+        "spectra as spectrum messages, and sweep_done ends it.",
+        (
+            F("sweep_id", "u16", doc="host-chosen id, echoed in every point"),
+            F("pixel", "u8"),
+            F("start_v", "f32", "V", "linear program (ignored when voltages_v is given)"),
+            F("stop_v", "f32", "V"),
+            F("step_v", "f32", "V"),
+            F("voltages_v", "f32[]", "V", "list program (empty for linear)", 200),
+            F("dwell_ms", "f32", "ms", "settling time before each reading"),
+            F("integration_ms", "f32", "ms"),
+            F("compliance_a", "f32", "A"),
+            F("options", "u8", doc="bit0 reverse scan too, bit1 stop on compliance, "
+                                   "bit2 photodiode autorange"),
+            F("pd_gain", "u8", doc="initial photodiode gain index"),
+            F("spectrum_at_v", "f32[]", "V", "take a spectrum at these set voltages", 16),
+            F("spectrum_integration_ms", "f32", "ms"),
+            F("breakdown_v_drop", "f32", "V",
+              "end when the measured voltage falls this far below the set voltage (0: off)"),
+        ),
+        acked=True,
+    ),
+    Message(
+        "sweep_abort", 0x16, "host_to_board", "Stop the running sweep; output off.", acked=True,
+    ),
+    Message(
+        "sweep_done", 0x17, "board_to_host", "End of a sweep program.",
+        (
+            F("sweep_id", "u16"),
+            F("n_points", "u16"),
+            F("reason", "u8", doc="SweepEnd"),
+            F("last_seq", "u32", doc="SWEEP seq of its last point (0xFFFFFFFF when none)"),
+        ),
+    ),
+    # --- constant-current aging -------------------------------------------------------------
+    Message(
+        "aging_start", 0x18, "host_to_board",
+        "Drive a pixel at constant current on an aging channel, sampling every interval.",
+        (
+            F("channel", "u8"),
+            F("pixel", "u8"),
+            F("current_a", "f32", "A"),
+            F("interval_ms", "u32", "ms"),
+            F("compliance_v", "f32", "V"),
+            F("pd_gain", "u8", doc="initial photodiode gain (autoranged on the board)"),
+        ),
+        acked=True,
+    ),
+    Message(
+        "aging_set", 0x19, "host_to_board", "Change a running channel's current or interval.",
+        (F("channel", "u8"), F("current_a", "f32", "A"), F("interval_ms", "u32", "ms")),
+        acked=True,
+    ),
+    Message(
+        "aging_stop", 0x1A, "host_to_board", "Stop an aging channel (output off).",
+        (F("channel", "u8"),), acked=True,
+    ),
+    # --- photodiodes and spectrometer -------------------------------------------------------
+    Message(
+        "pd_configure", 0x1B, "host_to_board", "Photodiode gain and autorange (pixel 0 = all).",
+        (F("pixel", "u8"), F("gain_index", "u8"), F("autorange", "u8")), acked=True,
+    ),
+    Message(
+        "pd_read", 0x1C, "host_to_board", "Average n readings of a pixel's photodiode.",
+        (F("pixel", "u8"), F("n", "u16"), F("integration_ms", "f32", "ms")),
+        acked=True, reply="pd_reading",
+    ),
+    Message(
+        "pd_reading", 0x1D, "board_to_host", "Reply to pd_read.",
+        (
+            F("pixel", "u8"),
+            F("gain_index", "u8"),
+            F("flags", "u8", doc="SampleFlags"),
+            F("mean_a", "f32", "A"),
+            F("std_a", "f32", "A", "standard deviation of the n readings"),
+        ),
+    ),
+    Message(
+        "spectrum_acquire", 0x1E, "host_to_board",
+        "Take one spectrum of a pixel (the SMU's present operating point); answered by a "
+        "spectrum message on the SPECTRUM stream, whose seq the ok carries.",
+        (F("pixel", "u8"), F("integration_ms", "f32", "ms")), acked=True,
+    ),
+    Message(
+        "spectrum", 0x1F, "board_to_host",
+        "One spectrum (dark counts not subtracted; see the dark fields).", (
+            F("seq", "u32", doc="sample sequence number of the SPECTRUM stream"),
+            F("t_us", "u64", "us"),
+            F("sweep_id", "u16", doc="0xFFFF when not part of a sweep"),
+            F("index", "u16", doc="sweep point index it was taken at"),
+            F("pixel", "u8"),
+            F("flags", "u8", doc="bit0 saturated"),
+            F("voltage_v", "f32", "V"),
+            F("current_a", "f32", "A"),
+            F("integration_ms", "f32", "ms"),
+            F("dark_counts", "f32", doc="mean dark level per pixel at this integration"),
+            F("counts", "u16[]", max_len=300),
+        ),
+        stream="SPECTRUM",
+    ),
+    # --- sample streams ---------------------------------------------------------------------
+    Message(
+        "aging_samples", 0x20, "board_to_host", "A block of AGING stream records.",
+        (F("records", "records", record="aging_sample", max_len=31),), stream="AGING",
+    ),
+    Message(
+        "sweep_points", 0x21, "board_to_host", "A block of SWEEP stream records.",
+        (F("records", "records", record="sweep_point", max_len=28),), stream="SWEEP",
+    ),
+    Message(
+        "stream_ack", 0x22, "host_to_board",
+        "The host has stored every record of a stream up to and including seq; the board may "
+        "free them. Not acknowledged (sent again with the next ack).",
+        (F("stream", "u8", doc="Stream"), F("seq", "u32")),
+    ),
+    Message(
+        "stream_replay", 0x23, "host_to_board",
+        "Send again the records of a stream from from_seq to to_seq inclusive "
+        "(0xFFFFFFFF: to the head). ok.value is the first seq the board still holds.",
+        (F("stream", "u8", doc="Stream"), F("from_seq", "u32"), F("to_seq", "u32")),
+        acked=True,
+    ),
+)
+
+MESSAGES_BY_NAME: dict[str, Message] = {m.name: m for m in MESSAGES}
+MESSAGES_BY_ID: dict[int, Message] = {m.id: m for m in MESSAGES}
+RECORDS_BY_NAME: dict[str, Record] = {r.name: r for r in RECORDS}
+
+ENUMS: tuple[type[IntEnum] | type[IntFlag], ...] = (
+    ErrorCode, FrameFlags, Stream, SmuMode, SweepEnd, SampleFlags, WatchdogPolicy, Fault,
+    EventCode, SpectrumKind,
+)
+
+FROZEN_HANDSHAKE = ("hello", "hello_reply")
+
+
+def _canonical(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def message_crc_seed(msg: Message) -> int:
+    """The per-message CRC seed (MAVLink's CRC_EXTRA, 32 bits wide).
+
+    The CRC-32 of a frame starts from this value, so a frame whose message layout differs
+    between two specs fails its CRC rather than decoding into wrong numbers.
+    """
+    desc: dict[str, object] = {"name": msg.name, "id": msg.id,
+                               "fields": [asdict(f) for f in msg.fields]}
+    for f in msg.fields:
+        if f.type == "records":
+            desc["record:" + f.record] = [asdict(x) for x in RECORDS_BY_NAME[f.record].fields]
+    return zlib.crc32(_canonical(desc))
+
+
+def _spec_hash() -> int:
+    desc = {
+        "protocol_version": PROTOCOL_VERSION,
+        "max_payload": MAX_PAYLOAD,
+        "messages": [asdict(m) for m in MESSAGES],
+        "records": [asdict(r) for r in RECORDS],
+        "enums": {e.__name__: {k: int(v) for k, v in e.__members__.items()} for e in ENUMS},
+    }
+    return int.from_bytes(hashlib.sha256(_canonical(desc)).digest()[:4], "little")
+
+
+SPEC_HASH: int = _spec_hash()
+CRC_SEEDS: dict[int, int] = {m.id: message_crc_seed(m) for m in MESSAGES}
+
+
+def _validate() -> None:
+    ids = [m.id for m in MESSAGES]
+    if len(set(ids)) != len(ids):
+        raise AssertionError("duplicate message id in spec")
+    for m in MESSAGES:
+        if not 0 < m.id < 256:
+            raise AssertionError(f"{m.name}: id out of range")
+        if m.acked and m.direction != "host_to_board":
+            raise AssertionError(f"{m.name}: only requests are acknowledged")
+        if m.reply and m.reply not in MESSAGES_BY_NAME:
+            raise AssertionError(f"{m.name}: unknown reply {m.reply}")
+        for f in m.fields:
+            if f.type == "records":
+                if f.record not in RECORDS_BY_NAME:
+                    raise AssertionError(f"{m.name}.{f.name}: unknown record {f.record}")
+            elif f.type == "str":
+                if not 0 < f.max_len < 256:
+                    raise AssertionError(f"{m.name}.{f.name}: str needs max_len < 256")
+            elif f.is_array:
+                if f.elem_type not in SCALAR_TYPES or f.max_len <= 0:
+                    raise AssertionError(f"{m.name}.{f.name}: bad array")
+            elif f.type not in SCALAR_TYPES:
+                raise AssertionError(f"{m.name}.{f.name}: unknown type {f.type}")
+        size = max_payload_size(m)
+        if size > MAX_PAYLOAD:
+            raise AssertionError(f"{m.name}: can exceed MAX_PAYLOAD ({size} bytes)")
+
+
+def max_payload_size(m: Message) -> int:
+    n = 0
+    for f in m.fields:
+        if f.is_scalar:
+            n += SCALAR_TYPES[f.type][1]
+        elif f.type == "str":
+            n += 1 + f.max_len
+        elif f.type == "records":
+            n += 2 + f.max_len * RECORDS_BY_NAME[f.record].size
+        else:
+            n += 2 + f.max_len * SCALAR_TYPES[f.elem_type][1]
+    return n
+
+
+_validate()
+
+__all__ = [
+    "CRC_SEEDS", "HEADER_SIZE", "MAX_PAYLOAD", "MESSAGES", "MESSAGES_BY_ID", "MESSAGES_BY_NAME",
+    "PROTOCOL_VERSION", "RECORDS", "RECORDS_BY_NAME", "SPEC_HASH", "Field", "Message", "Record",
+]

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up everything this project needs on a fresh Debian/Ubuntu machine, idempotently:
+#   scripts/bootstrap.sh          Python venv (.venv) with the package and its dependencies
+#   scripts/bootstrap.sh --test   ... plus what the test suite needs (a C compiler,
+#                                 Mosquitto, VictoriaMetrics)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+apt_updated=0
+apt_install() {  # apt_install PKG... : install Debian packages that are missing
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "bootstrap: please install ${missing[*]} (no apt-get on this machine)" >&2
+        return 1
+    fi
+    if [ $apt_updated = 0 ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+    echo "bootstrap: installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+PY=${PYTHON:-python3}
+if ! command -v "$PY" >/dev/null || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    apt_install python3 python3-venv python3-pip
+    PY=python3
+fi
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "bootstrap: Python >= 3.11 is required (found $("$PY" --version))" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    if ! "$PY" -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        apt_install "python${ver}-venv" || apt_install python3-venv
+        "$PY" -m venv .venv
+    fi
+fi
+
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[test,dev]"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
+
+if [ $want_test = 1 ]; then
+    command -v gcc >/dev/null || apt_install gcc libc6-dev
+fi
