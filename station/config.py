@@ -1,0 +1,187 @@
+"""Station configuration: one TOML file validated by pydantic, environment overrides on top.
+
+Any key can be overridden from the environment as ``STATION_<SECTION>__<KEY>``, e.g.
+``STATION_BOARD__URL=socket://127.0.0.1:7000`` or ``STATION_LIMITS__MAX_VOLTAGE_V=8``.
+A bad file fails with :class:`ConfigError` naming the field and the reason, before anything is
+driven.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the field and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StationSection(_Strict):
+    id: str = Field("station-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+
+
+class BoardSection(_Strict):
+    url: str = Field("socket://127.0.0.1:7000", description="pyserial URL or device path")
+    baudrate: int = Field(921600, gt=0)
+    request_timeout_s: float = Field(0.5, gt=0)
+    max_attempts: int = Field(4, ge=1, le=20)
+    reconnect_min_s: float = Field(0.2, gt=0)
+    reconnect_max_s: float = Field(5.0, gt=0)
+    watchdog_s: float = Field(10.0, ge=0, description="host silence before the board acts; 0 off")
+    watchdog_policy: Literal["keep_aging", "go_safe"] = "keep_aging"
+
+
+class PixelConfig(_Strict):
+    number: int = Field(..., ge=1, le=255, description="board pixel number (1-based)")
+    label: str = ""
+    area_mm2: float = Field(4.0, gt=0, le=10000)
+    device: str = Field("", description="device name or simulator preset")
+
+
+class SubstrateConfig(_Strict):
+    id: str = Field(..., min_length=1)
+    pixels: list[PixelConfig] = Field(default_factory=list)
+
+
+class CalibrationSection(_Strict):
+    responsivity_file: str | None = Field(
+        None, description="CSV wavelength_nm,a_per_w; default: the built-in Si photodiode table")
+    photodiode_radius_mm: float = Field(5.64, gt=0)
+    photodiode_distance_mm: float = Field(10.0, gt=0)
+    geometry_factor: float | None = Field(
+        None, gt=0, le=1, description="measured fraction of forward light on the photodiode; "
+        "overrides the on-axis Lambertian r^2/(r^2+d^2)")
+
+
+class LimitsSection(_Strict):
+    max_current_density_ma_cm2: float = Field(1000.0, gt=0)
+    max_voltage_v: float = Field(10.0, gt=0)
+    max_aging_current_density_ma_cm2: float = Field(500.0, gt=0)
+
+
+class StoreSection(_Strict):
+    path: str = "station.db"
+    batch_ms: float = Field(100.0, gt=0, description="longest a sample waits before commit")
+
+
+class MqttSection(_Strict):
+    enabled: bool = False
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    topic_prefix: str = "ledstation"
+    aging_publish_hz: float = Field(1.0, gt=0)
+
+
+class InfluxSection(_Strict):
+    enabled: bool = False
+    url: str = "http://127.0.0.1:8086"
+    token: str = ""
+    org: str = "lab"
+    bucket: str = "ledstation"
+    batch_size: int = Field(5000, ge=1)
+
+
+class StationConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STATION_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    station: StationSection = Field(default_factory=StationSection)
+    board: BoardSection = Field(default_factory=BoardSection)
+    substrates: list[SubstrateConfig] = Field(default_factory=list)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    influxdb: InfluxSection = Field(default_factory=InfluxSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment overrides the file
+        return env_settings, init_settings
+
+    @field_validator("substrates")
+    @classmethod
+    def _unique_pixels(cls, subs: list[SubstrateConfig]) -> list[SubstrateConfig]:
+        seen: dict[int, str] = {}
+        ids: set[str] = set()
+        for s in subs:
+            if s.id in ids:
+                raise ValueError(f"substrate id {s.id!r} appears twice")
+            ids.add(s.id)
+            for p in s.pixels:
+                if p.number in seen:
+                    raise ValueError(f"pixel {p.number} is in substrate {seen[p.number]!r} "
+                                     f"and {s.id!r}")
+                seen[p.number] = s.id
+        return subs
+
+    @model_validator(mode="after")
+    def _backoff(self) -> StationConfig:
+        if self.board.reconnect_max_s < self.board.reconnect_min_s:
+            raise ValueError("board.reconnect_max_s must be >= board.reconnect_min_s")
+        return self
+
+    def pixel(self, number: int) -> tuple[SubstrateConfig | None, PixelConfig]:
+        """The configured pixel, or a default 4 mm² pixel when none is configured."""
+        for s in self.substrates:
+            for p in s.pixels:
+                if p.number == number:
+                    return s, p
+        return None, PixelConfig(number=number, label=f"px{number}")
+
+    def all_pixels(self) -> list[tuple[SubstrateConfig, PixelConfig]]:
+        return [(s, p) for s in self.substrates for p in s.pixels]
+
+
+def _format_errors(e: ValidationError, where: str) -> str:
+    lines = [f"invalid configuration {where}:"]
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see examples/sim-station.toml)"
+        lines.append(f"  {loc}: {msg}" + (f" (got {json.dumps(err['input'], default=str)[:60]})"
+                                          if err["type"] != "extra_forbidden"
+                                          and not isinstance(err.get("input"), dict) else ""))
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> StationConfig:
+    """Read and validate a TOML configuration; environment variables override it."""
+    data: dict[str, Any] = {}
+    where = "(defaults and environment)"
+    if path is not None:
+        p = Path(path)
+        where = f"in {p}"
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"configuration file {p} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {p}: {e}") from None
+    data.update(overrides)
+    try:
+        return StationConfig(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None

@@ -1,0 +1,64 @@
+"""The store: WAL, dedup on replay, batch commit, cursors survive a reopen."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+from station.store import AGING_COLUMNS, Store
+
+
+def row(seq: int, run_id: int | None = None) -> tuple:
+    vals = {c: None for c in AGING_COLUMNS}
+    vals.update(seq=seq, run_id=run_id, t_us=seq * 1_000_000, channel=0, pixel=1, flags=0,
+                current_a=1e-3, voltage_v=3.0, photodiode_a=1e-6)
+    return tuple(vals[c] for c in AGING_COLUMNS)
+
+
+def test_replayed_rows_are_not_duplicated(tmp_path):
+    st = Store(tmp_path / "s.db")
+    st.add_rows("aging_samples", AGING_COLUMNS, [row(i) for i in range(100)])
+    assert st.flush() == 100
+    st.add_rows("aging_samples", AGING_COLUMNS, [row(i) for i in range(50, 150)])
+    assert st.flush() == 50
+    assert st.count("aging_samples") == 150
+    mode = st.db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    st.close()
+
+
+def test_unflushed_batch_is_lost_on_kill_but_committed_data_and_stream_state_survive(tmp_path):
+    db = tmp_path / "s.db"
+    code = f"""
+import os
+from station.store import Store, AGING_COLUMNS
+from tests.test_station_store import row
+st = Store({str(db)!r})
+st.add_rows("aging_samples", AGING_COLUMNS, [row(i) for i in range(10)])
+st.set_stream_next(0, 10)
+st.flush()
+st.add_rows("aging_samples", AGING_COLUMNS, [row(i) for i in range(10, 20)])
+st.set_stream_next(0, 20)
+os.kill(os.getpid(), 9)
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path.parent.parent), capture_output=True,
+                       env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parent.parent)})
+    assert p.returncode == -9
+    st = Store(db)
+    assert st.count("aging_samples") == 10
+    assert st.stream_next(0) == 10  # the host resumes (asks the board to replay) from here
+    st.close()
+
+
+def test_runs_round_trip_json(tmp_path):
+    st = Store(tmp_path / "s.db")
+    rid = st.create_run(kind="sweep", station="s1", pixel=3, area_m2=4e-6, params={"a": [1, 2]})
+    st.finish_run(rid, "completed", "completed", {"von_v": 2.8})
+    r = st.run(rid)
+    assert r["params"] == {"a": [1, 2]} and r["summary"] == {"von_v": 2.8}
+    assert r["status"] == "completed" and r["ended_at"] >= r["started_at"]
+    st.close()
+    # the file is a plain SQLite database anyone can read
+    con = sqlite3.connect(tmp_path / "s.db")
+    assert con.execute("SELECT pixel FROM runs").fetchone() == (3,)
