@@ -1,0 +1,1 @@
+"""LED test station hardware simulator."""
