@@ -106,6 +106,8 @@ def encode_payload(msg: BaseMessage) -> bytes:
             value = getattr(msg, f.name)
             if kind == "str":
                 raw = value.encode("utf-8")
+                if b"\x00" in raw:
+                    raise EncodeError(f"{msg.NAME}.{f.name}: strings may not contain NUL")
                 if len(raw) > f.max_len:
                     raise EncodeError(f"{msg.NAME}.{f.name}: {len(raw)} bytes > max {f.max_len}")
                 parts.append(bytes([len(raw)]) + raw)
@@ -164,8 +166,11 @@ def decode_payload(msg_id: int, payload: bytes | memoryview) -> BaseMessage:
             off += 1
             if n > f.max_len or off + n > n_total:
                 raise DecodeError(f"{cls.NAME}.{f.name}: bad string length {n}")
+            raw = bytes(buf[off : off + n])
+            if b"\x00" in raw:
+                raise DecodeError(f"{cls.NAME}.{f.name}: NUL inside a string")
             try:
-                values[f.name] = bytes(buf[off : off + n]).decode("utf-8")
+                values[f.name] = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DecodeError(f"{cls.NAME}.{f.name}: invalid UTF-8") from e
             off += n

@@ -60,7 +60,7 @@ def generate() -> str:
     w("than decoding into wrong numbers. A frame that fails COBS, length, CRC, version or payload")
     w("checks is dropped and counted; the decoder resynchronises at the next `0x00`.")
     w("")
-    w("Payload encodings: `str` is a u8 length and UTF-8 bytes; `T[≤n]` is a u16 count and the")
+    w("Payload encodings: `str` is a u8 length and UTF-8 bytes (no NUL); `T[≤n]` is a u16 count and the")
     w("elements; `record[≤n]` is a u16 count and packed records.")
     w("")
     w("## Sessions")

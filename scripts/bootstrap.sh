@@ -51,6 +51,37 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# apt_install_no_service PKG... : install server packages without starting or enabling their
+# system services (the test suite starts its own instances on free loopback ports). While apt
+# runs, a policy-rc.d that answers 101 keeps the maintainer scripts from starting anything;
+# afterwards the units of the packages installed here are disabled again.
+apt_install_no_service() {
+    local missing=() policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ ! -e "$policy" ] && command -v apt-get >/dev/null; then
+        printf '#!/bin/sh\n# bootstrap.sh: do not start services while installing\nexit 101\n' \
+            | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        made_policy=1
+    fi
+    apt_install "${missing[@]}" || rc=$?
+    [ $made_policy = 1 ] && $SUDO rm -f "$policy"
+    if [ $rc = 0 ] && command -v systemctl >/dev/null; then
+        for p in "${missing[@]}"; do
+            for unit in $(dpkg -L "$p" 2>/dev/null | grep -E '/systemd/system/[^/]+\.service$' \
+                          | xargs -r -n1 basename); do
+                $SUDO systemctl disable "$unit" >/dev/null 2>&1 || true
+            done
+        done
+    fi
+    return $rc
+}
+
 if [ $want_test = 1 ]; then
     command -v gcc >/dev/null || apt_install gcc libc6-dev
+    # real servers for the sink tests (tests/services.py): Mosquitto, VictoriaMetrics (InfluxDB
+    # line protocol), openssl for throw-away TLS certificates
+    command -v openssl >/dev/null || apt_install openssl
+    apt_install_no_service mosquitto victoria-metrics
 fi

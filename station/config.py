@@ -82,6 +82,37 @@ class MqttSection(_Strict):
     ca_file: str | None = None
     topic_prefix: str = "ledstation"
     aging_publish_hz: float = Field(1.0, gt=0)
+    # -- telemetry sink (station/sinks/mqtt.py, docs/mqtt.md) ------------------------------------
+    client_id: str | None = Field(None, description="default: ledstation-<station id>")
+    tls: bool | None = Field(None, description="default: on for mqtts:// or when ca_file is set")
+    client_cert: str | None = Field(None, description="PEM client certificate for mutual TLS")
+    client_key: str | None = Field(None, description="PEM key of client_cert")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    window: int = Field(200, ge=1, le=10000, description="QoS 1 publishes awaiting PUBACK at once")
+    batch_size: int = Field(1000, ge=1, le=100000, description="rows read from the store at once")
+    health_interval_s: float = Field(10.0, gt=0, description="period of the retained health topic")
+    poll_s: float = Field(0.2, gt=0, description="how often the sink looks for new rows")
+    retry_min_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="connect and PUBACK timeout")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("topic_prefix must be a non-empty MQTT topic without wildcards or "
+                             "leading/trailing '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _sink_checks(self) -> MqttSection:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("mqtt.retry_max_s must be >= mqtt.retry_min_s")
+        if (self.client_key is not None) and self.client_cert is None:
+            raise ValueError("mqtt.client_key needs mqtt.client_cert")
+        if not self.url.startswith(("mqtt://", "mqtts://", "tcp://", "ssl://")):
+            raise ValueError("mqtt.url must look like mqtt://host:port or mqtts://host:port")
+        return self
 
 
 class InfluxSection(_Strict):
@@ -91,6 +122,19 @@ class InfluxSection(_Strict):
     org: str = "lab"
     bucket: str = "ledstation"
     batch_size: int = Field(5000, ge=1)
+    # -- telemetry sink (station/sinks/influx.py) -------------------------------------------------
+    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one write")
+    poll_s: float = Field(0.5, gt=0, description="how often the sink looks for new rows")
+    retry_min_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    verify_tls: bool = True
+    ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _sink_checks(self) -> InfluxSection:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("influxdb.retry_max_s must be >= influxdb.retry_min_s")
+        return self
 
 
 class StationConfig(BaseSettings):

@@ -27,7 +27,9 @@ def field_value(f: Field) -> st.SearchStrategy:
         return scalar(f.type)
     if f.type == "str":
         # text whose UTF-8 encoding fits max_len bytes
-        return st.text(max_size=f.max_len).filter(lambda s: len(s.encode()) <= f.max_len)
+        # NUL-free text (C strings) whose UTF-8 encoding fits max_len bytes
+        return st.text(st.characters(blacklist_characters="\x00"), max_size=f.max_len).filter(
+            lambda s: len(s.encode()) <= f.max_len)
     if f.type == "records":
         rec = RECORDS_BY_NAME[f.record]
         dtype = RECORD_DTYPES[f.record]

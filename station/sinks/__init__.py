@@ -1,0 +1,29 @@
+"""Store-and-forward telemetry: sinks that read the local store by durable cursor.
+
+- :class:`MqttSink` — live telemetry, status (Last Will), events/alerts, run summaries;
+- :class:`InfluxSink` — history as line protocol over the InfluxDB v2 write API;
+- :func:`run_sinks` / :class:`SinkRunner` — what the daemon starts; :func:`health` reports lag;
+- :func:`publish_event` — persist a job event or alert; the MQTT sink publishes it.
+
+See ``docs/mqtt.md`` for topics and payloads.
+"""
+
+from station.sinks.cursor import Sink, SinkDB, ensure_sink_schema, publish_event
+from station.sinks.influx import InfluxSink
+from station.sinks.mqtt import AckClient, MqttSink, PublishRejected
+from station.sinks.runner import SinkRunner, health, notify, run_sinks
+
+__all__ = [
+    "AckClient",
+    "InfluxSink",
+    "MqttSink",
+    "PublishRejected",
+    "Sink",
+    "SinkDB",
+    "SinkRunner",
+    "ensure_sink_schema",
+    "health",
+    "notify",
+    "publish_event",
+    "run_sinks",
+]

@@ -1,0 +1,458 @@
+"""The MQTT sink: live telemetry, status, events/alerts and run summaries (aiomqtt, MQTT 5).
+
+Topics (``{p}`` = ``mqtt.topic_prefix``, ``{s}`` = the station id; see ``docs/mqtt.md``)::
+
+    {p}/{s}/status                retained  online / offline (the Last Will)
+    {p}/{s}/health                retained  sink lag and backlog, every health_interval_s
+    {p}/{s}/pixel/{n}/sweep                 every J-V-L sweep point
+    {p}/{s}/pixel/{n}/aging                 aging samples, decimated to aging_publish_hz
+    {p}/{s}/event/{kind...}                 job lifecycle events and alerts
+    {p}/{s}/run/{id}/summary      retained  summary of each completed run
+
+Everything is published with QoS 1 from the store by cursor: a row counts as delivered only
+when the broker's PUBACK came back with a success reason code. Payloads are JSON objects with
+``schema``, ``type``, ``station``, ``seq`` and the board time ``t_us`` (subscribers
+deduplicate on ``seq``), and units in key names. The models below are the schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ConfigDict, Field
+
+from station.config import MqttSection
+from station.sinks.cursor import Sink, SinkDB, clean_json
+from station.store import AGING_COLUMNS, SWEEP_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+# -- payload schema (what subscribers parse; docs/mqtt.md) --------------------------------------
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_version: int = Field(SCHEMA_VERSION, alias="schema")
+    station: str
+
+
+class _Sample(_Msg):
+    seq: int = Field(description="board stream sequence number: the deduplication key")
+    t_us: int | None = Field(description="board time, µs since the board started")
+    time_us: int | None = Field(description="Unix time in µs: t_us + a per-run anchor")
+    run_id: int | None
+    job: str | None
+    substrate: str | None
+    device: str | None
+    label: str | None
+    pixel: int | None
+    flags: int | None
+    voltage_v: float | None
+    current_a: float | None
+    photodiode_a: float | None
+    luminance_cd_m2: float | None
+    eqe_pct: float | None
+
+
+class SweepPointMessage(_Sample):
+    type: Literal["sweep_point"] = "sweep_point"
+    sweep_id: int | None
+    idx: int | None
+    direction: str | None
+    voltage_set_v: float | None
+    current_density_ma_cm2: float | None
+    ce_cd_a: float | None
+    pe_lm_w: float | None
+
+
+class AgingSampleMessage(_Sample):
+    type: Literal["aging_sample"] = "aging_sample"
+    channel: int | None
+    elapsed_s: float | None = Field(description="seconds since the run's first sample")
+    temperature_c: float | None
+    l_rel: float | None
+
+
+class EventMessage(_Msg):
+    type: Literal["event"] = "event"
+    kind: str
+    seq: int = Field(description="event id in the station's store: the deduplication key")
+    t_us: None = None
+    ts: float = Field(description="host Unix time (s) when the event was recorded")
+    data: dict[str, Any]
+
+
+class RunSummaryMessage(_Msg):
+    type: Literal["run_summary"] = "run_summary"
+    seq: int = Field(description="the run id")
+    t_us: int | None = Field(description="board time of the run's first sample, if known")
+    run_id: int
+    kind: str
+    status: str
+    end_reason: str | None
+    pixel: int
+    substrate: str | None
+    device: str | None
+    label: str | None
+    job: str | None
+    started_at: float
+    ended_at: float | None
+    summary: dict[str, Any] | None
+
+
+class StatusMessage(_Msg):
+    type: Literal["status"] = "status"
+    state: Literal["online", "offline"]
+    reason: str
+    ts: float | None = Field(description="host Unix time (s); null in the Last Will")
+
+
+class HealthMessage(_Msg):
+    type: Literal["health"] = "health"
+    ts: float
+    sinks: dict[str, Any]
+
+
+# -- the client: QoS 1 that also fails on an error PUBACK or a dropped connection ---------------
+class PublishRejected(aiomqtt.MqttError):
+    """The broker answered a PUBLISH with an error reason code (e.g. not authorized)."""
+
+    def __init__(self, topic: str, rc: ReasonCode) -> None:
+        super().__init__(f"broker rejected publish to {topic}: {rc} (0x{rc.value:02x})")
+        self.topic, self.rc = topic, rc
+
+
+class AckClient(aiomqtt.Client):
+    """aiomqtt's client with :meth:`publish_acked`: a QoS 1 publish that returns only on a
+    PUBACK with a success reason code (aiomqtt's ``publish`` ignores the reason code, and
+    waits for its timeout when the connection drops)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rejected: dict[int, ReasonCode] = {}
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
+                    reason_code: ReasonCode, properties: Properties) -> None:
+        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
+            self._rejected[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False,
+                            properties: Properties | None = None, timeout: float = 10.0) -> None:
+        info = self._client.publish(topic, payload, 1, retain, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {topic}")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                waiter = asyncio.ensure_future(confirmation.wait())
+                try:
+                    waits: list[asyncio.Future[Any]] = [waiter, self._disconnected]
+                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if not confirmation.is_set():
+                    if self._disconnected.done():
+                        raise aiomqtt.MqttError(f"connection lost before PUBACK for {topic}")
+                    raise aiomqtt.MqttError(f"no PUBACK for {topic} within {timeout} s")
+        rc = self._rejected.pop(info.mid, None)
+        if rc is not None:
+            raise PublishRejected(topic, rc)
+
+
+def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
+    """The TLS context for ``cfg``, or None for plain TCP."""
+    scheme = urlsplit(cfg.url).scheme
+    use_tls = cfg.tls if cfg.tls is not None else (scheme in ("mqtts", "ssl")
+                                                   or cfg.ca_file is not None)
+    if not use_tls:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if cfg.client_cert:
+        ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
+    return ctx
+
+
+def broker_address(cfg: MqttSection) -> tuple[str, int]:
+    u = urlsplit(cfg.url)
+    tls = u.scheme in ("mqtts", "ssl") or bool(cfg.tls) or (cfg.tls is None and cfg.ca_file)
+    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    row_id: int
+    topic: str | None       # None: the row is skipped (decimated) but still passed by the cursor
+    payload: bytes = b""
+    retain: bool = False
+
+
+def _dumps(d: dict[str, Any]) -> bytes:
+    return json.dumps(clean_json(d), allow_nan=False, separators=(",", ":")).encode()
+
+
+class MqttSink(Sink):
+    """Publishes the store to an MQTT broker; see the module docstring for the topics."""
+
+    name = "mqtt"
+    tables = ("events", "sweep_points", "aging_samples")
+
+    def __init__(self, store_path: str | Path, cfg: MqttSection, station_id: str, *,
+                 health_source: Callable[[], dict[str, Any]] | None = None,
+                 summary_every_s: float = 2.0) -> None:
+        super().__init__(store_path, poll_s=cfg.poll_s, retry_min_s=cfg.retry_min_s,
+                         retry_max_s=cfg.retry_max_s)
+        self.cfg = cfg
+        self.station = station_id
+        self.base = f"{cfg.topic_prefix}/{station_id}"
+        self.health_source = health_source or (lambda: {self.name: self.health()})
+        self.summary_every_s = summary_every_s
+        self._last_summary_check = -math.inf
+        self._last_health_pub = -math.inf
+        self._props = Properties(PacketTypes.PUBLISH)
+        self._props.PayloadFormatIndicator = 1
+        self._props.ContentType = "application/json"
+        self._tls: ssl.SSLContext | None = None
+        self._tls_loaded = False
+
+    # -- topics and payloads --------------------------------------------------------------------
+    @property
+    def status_topic(self) -> str:
+        return f"{self.base}/status"
+
+    def will(self) -> aiomqtt.Will:
+        payload = StatusMessage(station=self.station, state="offline", reason="connection lost",
+                                ts=None).model_dump_json(by_alias=True).encode()
+        return aiomqtt.Will(self.status_topic, payload, qos=1, retain=True)
+
+    def _status(self, state: Literal["online", "offline"], reason: str) -> bytes:
+        return StatusMessage(station=self.station, state=state, reason=reason,
+                             ts=time.time()).model_dump_json(by_alias=True).encode()
+
+    def _sample_common(self, db: SinkDB, d: dict[str, Any]) -> dict[str, Any]:
+        meta = db.run_meta(d["run_id"])
+        t = d["t_us"]
+        pixel = d["pixel"] if d["pixel"] is not None else meta.pixel
+        return {"schema": SCHEMA_VERSION, "station": self.station, "seq": d["seq"], "t_us": t,
+                "time_us": None if t is None else t + db.anchor_us(d["run_id"], t),
+                "run_id": d["run_id"], "job": meta.job_id, "substrate": meta.substrate,
+                "device": meta.device, "label": meta.label, "pixel": pixel, "flags": d["flags"]}
+
+    def _prepare(self, table: str, limit: int) -> tuple[int, list[Outgoing]]:
+        """Read up to ``limit`` rows after the cursor and encode them (runs in a thread)."""
+        db = self.db
+        after = db.cursor(self.name, table)
+        out: list[Outgoing] = []
+        if table == "events":
+            for rid, ts, kind, payload in db.rows_after("events", ("ts", "kind", "payload"),
+                                                        after, limit):
+                msg = {"schema": SCHEMA_VERSION, "station": self.station, "type": "event",
+                       "kind": kind, "seq": rid, "t_us": None, "ts": ts,
+                       "data": json.loads(payload)}
+                out.append(Outgoing(rid, f"{self.base}/event/{kind}", _dumps(msg)))
+        elif table == "sweep_points":
+            for row in db.rows_after(table, SWEEP_COLUMNS, after, limit):
+                d = dict(zip(SWEEP_COLUMNS, row[1:], strict=True))
+                msg = self._sample_common(db, d)
+                msg["type"] = "sweep_point"
+                for k in ("sweep_id", "idx", "direction", "voltage_set_v", "voltage_v",
+                          "current_a", "current_density_ma_cm2", "photodiode_a",
+                          "luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w"):
+                    msg[k] = d[k]
+                out.append(Outgoing(row[0], f"{self.base}/pixel/{msg['pixel']}/sweep",
+                                    _dumps(msg)))
+        elif table == "aging_samples":
+            rows = db.rows_after(table, AGING_COLUMNS, after, limit)
+            keep = self._decimate(db, rows)
+            for row, kept in zip(rows, keep, strict=True):
+                if not kept:
+                    out.append(Outgoing(row[0], None))
+                    continue
+                d = dict(zip(AGING_COLUMNS, row[1:], strict=True))
+                msg = self._sample_common(db, d)
+                meta = db.run_meta(d["run_id"])
+                msg["type"] = "aging_sample"
+                msg["elapsed_s"] = (None if meta.t0_us is None or d["t_us"] is None
+                                    else (d["t_us"] - meta.t0_us) / 1e6)
+                for key in ("channel", "voltage_v", "current_a", "photodiode_a", "temperature_c",
+                            "luminance_cd_m2", "l_rel", "eqe_pct"):
+                    msg[key] = d[key]
+                out.append(Outgoing(row[0], f"{self.base}/pixel/{msg['pixel']}/aging",
+                                    _dumps(msg)))
+        return after, out
+
+    def _decimate(self, db: SinkDB, rows: list[tuple[Any, ...]]) -> list[bool]:
+        """Keep an aging sample when its board time is in a later 1/rate bucket than the
+        previous sample (by seq) of the same run and pixel: the same subset on every replay."""
+        hz = self.cfg.aging_publish_hz
+        i_seq, i_run, i_t, i_px = (1 + AGING_COLUMNS.index(c) for c in ("seq", "run_id", "t_us",
+                                                                         "pixel"))
+        groups: dict[tuple[Any, Any], list[tuple[int, int | None, int]]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault((r[i_run], r[i_px]), []).append((r[i_seq], r[i_t], i))
+        keep = [True] * len(rows)
+
+        def bucket(t: int | None) -> int | None:
+            return None if t is None else math.floor(t * hz / 1e6)
+
+        for (run_id, pixel), items in groups.items():
+            items.sort()
+            where = "run_id = ?" if run_id is not None else "run_id IS NULL"
+            args = ((run_id,) if run_id is not None else ()) + (pixel, items[0][0])
+            prev = db.db.execute(f"SELECT t_us FROM aging_samples WHERE {where} AND pixel IS ? "
+                                 "AND seq < ? ORDER BY seq DESC LIMIT 1", args).fetchone()
+            last = bucket(prev[0]) if prev is not None else None
+            first = prev is None
+            for _seq, t, i in items:
+                b = bucket(t)
+                keep[i] = first or b is None or b != last
+                first = False
+                last = b
+        return keep
+
+    def _summaries(self) -> list[tuple[int, str, Outgoing]]:
+        out = []
+        for run in self.db.completed_runs_to_publish(self.name):
+            summary = json.loads(run["summary"]) if run.get("summary") else None
+            msg = {"schema": SCHEMA_VERSION, "station": self.station, "type": "run_summary",
+                   "seq": run["id"], "t_us": run.get("t0_us"), "run_id": run["id"],
+                   "kind": run["kind"], "status": run["status"], "end_reason": run["end_reason"],
+                   "pixel": run["pixel"], "substrate": run["substrate"], "device": run["device"],
+                   "label": run["label"], "job": run["job_id"], "started_at": run["started_at"],
+                   "ended_at": run["ended_at"], "summary": summary}
+            out.append((run["id"], run["_digest"],
+                        Outgoing(run["id"], f"{self.base}/run/{run['id']}/summary", _dumps(msg),
+                                 retain=True)))
+        return out
+
+    # -- delivery -------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[AckClient]:
+        if not self._tls_loaded:
+            self._tls = await asyncio.to_thread(tls_context, self.cfg)
+            self._tls_loaded = True
+        host, port = broker_address(self.cfg)
+        client = AckClient(
+            host, port, username=self.cfg.username, password=self.cfg.password,
+            identifier=self.cfg.client_id or f"ledstation-{self.station}",
+            protocol=aiomqtt.ProtocolVersion.V5, will=self.will(), tls_context=self._tls,
+            keepalive=self.cfg.keepalive_s, timeout=self.cfg.timeout_s,
+            max_inflight_messages=self.cfg.window, clean_start=True,
+            # small QoS 1 packets and their PUBACKs must not wait for Nagle's algorithm
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        client.pending_calls_threshold = self.cfg.window + 10  # a full window is normal here
+        async with client:
+            await client.publish_acked(self.status_topic, self._status("online", "connected"),
+                                       retain=True, properties=self._props,
+                                       timeout=self.cfg.timeout_s)
+            yield client
+
+    async def on_stop(self, conn: AckClient) -> None:
+        # short timeout: a broker that stopped answering must not hold up the daemon's exit
+        await conn.publish_acked(self.status_topic, self._status("offline", "stopped"),
+                                 retain=True, properties=self._props,
+                                 timeout=min(2.0, self.cfg.timeout_s))
+
+    async def on_idle(self, conn: AckClient) -> None:
+        now = time.monotonic()
+        if now - self._last_health_pub < self.cfg.health_interval_s:
+            return
+        self._last_health_pub = now
+        await self.publish_health(conn)
+
+    async def publish_health(self, conn: AckClient) -> None:
+        msg = {"schema": SCHEMA_VERSION, "station": self.station, "type": "health",
+               "ts": time.time(), "sinks": self.health_source()}
+        await conn.publish_acked(f"{self.base}/health", _dumps(msg), retain=True,
+                                 properties=self._props, timeout=self.cfg.timeout_s)
+
+    async def _publish_all(self, conn: AckClient, out: list[Outgoing]) -> list[BaseException | None]:
+        """Publish ``out`` concurrently (at most ``window`` of them: the caller chunks), and
+        return per message None (acknowledged) or the error."""
+
+        async def one(o: Outgoing) -> None:
+            if o.topic is None:
+                return
+            self.attempted += 1
+            await conn.publish_acked(o.topic, o.payload, retain=o.retain,
+                                     properties=self._props, timeout=self.cfg.timeout_s)
+
+        res = await asyncio.gather(*(one(o) for o in out), return_exceptions=True)
+        for r in res:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r  # cancellation and the like
+        return [r if isinstance(r, BaseException) else None for r in res]
+
+    def _chunks(self, out: list[Outgoing]) -> list[list[Outgoing]]:
+        """Consecutive runs of rows holding at most ``window`` messages each."""
+        chunks: list[list[Outgoing]] = [[]]
+        n = 0
+        for o in out:
+            if o.topic is not None:
+                if n == self.cfg.window:
+                    chunks.append([])
+                    n = 0
+                n += 1
+            chunks[-1].append(o)
+        return chunks
+
+    async def _deliver_table(self, conn: AckClient, table: str) -> int:
+        """Publish the next batch of ``table`` a window at a time; after each window move the
+        cursor past the rows acknowledged without a gap, so at most one window is ever
+        published twice (after a failure or a kill)."""
+        after, out = await asyncio.to_thread(self._prepare, table, self.cfg.batch_size)
+        moved = 0
+        for chunk in self._chunks(out):
+            if not chunk:
+                continue
+            results = await self._publish_all(conn, chunk)
+            last, n, err = after, 0, None
+            for o, r in zip(chunk, results, strict=True):
+                if r is not None:
+                    err = r
+                    break
+                last, n = o.row_id, n + 1
+            self.sent += sum(1 for o, r in zip(chunk, results, strict=True)
+                             if o.topic and r is None)
+            if last > after:
+                await asyncio.to_thread(self.db.advance, self.name, table, last)
+                self.acknowledged(n)
+                after, moved = last, moved + n
+            if err is not None:
+                raise err
+        return moved
+
+    async def deliver(self, conn: AckClient) -> int:
+        moved = 0
+        for table in self.tables:
+            moved += await self._deliver_table(conn, table)
+        now = time.monotonic()
+        if now - self._last_summary_check >= self.summary_every_s or self._wake.is_set():
+            self._last_summary_check = now
+            todo = await asyncio.to_thread(self._summaries)
+            if todo:
+                results = await self._publish_all(conn, [o for _, _, o in todo])
+                for (run_id, digest, _), r in zip(todo, results, strict=True):
+                    if r is not None:
+                        raise r
+                    await asyncio.to_thread(self.db.mark_run_published, self.name, run_id, digest)
+                    self.sent += 1
+        return moved

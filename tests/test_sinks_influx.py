@@ -1,0 +1,126 @@
+"""The InfluxDB sink against a real line-protocol database (VictoriaMetrics), read back through
+the database's own query API."""
+# ruff: noqa: F811  (pytest fixtures imported from tests.services are test arguments)
+
+from __future__ import annotations
+
+import math
+
+from station.config import InfluxSection
+from station.sinks import InfluxSink
+from station.sinks.cursor import RunMeta, SinkDB
+from station.sinks.influx import line_of
+from station.store import AGING_COLUMNS, SWEEP_COLUMNS, Store
+from tests.services import (  # noqa: F401  (fixtures)
+    Victoria,
+    aging_row,
+    caught_up,
+    free_port,
+    running,
+    sweep_row,
+    victoria,
+    wait_until,
+)
+
+
+def influx_cfg(url: str, **kw: object) -> InfluxSection:
+    base: dict[str, object] = dict(enabled=True, url=url, token="t", org="lab", bucket="b",
+                                   poll_s=0.02, retry_min_s=0.05, retry_max_s=0.3, timeout_s=5)
+    base.update(kw)
+    return InfluxSection.model_validate(base)
+
+
+def fill(store: Store, station: str, *, sweep: int, aging: int) -> tuple[int, int]:
+    s = store.create_run(kind="sweep", station=station, pixel=3, area_m2=4e-6, substrate="S 01",
+                         device="pero,A", job_id="job=9")
+    a = store.create_run(kind="aging", station=station, pixel=4, area_m2=4e-6, substrate="S-02")
+    store.add_rows("sweep_points", SWEEP_COLUMNS, [sweep_row(i, s, 3) for i in range(sweep)])
+    store.add_rows("aging_samples", AGING_COLUMNS, [aging_row(100_000 + i, a, 4) for i in range(aging)])
+    store.flush()
+    return s, a
+
+
+def series(v: Victoria, name: str, station: str) -> list[dict]:
+    return v.export(f'{{__name__="{name}",station="{station}"}}')
+
+
+def samples(v: Victoria, name: str, station: str) -> list[tuple[int, float]]:
+    return sorted((t, x) for s in series(v, name, station)
+                  for t, x in zip(s["timestamps"], s["values"], strict=True))
+
+
+async def test_points_land_with_tags_unit_fields_and_board_timestamps(tmp_path, victoria):
+    store = Store(tmp_path / "s.db")
+    sweep_run, aging_run = fill(store, "inf1", sweep=30, aging=20)
+    sink = InfluxSink(store.path, influx_cfg(victoria.url), "inf1")
+    async with running(sink):
+        await wait_until(caught_up(sink), what="cursor at head")
+    assert sink.failures == 0
+
+    seqs = samples(victoria, "sweep_point_seq", "inf1")
+    assert sorted(int(x) for _, x in seqs) == list(range(30))  # every point, exactly once
+    (s,) = [s for s in series(victoria, "sweep_point_voltage_v", "inf1")
+            if s["metric"]["direction"] == "up"]
+    assert s["metric"] == {"__name__": "sweep_point_voltage_v", "station": "inf1",
+                           "run": str(sweep_run), "pixel": "3", "substrate": "S 01",
+                           "device": "pero,A", "job": "job=9", "direction": "up"}
+    # timestamps: board time + one fixed per-run offset to Unix time (VictoriaMetrics keeps ms)
+    off = SinkDB(store.path).anchor_us(sweep_run, 0)
+    t_us = [sweep_row(i, sweep_run, 3)[SWEEP_COLUMNS.index("t_us")] for i in range(30)]
+    assert [t for t, _ in seqs] == [(t + off) // 1000 for t in t_us]
+    for name in ("current_a", "current_density_ma_cm2", "luminance_cd_m2", "photodiode_a",
+                 "ce_cd_a", "pe_lm_w", "voltage_set_v"):
+        assert len(samples(victoria, f"sweep_point_{name}", "inf1")) == 30, name
+    # NaN EQE is left out rather than written as a bogus number
+    assert len(samples(victoria, "sweep_point_eqe_pct", "inf1")) == 30 - len(range(0, 30, 7))
+
+    aging = samples(victoria, "aging_sample_l_rel", "inf1")
+    assert len(aging) == 20 and math.isclose(aging[0][1], 1.0 - 100_000 * 1e-4)
+    (a,) = series(victoria, "aging_sample_temperature_c", "inf1")
+    assert a["metric"]["run"] == str(aging_run) and "device" not in a["metric"]
+    assert sorted(int(x) for _, x in samples(victoria, "aging_sample_seq", "inf1")) == [
+        100_000 + i for i in range(20)]
+    store.close()
+
+
+async def test_replay_rewrites_identical_points_instead_of_adding(tmp_path, victoria):
+    store = Store(tmp_path / "s.db")
+    fill(store, "inf2", sweep=25, aging=0)
+    cfg = influx_cfg(victoria.url, batch_size=10)
+    sink = InfluxSink(store.path, cfg, "inf2")
+    async with running(sink):
+        await wait_until(caught_up(sink), what="first pass")
+    before = samples(victoria, "sweep_point_current_a", "inf2")
+    rows_in = victoria.metric('vm_rows_inserted_total{type="influx"}')
+    SinkDB(store.path).reset("influx")  # replay everything from the start
+    sink2 = InfluxSink(store.path, cfg, "inf2")
+    async with running(sink2):
+        await wait_until(caught_up(sink2), what="replay")
+    assert sink2.sent == 25  # the database really received every point again ...
+    await wait_until(lambda: victoria.metric('vm_rows_inserted_total{type="influx"}') >= rows_in + 25,
+                     what="the database counting the replayed rows", step_s=0.2)
+    assert samples(victoria, "sweep_point_current_a", "inf2") == before  # ... at the same keys
+
+
+async def test_unreachable_database_delays_but_keeps_every_row(tmp_path):
+    store = Store(tmp_path / "s.db")
+    fill(store, "inf3", sweep=7, aging=3)
+    sink = InfluxSink(store.path, influx_cfg(f"http://127.0.0.1:{free_port()}"), "inf3")
+    async with running(sink):
+        await wait_until(lambda: sink.failures >= 2, what="failed writes")
+        await sink.refresh_backlog(force=True)
+        h = sink.health()
+    assert h["state"] == "retrying" and "does not answer" in (h["last_error"] or "")
+    assert h["rows_behind"] == 10 and h["tables"]["sweep_points"]["seconds_behind"] > 0
+    assert SinkDB(store.path).cursor("influx", "sweep_points") == 0
+
+
+def test_line_protocol_escapes_tags_and_types_fields():
+    d = {c: None for c in SWEEP_COLUMNS}
+    d.update(seq=5, t_us=10, pixel=2, direction="up", voltage_v=2.5, current_a=1e-9, flags=0,
+             eqe_pct=float("nan"))
+    meta = RunMeta(id=3, pixel=2, substrate="a b", device="x,y", job_id="k=v")
+    line = line_of("sweep_points", "st 1", meta, d, 1_700_000_000_000_010)
+    assert line == (r"sweep_point,station=st\ 1,run=3,pixel=2,substrate=a\ b,device=x\,y,job=k\=v,"
+                    r"direction=up voltage_v=2.5,current_a=1e-09,seq=5i,flags=0i "
+                    "1700000000000010")
