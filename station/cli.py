@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "station.commands.lifetime_cmd",
     "station.commands.report_cmd",
     "station.commands.sim_cmd",
+    "station.commands.jobs_cmd",
     "station.commands.protocol_cmd",
 )
 

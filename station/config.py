@@ -95,6 +95,15 @@ class MqttSection(_Strict):
     retry_min_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(10.0, gt=0, description="connect and PUBACK timeout")
+    # -- remote control (station/control.py, docs/mqtt.md "Remote control") ---------------------
+    command_max_age_s: float = Field(
+        60.0, gt=0, description="refuse a command whose sent_at is older than this (or as far "
+        "in the future)")
+    command_dedup_size: int = Field(
+        1000, ge=1, le=1_000_000, description="request ids remembered with their replies")
+    command_session_expiry_s: int = Field(
+        600, ge=0, le=86400, description="how long the broker keeps the command subscription "
+        "(and queues commands) while the station is away; 0: no persistent session")
 
     @field_validator("topic_prefix")
     @classmethod
