@@ -28,7 +28,8 @@ def field_value(f: Field) -> st.SearchStrategy:
     if f.type == "str":
         # text whose UTF-8 encoding fits max_len bytes
         # NUL-free text (C strings) whose UTF-8 encoding fits max_len bytes
-        return st.text(st.characters(blacklist_characters="\x00"), max_size=f.max_len).filter(
+        return st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                       max_size=f.max_len).filter(
             lambda s: len(s.encode()) <= f.max_len)
     if f.type == "records":
         rec = RECORDS_BY_NAME[f.record]
