@@ -222,6 +222,19 @@ class SeqTracker:
         self.delivered += int(new.sum())
         return new, seq64, gaps
 
+    def note_head(self, head: int) -> list[tuple[int, int]]:
+        """The board says its next seq is ``head`` (unwrapped): records up to head-1 we have not
+        seen are missing. Returns the newly found gap (a tail loss no later record revealed)."""
+        if self.expected is None:
+            self.expected = head
+            return []
+        if head <= self.expected:
+            return []
+        gap = (self.expected, head - 1)
+        self.missing.append([gap[0], gap[1]])
+        self.expected = head
+        return [gap]
+
     def _fill(self, s: int) -> bool:
         for k, (lo, hi) in enumerate(self.missing):
             if lo <= s <= hi:

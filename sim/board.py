@@ -157,6 +157,7 @@ from firmware_protocol.spec import (
 )
 from sim.faults import SATURATE_STRAY_A, FaultEvent, FaultPlan
 from sim.hardware import (
+    ACCEL_J_CAP_A_M2,
     AUTO_RANGE,
     SEQ_MASK,
     US_PER_HOUR,
@@ -432,7 +433,7 @@ class SweepRun:
         n = self.n_emitted
         if n == 0:
             return 0.0
-        j = np.abs(self.i_true[:n]) / self.pixel.area_m2
+        j = np.minimum(np.abs(self.i_true[:n]) / self.pixel.area_m2, ACCEL_J_CAP_A_M2)
         tau = np.asarray(lifetime_tau_h(self.pixel.preset, j), dtype=float)
         with np.errstate(divide="ignore"):
             rate = np.where(np.isfinite(tau) & (tau > 0), self.pixel.preset.aging.tau_ref_h / tau, 0.0)

@@ -155,6 +155,10 @@ class FreshPoint:
     photon_flux_per_s: float
 
 
+ACCEL_J_CAP_A_M2 = 1000.0
+"""100 mA/cm²: the current density above which degradation no longer accelerates (see accel)."""
+
+
 class Pixel:
     """One pixel under test: its preset, geometry, equivalent age and forced failure."""
 
@@ -171,8 +175,13 @@ class Pixel:
 
     # -- aging -----------------------------------------------------------------------------
     def accel(self, current: float) -> float:
-        """a(J) = τ(J)/τ_ref = (J_ref/J)^n: hours at J per reference hour (inf at J <= 0)."""
-        j = abs(current) / self.area_m2
+        """a(J) = τ(J)/τ_ref = (J_ref/J)^n: hours at J per reference hour (inf at J <= 0).
+
+        The power law is what constant-current aging measures (at up to tens of mA/cm²); a J–V
+        sweep passes seconds at hundreds of mA/cm², where extrapolating J^-n would burn the
+        device out in a single sweep. Above ``ACCEL_J_CAP_A_M2`` the rate stops growing.
+        """
+        j = min(abs(current) / self.area_m2, ACCEL_J_CAP_A_M2)
         if j <= 0:
             return math.inf
         return float(lifetime_tau_h(self.preset, j)) / self.preset.aging.tau_ref_h

@@ -30,8 +30,8 @@ def test_tx_of_a_noise_free_exponential_match_closed_form() -> None:
     t = np.arange(0.0, 400.0 * H, 30.0)
     res = analyze_lifetime(t, 500.0 * np.exp(-t / H / tau))
     for name, x in (("t95", 0.95), ("t90", 0.90), ("t80", 0.80), ("t50", 0.50)):
-        # L0 is the median of the first 60 s (3 samples: 0, 30, 60 s) -> L(30 s); Tx shifts by 30 s
-        expected = tau * math.log(1 / x) + 30.0 / H
+        # L0 is the luminance at switch-on (robust line through the first 60 s at t = 0)
+        expected = tau * math.log(1 / x)
         assert res.tx_h[name] == pytest.approx(expected, rel=1e-4), name
     assert not res.positive_aging
     assert res.l_peak_cd_m2 == res.l0_cd_m2
@@ -106,15 +106,19 @@ def test_unreached_t50_is_extrapolated_with_an_uncertainty() -> None:
     json.dumps(d, allow_nan=False)
 
 
-def test_l0_is_the_median_of_the_first_minute() -> None:
+def test_l0_is_the_robust_line_through_the_first_minute_at_switch_on() -> None:
     t = np.arange(0.0, 3600.0, 1.0)
     lum = np.full(t.size, 100.0)
     lum[5] = 1e6  # a spike in the first minute does not move L0
     lum[30] = 0.0
-    assert l0_of(t, lum) == 100.0
+    assert l0_of(t, lum) == pytest.approx(100.0)
+    # a device brightening during the first minute: L0 is its value at switch-on, not the median
+    lum2 = 100.0 + 0.5 * t
+    lum2[10] = 5e5
+    assert l0_of(t, lum2) == pytest.approx(100.0)
     # sparse logging: fewer than 3 samples in the window -> the first 3 samples
     t2 = np.array([0.0, 120.0, 240.0, 360.0])
-    assert l0_of(t2, np.array([10.0, 9.0, 8.0, 1.0])) == 9.0
+    assert l0_of(t2, np.array([10.0, 9.0, 8.0, 1.0])) == pytest.approx(10.0)
 
 
 def test_crossing_is_interpolated_at_the_first_crossing() -> None:

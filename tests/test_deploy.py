@@ -19,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,7 +427,7 @@ def client(b: Broker, user: str, *, tls: bool = False, password: str | None = No
     """A client whose ``publish_acked`` raises PublishRejected on an error PUBACK (e.g. 0x87)."""
     return AckClient("127.0.0.1", b.tls_port if tls else b.plain_port, username=user,
                      password=USERS.get(user, "") if password is None else password,
-                     identifier=f"test-{user}-{id(object())}", protocol=aiomqtt.ProtocolVersion.V5,
+                     identifier=f"test-{user}-{uuid.uuid4().hex[:12]}", protocol=aiomqtt.ProtocolVersion.V5,
                      tls_context=b.tls() if tls else None, timeout=10)
 
 

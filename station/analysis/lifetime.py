@@ -65,11 +65,23 @@ def stretched_exponential(t: npt.ArrayLike, a: float, tau: float, beta: float) -
 
 
 def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = 60.0, min_samples: int = 3) -> float:
-    """Initial luminance: median of the samples in the first ``window_s`` seconds after the first
-    sample, or of the first ``min_samples`` samples if fewer fall in the window."""
+    """Initial luminance, the luminance at switch-on (the first sample's time).
+
+    A robust straight line (Theil-Sen: the median of pairwise slopes, scipy.stats.theilslopes)
+    through the samples of the first ``window_s`` seconds after the first sample - or the first
+    ``min_samples`` samples if fewer fall in the window - evaluated at the first sample's time.
+    Robust to a spike or dropout in the window like a median, but without a median's bias when
+    the device is already brightening or dimming during the window (fast positive aging).
+    At most 200 samples are used."""
     in_window = int(np.searchsorted(t_s, t_s[0] + window_s, side="right"))
-    n = max(in_window, min(min_samples, t_s.size))
-    return float(np.median(lum[:n]))
+    n = min(max(in_window, min(min_samples, t_s.size)), 200)
+    if n < 3 or np.ptp(t_s[:n]) <= 0:
+        return float(np.median(lum[:n]))
+    from scipy.stats import theilslopes
+
+    x = t_s[:n] - t_s[0]
+    slope = float(theilslopes(lum[:n], x).slope)
+    return float(np.median(lum[:n] - slope * x))
 
 
 def binned_trace(t: FloatArray, y: FloatArray, bins: int) -> tuple[FloatArray, FloatArray]:
@@ -338,7 +350,8 @@ def analyze_lifetime(
     if not l0 > 0:
         raise ValueError(f"lifetime: L0 = {l0:g} cd/m^2 is not positive (light off or dark not subtracted?)")
     l0_method = (
-        f"median of the samples in the first {l0_window_s:g} s (at least the first {l0_min_samples} samples)"
+        f"Theil-Sen line through the samples of the first {l0_window_s:g} s (at least the first "
+        f"{l0_min_samples}), evaluated at the first sample"
     )
     t_h = t / 3600.0
     tb, yb, eb = binned_trace_with_error(t_h, lum / l0, bins)

@@ -1,0 +1,221 @@
+"""From stream records to stored rows: routing, photometry hand-off, batching, acknowledgement.
+
+The link hands every new record here (once, in order). Records are routed to the procedure that
+owns them — a sweep by its ``sweep_id``, an aging run by its channel, a spectrum by its sweep or
+the request waiting for it — which returns the computed rows. Everything is queued in the store
+and committed in batches every ``batch_ms``; only after a commit is the board told (``stream_ack``)
+that it may free those records. A record no procedure claims is still stored (``run_id`` NULL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from firmware_protocol.connection import SpectrumReceived, StreamRecords
+from firmware_protocol.messages import Spectrum as SpectrumMsg
+from firmware_protocol.spec import Stream
+
+from .link import BoardLink
+from .store import AGING_COLUMNS, SPECTRUM_COLUMNS, SWEEP_COLUMNS, Store
+
+log = logging.getLogger(__name__)
+
+
+class RecordSink(Protocol):
+    def on_records(self, records: np.ndarray, seq64: np.ndarray) -> np.ndarray:
+        """Return rows (a structured array with the table's columns) to store."""
+        ...
+
+    def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
+        """Return the run id the spectrum belongs to (or None)."""
+        ...
+
+
+def empty_rows(columns: tuple[str, ...], n: int) -> np.ndarray:
+    dtype = [(c, "O" if c == "direction" else ("i8" if c in _INT_COLS else "f8")) for c in columns]
+    arr = np.zeros(n, dtype=dtype)
+    for c in columns:
+        if c not in _INT_COLS and c != "direction":
+            arr[c] = np.nan
+    return arr
+
+
+_INT_COLS = {"seq", "run_id", "sweep_id", "idx", "t_us", "pixel", "flags", "pd_gain", "channel",
+             "spectrum_seq"}
+
+SWEEP_ROW_COLUMNS = SWEEP_COLUMNS
+AGING_ROW_COLUMNS = AGING_COLUMNS
+
+
+def raw_sweep_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None) -> np.ndarray:
+    rows = empty_rows(SWEEP_COLUMNS, len(rec))
+    rows["seq"] = seq64
+    rows["run_id"] = -1 if run_id is None else run_id
+    for c in ("sweep_id", "t_us", "pixel", "flags", "pd_gain", "voltage_set_v", "voltage_v",
+              "current_a", "photodiode_a"):
+        rows[c] = rec[c]
+    rows["idx"] = rec["index"]
+    rows["direction"] = np.where(rec["flags"] & 0x04, "reverse", "forward")
+    rows["spectrum_seq"] = -1
+    return rows
+
+
+def raw_aging_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None) -> np.ndarray:
+    rows = empty_rows(AGING_COLUMNS, len(rec))
+    rows["seq"] = seq64
+    rows["run_id"] = -1 if run_id is None else run_id
+    for c in ("t_us", "channel", "pixel", "flags", "pd_gain", "current_a", "voltage_v",
+              "photodiode_a", "temperature_c"):
+        rows[c] = rec[c]
+    return rows
+
+
+def _nullify(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """-1 ids and NaN floats become SQL NULL."""
+    nullable = [i for i, c in enumerate(columns) if c in ("run_id", "spectrum_seq")]
+    out = []
+    for r in rows:
+        lst = list(r)
+        for i in nullable:
+            if lst[i] == -1:
+                lst[i] = None
+        for i, v in enumerate(lst):
+            if isinstance(v, float) and v != v:
+                lst[i] = None
+        out.append(tuple(lst))
+    return out
+
+
+class Acquisition:
+    def __init__(self, link: BoardLink, store: Store, batch_ms: float = 100.0) -> None:
+        self.link = link
+        self.store = store
+        self.batch_s = batch_ms / 1000.0
+        self.sweeps: dict[int, RecordSink] = {}
+        self.aging: dict[int, RecordSink] = {}
+        self.spectrum_waiters: dict[int, asyncio.Future[tuple[SpectrumMsg, int]]] = {}
+        self.received: dict[Stream, int] = dict.fromkeys(Stream, 0)
+        self.listeners: list[Callable[[str, np.ndarray], None]] = []
+        self._recent_spectra: OrderedDict[int, tuple[SpectrumMsg, int]] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()
+        link.add_stream_consumer(self._on_stream)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def resume_from_store(self) -> None:
+        """Start each stream where the store left off (after a restart or a crash)."""
+        for stream in Stream:
+            nxt = self.store.stream_next(int(stream))
+            if nxt is not None:
+                self.link.resume_stream(stream, nxt)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_loop(), name="store-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.batch_s)
+            self._dirty.clear()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("store flush failed; will retry")
+
+    def flush(self) -> None:
+        """Commit the batch, then acknowledge to the board what is now safely stored."""
+        for stream in Stream:
+            nxt = self._contiguous_next(stream)
+            if nxt is not None:
+                self.store.set_stream_next(int(stream), nxt)
+        self.store.flush()
+        for stream in Stream:
+            nxt = self._contiguous_next(stream)
+            if nxt is not None and nxt > 0:
+                self.link.ack(stream, nxt - 1)
+
+    def _contiguous_next(self, stream: Stream) -> int | None:
+        tr = self.link.conn.trackers[stream]
+        if tr.expected is None:
+            return None
+        return tr.missing[0][0] if tr.missing else tr.expected
+
+    # -- routing ----------------------------------------------------------------------------
+    def _on_stream(self, ev: object) -> None:
+        if isinstance(ev, StreamRecords):
+            self.received[ev.stream] += len(ev.records)
+            if ev.stream is Stream.SWEEP:
+                self._route(ev.records, ev.seq64, "sweep_id", self.sweeps, raw_sweep_rows,
+                            "sweep_points", SWEEP_COLUMNS)
+            elif ev.stream is Stream.AGING:
+                self._route(ev.records, ev.seq64, "channel", self.aging, raw_aging_rows,
+                            "aging_samples", AGING_COLUMNS)
+        elif isinstance(ev, SpectrumReceived):
+            self.received[Stream.SPECTRUM] += 1
+            self._on_spectrum(ev.message, ev.seq64)
+        self._dirty.set()
+
+    def _route(self, rec: np.ndarray, seq64: np.ndarray, key: str, owners: dict[int, RecordSink],
+               raw: Callable[[np.ndarray, np.ndarray, int | None], np.ndarray], table: str,
+               columns: tuple[str, ...]) -> None:
+        keys = rec[key]
+        for k in np.unique(keys):
+            sel = keys == k
+            r, s = (rec, seq64) if sel.all() else (rec[sel], seq64[sel])
+            owner = owners.get(int(k))
+            rows = None
+            if owner is not None:
+                try:
+                    rows = owner.on_records(r, s)
+                except Exception:  # a failing consumer never loses data
+                    log.exception("processing %s records failed; storing raw", table)
+            if rows is None:
+                rows = raw(r, s, None)
+            data = [rows[c].tolist() for c in columns]
+            self.store.add_rows(table, columns, _nullify(list(zip(*data, strict=True)), columns))
+            for fn in self.listeners:
+                try:
+                    fn(table, rows)
+                except Exception:
+                    log.exception("listener failed")
+
+    def _on_spectrum(self, msg: SpectrumMsg, seq64: int) -> None:
+        run_id: int | None = None
+        owner = self.sweeps.get(msg.sweep_id) if msg.sweep_id != 0xFFFF else None
+        if owner is None and msg.sweep_id == 0xFFFF:
+            owner = next((a for a in self.aging.values() if getattr(a, "pixel", None) == msg.pixel),
+                         None)
+        if owner is not None:
+            run_id = owner.on_spectrum(msg, seq64)
+        counts = np.asarray(msg.counts, dtype="<u2").tobytes()
+        row = (seq64, run_id, msg.t_us, msg.sweep_id, msg.index, msg.pixel, msg.flags,
+               msg.voltage_v, msg.current_a, msg.integration_ms, msg.dark_counts, counts)
+        self.store.add_rows("spectra", SPECTRUM_COLUMNS, [row])
+        fut = self.spectrum_waiters.pop(seq64 % (1 << 32), None)
+        if fut is not None and not fut.done():
+            fut.set_result((msg, seq64))
+        self._recent_spectra[seq64 % (1 << 32)] = (msg, seq64)
+        while len(self._recent_spectra) > 64:
+            self._recent_spectra.popitem(last=False)
+
+    def wait_spectrum(self, seq32: int) -> asyncio.Future[tuple[SpectrumMsg, int]]:
+        fut: asyncio.Future[tuple[SpectrumMsg, int]] = asyncio.get_running_loop().create_future()
+        if seq32 in self._recent_spectra:
+            fut.set_result(self._recent_spectra[seq32])
+        else:
+            self.spectrum_waiters[seq32] = fut
+        return fut

@@ -1,0 +1,102 @@
+"""``station age``: a constant-current operational-lifetime test of one pixel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import LIFETIME_KEYS, AgingBar, add_config_args, clean, dump_json, load, print_table
+
+EPILOG = """examples:
+  station age --port socket://127.0.0.1:7000 --pixel 1 --current-density 10 --out age1
+  station age --port /dev/ttyACM0 --pixel 2 --initial-luminance 1000 --until t90 --out age2
+  station age --port socket://127.0.0.1:7000 --pixel 1 --current-density 5 --until 300h \\
+      --interval 30 --interim-sweep-every 24 --out age3 --json
+
+--until takes t95, t90, t80 or t50 (relative to L0, default t50) or a duration such as 300h,
+2d or 90m. The run also ends on a pixel failure (short, open) or a voltage runaway. Times are
+board times: with the simulator's virtual clock, 1,000 hours pass in seconds.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("age", help="constant-current lifetime test of one pixel",
+                       description="Hold a pixel at constant current on an aging driver, sample it "
+                       "every --interval seconds, and report L0, the peak of any initial "
+                       "brightening, T95/T90/T80/T50 (from L0 and from the peak) and the "
+                       "stretched-exponential extrapolation.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", metavar="URL", help="board: device path or pyserial URL "
+                   "(default: the config's board.url)")
+    p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--current-density", type=float, metavar="MA_CM2",
+                   help="constant current density, mA/cm²")
+    g.add_argument("--initial-luminance", type=float, metavar="CD_M2",
+                   help="find the current giving this initial luminance (short search)")
+    p.add_argument("--until", default="t50", help="t95|t90|t80|t50 or a duration (default t50)")
+    p.add_argument("--interval", type=float, default=60.0, metavar="S",
+                   help="sample interval in board seconds (default 60)")
+    p.add_argument("--max-duration", type=float, default=10000.0, metavar="H",
+                   help="stop after this many hours whatever happens (default 10000)")
+    p.add_argument("--voltage-runaway", type=float, default=3.0, metavar="V",
+                   help="stop when the voltage rises this much above its start (default 3)")
+    p.add_argument("--interim-sweep-every", type=float, metavar="H",
+                   help="interrupt for a J-V-L sweep every H hours")
+    p.add_argument("--channel", type=int, help="aging driver (default: pixel - 1)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from station.session import run_with_signals
+
+    return run_with_signals(lambda: _run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from station.export import export_run
+    from station.link import BoardError, LinkError
+    from station.procedures import AgingParams, LimitError, run_aging
+    from station.session import open_station
+
+    out = Path(args.out)
+    cfg = load(args)
+    store_path = args.store or (cfg.store.path if args.config else str(out / "station.db"))
+    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": store_path})})
+    params = AgingParams(current_density_ma_cm2=args.current_density,
+                         initial_luminance_cd_m2=args.initial_luminance, interval_s=args.interval,
+                         until=args.until, max_duration_h=args.max_duration,
+                         voltage_runaway_v=args.voltage_runaway,
+                         interim_sweep_every_h=args.interim_sweep_every, channel=args.channel)
+    try:
+        total = params.duration_h() if params.stop_level() is None else None
+    except LimitError as e:
+        print(f"station age: {e}", file=sys.stderr)
+        return 2
+    try:
+        async with open_station(cfg, url=args.port) as ctx:
+            bar = AgingBar(f"pixel {args.pixel}", total, disable=args.no_progress or args.json)
+            try:
+                res = await run_aging(ctx, args.pixel, params, progress=bar)
+            finally:
+                bar.close()
+            export_run(ctx.store, res.run_id, out)
+    except (LimitError, BoardError, LinkError) as e:
+        print(f"station age: {e}", file=sys.stderr)
+        return 2
+    s = clean(res.summary)
+    if args.json:
+        dump_json(s)
+    else:
+        ex = s.get("extrapolated") or {}
+        rows = [(k, s.get(k), f"(fit: {ex[k]:.4g} ± {ex.get(k + '_err') or 0:.2g} h)"
+                 if k.endswith("_h") and s.get(k) is None and ex.get(k) else None)
+                for k in LIFETIME_KEYS]
+        print_table(rows, ("figure", "value", ""))
+        print(f"end: {res.reason}; {res.n_samples} samples; export in {out}")
+    return 0

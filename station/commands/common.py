@@ -1,0 +1,113 @@
+"""Helpers shared by the measurement subcommands (sweep, age, export, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from station.config import ConfigError, StationConfig, load_config
+
+SEED_TABLE_S1: dict[str, dict[str, Any]] = {
+    # Jin et al. 2023, Supporting Information, Table S1 (shared/seed/)
+    "otac": {"von_v": 2.85, "l_max_cd_m2": 2339, "ce_max_cd_a": 9.1, "eqe_max_pct": 2.75,
+             "pe_max_lm_w": 9.59, "el_peak_nm": 516, "cie_x": 0.0981, "cie_y": 0.7592},
+    "dbsa": {"von_v": 2.8, "l_max_cd_m2": 4452, "ce_max_cd_a": 23.8, "eqe_max_pct": 8.95,
+             "pe_max_lm_w": 22.7, "el_peak_nm": 508, "cie_x": 0.0669, "cie_y": 0.6765},
+}
+
+SWEEP_KEYS = ("von_v", "l_max_cd_m2", "ce_max_cd_a", "eqe_max_pct", "pe_max_lm_w", "el_peak_nm",
+              "el_fwhm_nm", "cie_x", "cie_y")
+LIFETIME_KEYS = ("l0_cd_m2", "l_peak_cd_m2", "t_peak_h", "t95_h", "t90_h", "t80_h", "t50_h",
+                 "t50_from_peak_h")
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="station TOML configuration "
+                   "(default: built-in defaults; STATION_<SECTION>__<KEY> variables override)")
+    p.add_argument("--store", metavar="PATH", help="SQLite store (default: config's store.path, "
+                   "or OUT/station.db)")
+
+
+def load(args: argparse.Namespace, **overrides: Any) -> StationConfig:
+    try:
+        return load_config(getattr(args, "config", None), **overrides)
+    except ConfigError as e:
+        raise SystemExit(f"station: {e}") from None
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "—"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_table(rows: list[tuple[str, Any, Any]], headers: tuple[str, str, str], file: Any = None) -> None:
+    file = file or sys.stdout
+    w0 = max(len(headers[0]), *(len(r[0]) for r in rows))
+    w1 = max(len(headers[1]), *(len(fmt(r[1])) for r in rows))
+    print(f"{headers[0]:<{w0}}  {headers[1]:>{w1}}  {headers[2]}", file=file)
+    for k, a, b in rows:
+        print(f"{k:<{w0}}  {fmt(a):>{w1}}  {fmt(b) if b is not None else ''}", file=file)
+
+
+def dump_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_default, allow_nan=False))
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def clean(obj: Any) -> Any:
+    """NaN/inf -> None, recursively (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+class SweepBar:
+    def __init__(self, desc: str, total: int, disable: bool = False) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="pt", file=sys.stderr, disable=disable,
+                        leave=False)
+
+    def __call__(self, n: int, total: int, last: dict[str, float]) -> None:
+        self.bar.total = total
+        self.bar.n = n
+        self.bar.set_postfix(V=f"{last['voltage_v']:.2f}", L=f"{last['luminance_cd_m2']:.3g}",
+                             refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class AgingBar:
+    def __init__(self, desc: str, total_h: float | None, disable: bool = False) -> None:
+        self.bar = tqdm(total=total_h, desc=desc, unit="h", file=sys.stderr, disable=disable,
+                        leave=False, bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} h {postfix}"
+                        if total_h else "{desc}: {n:.1f} h {postfix}")
+
+    def __call__(self, t_h: float, last: dict[str, float]) -> None:
+        self.bar.n = round(t_h, 2)
+        lr = last.get("l_rel", float("nan"))
+        self.bar.set_postfix(L_L0=f"{lr:.3f}" if lr == lr else "…",
+                             V=f"{last['voltage_v']:.2f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,105 @@
+"""``station sweep``: one J–V–L sweep of one pixel, its Table S1 summary and its export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import SWEEP_KEYS, SweepBar, add_config_args, clean, dump_json, load, print_table
+
+EPILOG = """examples:
+  station sweep --port socket://127.0.0.1:7000 --pixel 1 --start 0 --stop 6 --step 0.05 --out run1
+  station sweep --port /dev/serial/by-id/usb-LEDboard-if00 --pixel 3 --start 2 --stop 5 \\
+      --step 0.1 --reverse --spectrum-at 3,4,5 --out run2 --json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="J-V-L sweep of one pixel; prints its Table S1 summary",
+                       description="Run one on-board J-V-L sweep on a pixel, compute J, L, EQE, "
+                       "CE and PE for every point as it arrives, print the pixel's Table S1 "
+                       "summary and write the export (CSV + JSON sidecar) to --out.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", metavar="URL", help="board: device path or pyserial URL "
+                   "(socket://HOST:PORT); default: the config's board.url")
+    p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
+    p.add_argument("--start", type=float, default=0.0, help="start voltage, V (default 0)")
+    p.add_argument("--stop", type=float, required=True, help="stop voltage, V")
+    p.add_argument("--step", type=float, default=0.05, help="voltage step, V (default 0.05)")
+    p.add_argument("--dwell-ms", type=float, default=10.0, help="settling per point (default 10)")
+    p.add_argument("--integration-ms", type=float, default=20.0, help="per point (default 20)")
+    p.add_argument("--compliance", type=float, metavar="MA_CM2",
+                   help="current-density compliance (default: limits.max_current_density_ma_cm2)")
+    p.add_argument("--reverse", action="store_true", help="also scan back down (hysteresis)")
+    p.add_argument("--no-stop-on-compliance", action="store_true",
+                   help="keep sweeping, current-limited, after compliance is hit")
+    p.add_argument("--spectrum-at", metavar="V,V,...",
+                   help="take EL spectra at these voltages (default: 8 across the upper half)")
+    p.add_argument("--threshold", type=float, default=1.0, metavar="CD_M2",
+                   help="luminance threshold defining V_on (default 1 cd/m²)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export directory")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from station.session import run_with_signals
+
+    return run_with_signals(lambda: _run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from station.export import export_run
+    from station.link import BoardError, LinkError
+    from station.procedures import LimitError, SweepParams, run_sweep
+    from station.session import open_station
+
+    out = Path(args.out)
+    cfg = load(args)
+    store_path = args.store or (cfg.store.path if args.config else str(out / "station.db"))
+    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": store_path})})
+    spectra = None
+    if args.spectrum_at:
+        try:
+            spectra = [float(x) for x in args.spectrum_at.split(",") if x.strip()]
+        except ValueError:
+            print(f"station sweep: --spectrum-at: not a list of numbers: {args.spectrum_at}",
+                  file=sys.stderr)
+            return 2
+    params = SweepParams(start_v=args.start, stop_v=args.stop, step_v=args.step,
+                         dwell_ms=args.dwell_ms, integration_ms=args.integration_ms,
+                         compliance_ma_cm2=args.compliance, reverse=args.reverse,
+                         stop_on_compliance=not args.no_stop_on_compliance,
+                         spectrum_at_v=spectra, threshold_cd_m2=args.threshold)
+    try:
+        n = len(params.program()) * (2 if args.reverse else 1)
+    except LimitError as e:
+        print(f"station sweep: {e}", file=sys.stderr)
+        return 2
+    try:
+        async with open_station(cfg, url=args.port) as ctx:
+            bar = SweepBar(f"pixel {args.pixel}", n, disable=args.no_progress or args.json)
+            try:
+                res = await run_sweep(ctx, args.pixel, params, progress=bar)
+            finally:
+                bar.close()
+            export_run(ctx.store, res.run_id, out)
+    except (LimitError, BoardError, LinkError) as e:
+        print(f"station sweep: {e}", file=sys.stderr)
+        return 2
+    s = clean(res.summary)
+    if args.json:
+        dump_json(s)
+    else:
+        rows = [(k, s.get(k), None) for k in SWEEP_KEYS]
+        for k in ("ce_max", "eqe_max", "pe_max", "l_max"):
+            at = s.get(f"{k}_at") or {}
+            if at:
+                rows.append((f"  {k} at", f"J={at.get('j_ma_cm2', 0):.3g} mA/cm², "
+                             f"V={at.get('v', 0):.3g} V, L={at.get('l_cd_m2', 0):.4g} cd/m²", None))
+        print_table(rows, ("figure", "value", ""))
+        print(f"end: {res.reason}; {res.n_points} points; export in {out}")
+    return 0

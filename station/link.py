@@ -1,0 +1,476 @@
+"""The board link: serial transport + the sans-I/O connection + reconnect and replay.
+
+:class:`BoardLink` opens any pyserial URL (a device path, ``socket://host:port``, a pty) with
+pyserial-asyncio-fast, handshakes (version and spec-hash check), turns requests into awaitables
+with timeouts and retries, and hands every new stream record to a consumer callback. When the
+device disappears it reconnects with exponential backoff, handshakes again and asks the board to
+replay every stream from the first record the host has not got: nothing is lost, and the
+connection's sequence tracker drops anything delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import serial
+import serial_asyncio_fast
+
+from firmware_protocol.base import BaseMessage
+from firmware_protocol.connection import (
+    BoardRebooted,
+    Connection,
+    ConnState,
+    Event,
+    FrameDropped,
+    GapDetected,
+    Handshaked,
+    HandshakeFailed,
+    RequestFailed,
+    RequestTimedOut,
+    Response,
+    SpectrumReceived,
+    StreamRecords,
+    Unsolicited,
+)
+from firmware_protocol.messages import (
+    Capabilities,
+    GetCapabilities,
+    GetStatus,
+    HelloReply,
+    SetWatchdog,
+    Status,
+    StreamAck,
+    StreamReplay,
+)
+from firmware_protocol.spec import ErrorCode, Stream, WatchdogPolicy
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseMessage)
+
+
+class LinkError(Exception):
+    """The link cannot be used (e.g. the board speaks another protocol). Not retried."""
+
+
+class LinkDown(Exception):
+    """The link went away while a request was outstanding; it is being re-established."""
+
+
+class BoardError(Exception):
+    """The board refused a request."""
+
+    def __init__(self, request: str, code: int, detail: str) -> None:
+        self.request, self.code, self.detail = request, code, detail
+        try:
+            name = ErrorCode(code).name
+        except ValueError:
+            name = str(code)
+        super().__init__(f"board refused {request}: {name}: {detail}")
+
+
+class RequestTimeout(Exception):
+    pass
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    replays_requested: int = 0
+    gaps: int = 0
+    reboots: int = 0
+
+
+class _Proto(asyncio.Protocol):
+    def __init__(self, link: BoardLink) -> None:
+        self.link = link
+
+    def data_received(self, data: bytes) -> None:
+        self.link._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link._on_lost(exc)
+
+
+StreamConsumer = Callable[[Event], None]
+EventListener = Callable[[Event], None]
+
+
+class BoardLink:
+    def __init__(self, url: str, *, baudrate: int = 921600, timeout_s: float = 0.5,
+                 max_attempts: int = 4, reconnect_min_s: float = 0.2, reconnect_max_s: float = 5.0,
+                 watchdog_s: float = 10.0, watchdog_policy: str = "keep_aging",
+                 exclusive: bool = True) -> None:
+        self.url = url
+        self.baudrate = baudrate
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self.watchdog_s = watchdog_s
+        self.watchdog_policy = (WatchdogPolicy.GO_SAFE if watchdog_policy == "go_safe"
+                                else WatchdogPolicy.KEEP_AGING)
+        self.exclusive = exclusive
+        self.conn = Connection(timeout_s=timeout_s, max_attempts=max_attempts)
+        self.stats = LinkStats()
+        self.board: HelloReply | None = None
+        self.caps: Capabilities | None = None
+        self.last_status: Status | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._futures: dict[int, tuple[asyncio.Future[BaseMessage], str]] = {}
+        self._stream_consumers: list[StreamConsumer] = []
+        self._listeners: list[EventListener] = []
+        self._up = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._repairer: asyncio.Task[None] | None = None
+        self._chunk: dict[Stream, int] = dict.fromkeys(Stream, 64)
+        self._fatal: Exception | None = None
+        self._handshake_fut: asyncio.Future[HelloReply] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- consumers --------------------------------------------------------------------------
+    def add_stream_consumer(self, fn: StreamConsumer) -> None:
+        """``fn`` gets every StreamRecords and SpectrumReceived event, in order, once."""
+        self._stream_consumers.append(fn)
+
+    def add_listener(self, fn: EventListener) -> None:
+        """``fn`` gets unsolicited messages (status, event, sweep_done) and link events."""
+        self._listeners.append(fn)
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self, connect_timeout_s: float | None = 10.0) -> None:
+        """Connect (retrying with backoff) and keep the link up in the background."""
+        self._loop = asyncio.get_running_loop()
+        self._supervisor = asyncio.create_task(self._supervise(), name="board-link")
+        self._poller = asyncio.create_task(self._poll_loop(), name="board-link-timers")
+        self._repairer = asyncio.create_task(self._repair_loop(), name="board-link-repair")
+        try:
+            await self.wait_up(connect_timeout_s)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def wait_up(self, timeout_s: float | None = None) -> None:
+        waiter = asyncio.create_task(self._up.wait())
+        sup = self._supervisor
+        try:
+            await asyncio.wait(
+                {waiter, *([sup] if sup else [])}, timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self._fatal is not None:
+            raise self._fatal
+        if not self._up.is_set():
+            raise LinkError(f"could not connect to the board at {self.url} within {timeout_s} s "
+                            f"(is it plugged in / is the simulator running?)")
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in (self._supervisor, self._poller, self._repairer):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._fail_all(LinkDown("link closed"))
+
+    async def __aenter__(self) -> BoardLink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- supervisor -------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        delay = self.reconnect_min_s
+        while not self._closing:
+            try:
+                await self._connect_once()
+                delay = self.reconnect_min_s
+                await self._lost.wait()
+            except LinkError as e:
+                self._fatal = e
+                log.error("%s", e)
+                return
+            except (OSError, serial.SerialException, RequestTimeout, LinkDown, BoardError) as e:
+                log.warning("board link to %s: %s; retrying in %.1f s", self.url, e, delay)
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+            if self._up.is_set():
+                self._up.clear()
+            self._notify(_LinkState(False, "link lost"))
+            if self._closing:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._lost.clear()
+        kwargs: dict[str, Any] = {"baudrate": self.baudrate}
+        if self.exclusive and not self.url.startswith(("socket://", "rfc2217://", "loop://")):
+            kwargs["exclusive"] = True
+        transport, _ = await serial_asyncio_fast.create_serial_connection(
+            loop, lambda: _Proto(self), self.url, **kwargs)
+        self._transport = transport
+        self._handshake_fut = loop.create_future()
+        self._write(self.conn.start_handshake(time.monotonic()))
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(self._handshake_fut),
+                                           self.conn.timeout_s * 8)
+        except TimeoutError:
+            raise RequestTimeout("no answer to hello") from None
+        self.board = reply
+        self.stats.connects += 1
+        self.caps = await self._request_raw(GetCapabilities(), Capabilities)
+        await self._request_raw(SetWatchdog(timeout_ms=int(self.watchdog_s * 1000),
+                                            policy=int(self.watchdog_policy)))
+        self.last_status = await self._request_raw(GetStatus(), Status)
+        # Replay whatever the host has not got yet, on every stream. A stream the host has never
+        # seen starts at the board's head: what came before belongs to no run of this store.
+        st = self.last_status
+        heads = {Stream.AGING: st.aging_head_seq, Stream.SWEEP: st.sweep_head_seq,
+                 Stream.SPECTRUM: st.spectrum_head_seq}
+        for stream in Stream:
+            tr = self.conn.trackers[stream]
+            if tr.expected is None:
+                self.conn.resume_stream(stream, heads[stream])
+                continue
+            head64 = int(tr.unwrap(np.array([heads[stream]], dtype=np.uint32))[0])
+            if head64 < tr.expected:
+                # the board's counter is behind ours: it lost its ring (reboot without retained
+                # RAM); what we had not received is gone, start again at its head
+                log.error("board %s stream restarted at %d (host expected %d): records lost",
+                          stream.name, heads[stream], tr.expected)
+                self.conn.resume_stream(stream, heads[stream])
+                continue
+            await self._replay(stream, tr.expected)
+        self._up.set()
+        log.info("board %s (%s, boot %d) up at %s", reply.serial_number, reply.firmware_version,
+                 reply.boot_id, self.url)
+        self._notify(_LinkState(True, "link up"))
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            if self._transport is None:
+                continue
+            out = self.conn.poll(time.monotonic())
+            if out:
+                self._write(out)
+            self._dispatch()
+
+    async def _repair_loop(self) -> None:
+        """Fetch missing records again and again until they arrive.
+
+        The first hole of each stream is asked for in a range whose size adapts to the line:
+        halved when a replay did not fill it (on a noisy line a long frame rarely survives, a
+        short one does), doubled when it did.
+        """
+        while True:
+            await asyncio.sleep(0.1)
+            if not self._up.is_set():
+                continue
+            for stream in Stream:
+                tr = self.conn.trackers[stream]
+                if not tr.missing:
+                    continue
+                lo, hi = tr.missing[0]
+                size = self._chunk[stream]
+                try:
+                    await self._replay(stream, lo, min(hi, lo + size - 1))
+                except (LinkDown, RequestTimeout, BoardError) as e:
+                    log.debug("repair of %s from %d: %s", stream.name, lo, e)
+                    continue
+                await asyncio.sleep(0.05)
+                filled = not tr.missing or tr.missing[0][0] > lo
+                self._chunk[stream] = min(size * 2, 256) if filled else max(size // 2, 1)
+
+    def note_head(self, stream: Stream, head32: int) -> None:
+        """The board's next seq on ``stream`` (from a status): anything before it that the host
+        has not received is now known to be missing and will be fetched."""
+        tr = self.conn.trackers[stream]
+        if tr.expected is None:
+            return
+        head64 = int(tr.unwrap(np.array([head32], dtype=np.uint32))[0])
+        for lo, hi in tr.note_head(head64):
+            self.stats.gaps += 1
+            log.debug("%s records %d..%d not received yet", stream.name, lo, hi)
+
+    def missing_before(self, stream: Stream, head32: int) -> int:
+        """How many records before the board's ``head32`` the host still lacks."""
+        tr = self.conn.trackers[stream]
+        if tr.expected is None:
+            return 0
+        head64 = int(tr.unwrap(np.array([head32], dtype=np.uint32))[0])
+        n = sum(min(hi, head64 - 1) - lo + 1 for lo, hi in tr.missing if lo < head64)
+        return n + max(0, head64 - tr.expected)
+
+    # -- I/O --------------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        t = self._transport
+        if t is None or t.is_closing():
+            return
+        t.write(data)  # type: ignore[attr-defined]
+
+    def _on_data(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._dispatch()
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self.stats.disconnects += 1
+        self._transport = None
+        self._up.clear()
+        self._lost.set()
+        self._fail_all(LinkDown(f"link to {self.url} lost: {exc or 'closed'}"))
+        if self._handshake_fut is not None and not self._handshake_fut.done():
+            self._handshake_fut.set_exception(LinkDown("link lost during handshake"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        for seq, (fut, _name) in list(self._futures.items()):
+            if not fut.done():
+                fut.set_exception(exc)
+            self.conn.cancel(seq)
+        self._futures.clear()
+
+    def _dispatch(self) -> None:
+        while (ev := self.conn.next_event()) is not None:
+            if isinstance(ev, Response | RequestFailed | RequestTimedOut):
+                entry = self._futures.pop(ev.seq, None)
+                if entry is None:
+                    if isinstance(ev, RequestTimedOut) and ev.request == "hello":
+                        self._fail_handshake(RequestTimeout("no answer to hello"))
+                    continue
+                fut, name = entry
+                if fut.done():
+                    continue
+                if isinstance(ev, Response):
+                    fut.set_result(ev.message)
+                elif isinstance(ev, RequestFailed):
+                    fut.set_exception(BoardError(name, ev.code, ev.detail))
+                else:
+                    fut.set_exception(RequestTimeout(
+                        f"no answer to {name} after {ev.attempts} attempts"))
+            elif isinstance(ev, Handshaked):
+                if self._handshake_fut is not None and not self._handshake_fut.done():
+                    self._handshake_fut.set_result(ev.reply)
+            elif isinstance(ev, HandshakeFailed):
+                self._fail_handshake(LinkError(ev.reason))
+            elif isinstance(ev, StreamRecords | SpectrumReceived):
+                for fn in self._stream_consumers:
+                    fn(ev)
+            elif isinstance(ev, GapDetected):
+                self.stats.gaps += 1
+                if self._loop is not None:
+                    self._loop.create_task(self._safe_replay(ev.stream, ev.from_seq, ev.to_seq))
+            elif isinstance(ev, BoardRebooted):
+                self.stats.reboots += 1
+                log.warning("board rebooted (boot id %d -> %d)", ev.old_boot_id, ev.new_boot_id)
+                self._notify(ev)
+            elif isinstance(ev, Unsolicited):
+                if isinstance(ev.message, Status):
+                    self.last_status = ev.message
+                self._notify(ev)
+            elif isinstance(ev, FrameDropped):
+                log.debug("frame dropped: %s %s", ev.reason, ev.detail)
+
+    def _fail_handshake(self, exc: Exception) -> None:
+        if self._handshake_fut is not None and not self._handshake_fut.done():
+            self._handshake_fut.set_exception(exc)
+
+    def _notify(self, ev: object) -> None:
+        for fn in self._listeners:
+            try:
+                fn(ev)  # type: ignore[arg-type]
+            except Exception:  # a listener never breaks the link
+                log.exception("link listener failed")
+
+    # -- requests ---------------------------------------------------------------------------
+    async def request(self, msg: BaseMessage, expect: type[M] | None = None,
+                      wait_up_s: float | None = 30.0) -> Any:
+        """Send an acknowledged request and await its reply (retried safely on timeouts).
+
+        If the link is down, waits up to ``wait_up_s`` for it to come back first. Raises
+        :class:`BoardError` when the board refuses, :class:`LinkDown` when the link drops
+        while waiting, :class:`RequestTimeout` when the board never answers.
+        """
+        if not self._up.is_set():
+            await self.wait_up(wait_up_s)
+        return await self._request_raw(msg, expect)
+
+    async def _request_raw(self, msg: BaseMessage, expect: type[M] | None = None) -> Any:
+        if self.conn.state is not ConnState.READY:
+            raise LinkDown("link not ready")
+        loop = asyncio.get_running_loop()
+        seq, data = self.conn.send_request(msg, time.monotonic())
+        fut: asyncio.Future[BaseMessage] = loop.create_future()
+        self._futures[seq] = (fut, msg.NAME)
+        self._write(data)
+        reply = await fut
+        if expect is not None and not isinstance(reply, expect):
+            raise BoardError(msg.NAME, -1, f"unexpected reply {reply.NAME}")
+        return reply
+
+    def ack(self, stream: Stream, seq64: int) -> None:
+        """Tell the board every record of ``stream`` up to ``seq64`` is safely stored."""
+        if self.conn.state is ConnState.READY and self._transport is not None:
+            self._write(self.conn.send_unacked(StreamAck(stream=int(stream),
+                                                         seq=seq64 % (1 << 32))))
+
+    async def _replay(self, stream: Stream, from_seq64: int, to_seq64: int | None = None) -> None:
+        self.stats.replays_requested += 1
+        to32 = 0xFFFFFFFF if to_seq64 is None else to_seq64 % (1 << 32)
+        ok = await self._request_raw(StreamReplay(stream=int(stream), from_seq=from_seq64 % (1 << 32),
+                                                  to_seq=to32))
+        first = getattr(ok, "value", from_seq64 % (1 << 32))
+        if (first - from_seq64) % (1 << 32) not in (0,) and first != from_seq64 % (1 << 32):
+            log.error("board no longer holds %s records from %d (oldest %d): they are lost",
+                      stream.name, from_seq64, first)
+
+    async def _safe_replay(self, stream: Stream, lo: int, hi: int) -> None:
+        try:
+            await self._replay(stream, lo, hi)
+        except (LinkDown, RequestTimeout, BoardError) as e:
+            # the reconnect path replays everything from the tracker's position anyway
+            log.info("replay of %s %d..%d deferred: %s", stream.name, lo, hi, e)
+
+    def resume_stream(self, stream: Stream, next_seq64: int) -> None:
+        """Start tracking ``stream`` at ``next_seq64`` (e.g. one past the last stored record)."""
+        self.conn.resume_stream(stream, next_seq64)
+
+    async def replay_from(self, stream: Stream, from_seq64: int) -> None:
+        await self._replay(stream, from_seq64)
+
+
+@dataclass(frozen=True)
+class _LinkState:
+    up: bool
+    reason: str
+
+
+LinkState = _LinkState
+
+__all__ = ["BoardError", "BoardLink", "LinkDown", "LinkError", "LinkState", "RequestTimeout"]
+
+
+async def wait_for(aw: Awaitable[Any], timeout: float) -> Any:
+    return await asyncio.wait_for(aw, timeout)

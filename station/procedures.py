@@ -1,0 +1,854 @@
+"""Procedures: a J–V–L sweep and a constant-current aging run, each safe on every path out.
+
+A sweep runs as one on-board sweep program (never a host round trip per point). An aging run
+holds a pixel at constant current on its own driver, so pixels on separate drivers age in
+parallel while the SMU and its multiplexer serve one sweep at a time through a FIFO lock (asyncio
+locks wake waiters in order: a fair queue). Whatever happens — completion, an exception,
+Ctrl-C, a cancelled task — the ``finally`` blocks switch the outputs they used off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from firmware_protocol.connection import Unsolicited
+from firmware_protocol.messages import (
+    AgingStart,
+    AgingStop,
+    AllOff,
+    GetStatus,
+    MuxSelect,
+    PdRead,
+    PdReading,
+    SmuConfigure,
+    SmuMeasure,
+    SmuOutput,
+    SmuReading,
+    SpectrumAcquire,
+    Status,
+    SweepAbort,
+    SweepDone,
+    SweepStart,
+)
+from firmware_protocol.messages import Spectrum as SpectrumMsg
+from firmware_protocol.spec import SampleFlags, SmuMode, Stream, SweepEnd
+
+from .acquisition import Acquisition, empty_rows, raw_aging_rows, raw_sweep_rows
+from .analysis.lifetime import analyze_lifetime
+from .analysis.photometry import (
+    Calibration,
+    PreparedSpectra,
+    Spectrum,
+    compute_points,
+    luminance_per_photodiode_amp,
+    prepare_spectra,
+)
+from .analysis.summary import sweep_summary
+from .config import PixelConfig, StationConfig, SubstrateConfig
+from .link import BoardError, BoardLink, LinkDown, RequestTimeout
+from .store import AGING_COLUMNS, SWEEP_COLUMNS, Store
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).parent / "data"
+MA_CM2_PER_A_M2 = 0.1
+
+
+class LimitError(ValueError):
+    """A request that would break the station's safety limits; nothing was sent."""
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+
+def load_responsivity(path: str | Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A CSV of ``wavelength_nm,a_per_w`` ('#' comments and a header line allowed); default: the
+    built-in typical Si photodiode table."""
+    p = Path(path) if path else DATA_DIR / "si_photodiode_responsivity.csv"
+    try:
+        lines = p.read_text().splitlines()
+    except OSError as e:
+        raise ValueError(f"responsivity file {p}: {e}") from None
+    wl: list[float] = []
+    r: list[float] = []
+    for n, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line or (not wl and not line[0].isdigit()):
+            continue  # comment, blank or the header
+        parts = line.split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            wl.append(float(parts[0]))
+            r.append(float(parts[1]))
+        except ValueError:
+            raise ValueError(f"responsivity file {p}, line {n}: expected 'wavelength_nm,a_per_w', "
+                             f"got {line!r}") from None
+    if len(wl) < 2:
+        raise ValueError(f"responsivity file {p}: needs at least two rows")
+    return tuple(wl), tuple(r)
+
+
+def calibration_for(config: StationConfig, area_m2: float) -> Calibration:
+    wl, r = load_responsivity(config.calibration.responsivity_file)
+    c = config.calibration
+    return Calibration(pixel_area_m2=area_m2, responsivity_wavelength_nm=wl,
+                       responsivity_a_per_w=r, photodiode_radius_m=c.photodiode_radius_mm * 1e-3,
+                       distance_m=c.photodiode_distance_mm * 1e-3, geometry_factor=c.geometry_factor)
+
+
+# -- the station context ---------------------------------------------------------------------------
+
+
+@dataclass
+class StationContext:
+    config: StationConfig
+    link: BoardLink
+    store: Store
+    acq: Acquisition
+    instrument_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _sweep_id: int = 0
+    last_spectra: dict[int, list[Spectrum]] = field(default_factory=dict)
+
+    def next_sweep_id(self) -> int:
+        self._sweep_id = (self._sweep_id % 0xFFFE) + 1
+        return self._sweep_id
+
+    def pixel(self, number: int) -> tuple[SubstrateConfig | None, PixelConfig]:
+        caps = self.link.caps
+        if caps is not None:
+            n = caps.n_substrates * caps.pixels_per_substrate
+            if not 1 <= number <= n:
+                raise LimitError(f"pixel {number} does not exist on this board (1..{n})")
+        return self.config.pixel(number)
+
+    def board_spectrum(self, msg: SpectrumMsg, *, t_s: float | None = None) -> Spectrum | None:
+        """A board spectrum as spectral density per nm; None if unusable (saturated or dark)."""
+        caps = self.link.caps
+        if caps is None:
+            return None
+        return board_spectrum(np.asarray(msg.counts, dtype=float), msg.dark_counts, msg.flags,
+                              caps.wavelength_cal, caps.spectrum_kind,
+                              voltage_v=None if t_s is not None else msg.voltage_v, t_s=t_s)
+
+    def spectrometer_info(self) -> dict[str, Any]:
+        caps = self.link.caps
+        if caps is None:
+            return {}
+        return {"wavelength_cal": list(caps.wavelength_cal), "spectrum_kind": caps.spectrum_kind,
+                "pixels": caps.spectrometer_pixels}
+
+
+def board_spectrum(counts: np.ndarray, dark_counts: float, flags: int,
+                   wavelength_cal: Any, spectrum_kind: int, *, voltage_v: float | None = None,
+                   t_s: float | None = None) -> Spectrum | None:
+    """Spectrometer counts per pixel -> spectral density per nm on the calibrated wavelength grid.
+
+    lambda(p) = sum c_k p^k; density = (counts - dark) / |d lambda / dp|. Returns None for a
+    saturated spectrum (clipped line shape) or one with too little light to trust its shape.
+    """
+    if len(counts) < 3 or flags & 0x01:
+        return None
+    p = np.arange(len(counts), dtype=float)
+    coeffs = np.asarray(wavelength_cal, dtype=float)[::-1]
+    wl = np.polyval(coeffs, p)
+    dwl_dp = np.abs(np.polyval(np.polyder(coeffs), p))
+    net = np.asarray(counts, dtype=float) - dark_counts
+    noise = math.sqrt(max(dark_counts, 1.0)) + 3.0
+    if net.max() < 20 * noise:
+        return None
+    density = net / np.where(dwl_dp > 0, dwl_dp, 1.0)  # no clipping: noise must average out
+    # Keep the emission band only: outside it there is nothing but noise, which the colour-matching
+    # functions would weigh in. The band is where the smoothed signal exceeds 0.5 % of its peak,
+    # widened by its own width on each side.
+    smooth = np.convolve(density, np.ones(5) / 5, mode="same")
+    ipk = int(np.argmax(smooth))
+    above = smooth >= 0.005 * smooth[ipk]
+    lo = ipk
+    while lo > 0 and above[lo - 1]:
+        lo -= 1
+    hi = ipk
+    while hi < len(above) - 1 and above[hi + 1]:
+        hi += 1
+    pad = hi - lo + 1
+    density = density.copy()
+    density[: max(lo - pad, 0)] = 0.0
+    density[hi + pad + 1 :] = 0.0
+    kind = "photon" if spectrum_kind == 0 else "energy"
+    return Spectrum(wavelength_nm=wl, values=density, kind=kind,  # type: ignore[arg-type]
+                    voltage_v=voltage_v, t_s=t_s)
+
+
+async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | None = None,
+                           start_ms: float = 200.0, max_ms: float = 60000.0,
+                           t0_us: int | None = None) -> tuple[Spectrum | None, SpectrumMsg]:
+    """One spectrum of a pixel at its present operating point, with auto-exposure.
+
+    The integration time is scaled until the peak uses 30-80 % of the detector's range (or the
+    longest allowed integration is reached); a saturated reading is retaken shorter. With
+    ``t0_us`` the spectrum is tagged with its time since t0 (aging), else with ``t_s``.
+    """
+    caps = ctx.link.caps
+    full = float(caps.spectrometer_max_counts) if caps else 65535.0
+    integ = start_ms
+    msg: SpectrumMsg | None = None
+    for _ in range(6):
+        ok = await ctx.link.request(SpectrumAcquire(pixel=pixel_no, integration_ms=integ))
+        fut = ctx.acq.wait_spectrum(ok.value)
+        ctx.link.note_head(Stream.SPECTRUM, (ok.value + 1) & 0xFFFFFFFF)  # fetched if lost
+        got, _seq = await asyncio.wait_for(fut, 120.0)
+        msg = got
+        peak = float(np.max(got.counts)) - got.dark_counts if got.counts else 0.0
+        room = full - got.dark_counts
+        if got.flags & 0x01:
+            integ = max(integ * 0.3, 1.0)
+            continue
+        if peak >= 0.3 * room or integ >= max_ms:
+            break
+        integ = min(max_ms, integ * min(0.6 * room / max(peak, 1.0), 50.0))
+    assert msg is not None
+    if t0_us is not None:
+        t_s = (msg.t_us - t0_us) / 1e6
+    return ctx.board_spectrum(msg, t_s=t_s), msg
+
+
+async def all_outputs_off(link: BoardLink) -> None:
+    """Best effort: everything off. Used on every path out."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(link.request(AllOff(), wait_up_s=2.0)), 5.0)
+
+
+async def _safe(link: BoardLink, *msgs: Any) -> None:
+    for m in msgs:
+        with contextlib.suppress(BoardError, LinkDown, RequestTimeout, TimeoutError):
+            await asyncio.wait_for(link.request(m, wait_up_s=5.0), 10.0)
+
+
+async def sync_stream(link: BoardLink, stream: Stream, head32: int, timeout_s: float = 120.0) -> None:
+    """Wait until every record of ``stream`` before the board's ``head32`` has arrived.
+
+    A gap is only visible when a later record arrives; records lost at the very end of a burst
+    are declared missing here, and the link's repair loop fetches them.
+    """
+    link.note_head(stream, head32)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while link.missing_before(stream, head32) > 0:
+        if loop.time() > deadline:
+            raise RequestTimeout(f"{link.missing_before(stream, head32)} {stream.name} records "
+                                 f"before {head32} did not arrive within {timeout_s:g} s")
+        await asyncio.sleep(0.02)
+
+
+# -- sweep -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepParams:
+    start_v: float = 0.0
+    stop_v: float = 6.0
+    step_v: float = 0.1
+    voltages_v: list[float] | None = None
+    dwell_ms: float = 10.0
+    integration_ms: float = 20.0
+    compliance_ma_cm2: float | None = None
+    reverse: bool = False
+    stop_on_compliance: bool = True
+    autorange: bool = True
+    pd_gain: int = 2
+    spectrum_at_v: list[float] | None = None
+    spectrum_integration_ms: float = 400.0
+    breakdown_v_drop: float = 0.0
+    dark_n: int = 16
+    threshold_cd_m2: float = 1.0
+
+    def program(self) -> list[float]:
+        if self.voltages_v:
+            return list(self.voltages_v)
+        if self.step_v == 0 or (self.stop_v - self.start_v) * self.step_v < 0:
+            raise LimitError("sweep: step_v must be non-zero and point from start_v to stop_v")
+        n = math.floor((self.stop_v - self.start_v) / self.step_v + 1e-9) + 1
+        return [self.start_v + i * self.step_v for i in range(n)]
+
+
+@dataclass
+class SweepOutcome:
+    run_id: int
+    summary: dict[str, Any]
+    reason: str
+    n_points: int
+
+
+class SweepCollector:
+    """Owns one sweep's records: photometry as they arrive, the spectra, the end."""
+
+    def __init__(self, ctx: StationContext, run_id: int, sweep_id: int, calibration: Calibration,
+                 dark_a: float, n_expected: int,
+                 progress: Callable[[int, int, dict[str, float]], None] | None) -> None:
+        self.ctx, self.run_id, self.sweep_id = ctx, run_id, sweep_id
+        self.calibration = calibration
+        self.dark_a = dark_a
+        self.n_expected = n_expected
+        self.progress = progress
+        self.spectra: list[Spectrum] = []
+        self.spectrum_seqs: list[int] = []
+        self.prepared: PreparedSpectra | None = None
+        self.n_points = 0
+        self.done = asyncio.Event()
+        self.done_msg: SweepDone | None = None
+        self.last_flags = 0
+
+    def _prep(self) -> PreparedSpectra | None:
+        if self.prepared is None:
+            spectra = self.spectra or self.ctx.last_spectra.get(self.sweep_pixel, [])
+            if spectra:
+                self.prepared = prepare_spectra(spectra, self.calibration, "voltage_v")
+        return self.prepared
+
+    sweep_pixel: int = 0
+
+    def on_records(self, rec: np.ndarray, seq64: np.ndarray) -> np.ndarray:
+        rows = raw_sweep_rows(rec, seq64, self.run_id)
+        rows["dark_a"] = self.dark_a
+        prep = self._prep()
+        if prep is not None:
+            pts = compute_points(rec["voltage_v"], rec["current_a"], rec["photodiode_a"],
+                                 self.calibration, prep, dark_a=self.dark_a)
+            for c in ("current_density_ma_cm2", "luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w"):
+                rows[c] = pts[c]
+        else:
+            area = self.calibration.pixel_area_m2
+            rows["current_density_ma_cm2"] = rec["current_a"] * (MA_CM2_PER_A_M2 / area)
+        self.n_points += len(rec)
+        self.last_flags = int(rec["flags"][-1])
+        if self.progress is not None:
+            last = rows[-1]
+            self.progress(self.n_points, self.n_expected, {
+                "voltage_v": float(last["voltage_v"]),
+                "current_density_ma_cm2": float(last["current_density_ma_cm2"]),
+                "luminance_cd_m2": float(last["luminance_cd_m2"])})
+        return rows
+
+    def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
+        s = self.ctx.board_spectrum(msg)
+        self.spectrum_seqs.append(seq64)
+        if s is not None:
+            self.spectra.append(s)
+            self.prepared = None
+        return self.run_id
+
+    def inferred_end(self) -> str:
+        if self.n_points >= self.n_expected:
+            return "completed"
+        if self.last_flags & int(SampleFlags.COMPLIANCE):
+            return "compliance"
+        return "ended early (sweep_done lost; see the points)"
+
+    def on_event(self, ev: object) -> None:
+        if (isinstance(ev, Unsolicited) and isinstance(ev.message, SweepDone)
+                and ev.message.sweep_id == self.sweep_id):
+            self.done_msg = ev.message
+            self.done.set()
+
+
+def check_sweep_limits(ctx: StationContext, pixel: PixelConfig, params: SweepParams) -> float:
+    """Returns the compliance current (A). Raises LimitError naming the limit."""
+    lim = ctx.config.limits
+    prog = params.program()
+    vmax = max(abs(v) for v in prog)
+    if vmax > lim.max_voltage_v:
+        raise LimitError(f"sweep reaches {vmax:g} V, above the station limit "
+                         f"limits.max_voltage_v = {lim.max_voltage_v:g} V")
+    if ctx.link.caps is not None and vmax > ctx.link.caps.max_voltage_v:
+        raise LimitError(f"sweep reaches {vmax:g} V, above the board's {ctx.link.caps.max_voltage_v:g} V")
+    if len(prog) > 200 and params.voltages_v:
+        raise LimitError("a list sweep holds at most 200 voltages")
+    area = pixel.area_mm2 * 1e-6
+    j_limit = lim.max_current_density_ma_cm2
+    j = params.compliance_ma_cm2 if params.compliance_ma_cm2 is not None else j_limit
+    if j > j_limit:
+        raise LimitError(f"compliance {j:g} mA/cm² is above limits.max_current_density_ma_cm2 = "
+                         f"{j_limit:g} mA/cm²")
+    return j / MA_CM2_PER_A_M2 * area
+
+
+async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
+                    job_id: str | None = None, progress: Callable[[int, int, dict[str, float]], None]
+                    | None = None) -> SweepOutcome:
+    link, store = ctx.link, ctx.store
+    sub, pixel = ctx.pixel(pixel_no)
+    compliance_a = check_sweep_limits(ctx, pixel, params)
+    prog = params.program()
+    n_expected = len(prog) * (2 if params.reverse else 1)
+    spec_v = params.spectrum_at_v
+    if spec_v is None:
+        lo, hi = min(prog), max(prog)
+        spec_v = [float(v) for v in np.linspace(lo + 0.45 * (hi - lo), hi, 8)]
+    area = pixel.area_mm2 * 1e-6
+    cal = calibration_for(ctx.config, area)
+    async with ctx.instrument_lock:
+        run_id = store.create_run(
+            kind="sweep", station=ctx.config.station.id, pixel=pixel_no, area_m2=area,
+            substrate=sub.id if sub else None, label=pixel.label, device=pixel.device, job_id=job_id,
+            params=asdict(params) | {"spectrometer": ctx.spectrometer_info()},
+            calibration=cal.to_dict(),
+            board_serial=link.board.serial_number if link.board else None)
+        sweep_id = ctx.next_sweep_id()
+        col: SweepCollector | None = None
+        reason = "error"
+        try:
+            await link.request(MuxSelect(pixel=pixel_no))
+            dark = await link.request(PdRead(pixel=pixel_no, n=params.dark_n,
+                                             integration_ms=params.integration_ms), PdReading)
+            col = SweepCollector(ctx, run_id, sweep_id, cal, dark.mean_a, n_expected, progress)
+            col.sweep_pixel = pixel_no
+            ctx.acq.sweeps[sweep_id] = col
+            link.add_listener(col.on_event)
+            options = ((1 if params.reverse else 0) | (2 if params.stop_on_compliance else 0)
+                       | (4 if params.autorange else 0))
+            await link.request(SweepStart(
+                sweep_id=sweep_id, pixel=pixel_no, start_v=params.start_v, stop_v=params.stop_v,
+                step_v=params.step_v, voltages_v=tuple(params.voltages_v or ()),
+                dwell_ms=params.dwell_ms, integration_ms=params.integration_ms,
+                compliance_a=compliance_a, options=options, pd_gain=params.pd_gain,
+                spectrum_at_v=tuple(spec_v[:16]), spectrum_integration_ms=params.spectrum_integration_ms,
+                breakdown_v_drop=params.breakdown_v_drop))
+            status = await _wait_sweep_end(link, col)
+            await sync_stream(link, Stream.SWEEP, status.sweep_head_seq)
+            await sync_stream(link, Stream.SPECTRUM, status.spectrum_head_seq)
+            if col.done_msg is not None:
+                reason = SweepEnd(col.done_msg.reason).name.lower()
+            else:
+                # sweep_done was lost with the link; the points tell how the sweep ended
+                reason = col.inferred_end()
+        finally:
+            if reason == "error":
+                await _safe(link, SweepAbort())
+            await _safe(link, SmuOutput(enable=0, level=0.0), MuxSelect(pixel=0))
+            ctx.acq.sweeps.pop(sweep_id, None)
+            if col is not None:
+                with contextlib.suppress(ValueError):
+                    link._listeners.remove(col.on_event)
+            if reason == "error":
+                store.finish_run(run_id, "failed", "error")
+    assert col is not None
+    ctx.acq.flush()
+    summary = finalize_sweep(ctx, run_id, col, dark_std_a=dark.std_a, threshold=params.threshold_cd_m2)
+    summary["end_reason"] = reason
+    store.finish_run(run_id, "completed", reason, summary)
+    if col.spectra:
+        ctx.last_spectra[pixel_no] = col.spectra
+    return SweepOutcome(run_id, summary, reason, col.n_points)
+
+
+async def _wait_sweep_end(link: BoardLink, col: SweepCollector) -> Status:
+    """Wait for sweep_done; if it was lost, notice the end in the board's status."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(col.done.wait(), 1.0)
+        try:
+            status: Status = await link.request(GetStatus(), Status)
+        except (LinkDown, RequestTimeout):
+            continue
+        if col.done.is_set() or not status.sweep_active:
+            return status
+
+
+def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dark_std_a: float,
+                   threshold: float) -> dict[str, Any]:
+    """Recompute every point with all the sweep's spectra (nearest in voltage) and summarise."""
+    store = ctx.store
+    data = store.fetch("sweep_points", run_id)
+    spectra = col.spectra or ctx.last_spectra.get(col.sweep_pixel, [])
+    summary: dict[str, Any]
+    if not spectra or len(data["seq"]) == 0:
+        summary = {"error": "no usable spectrum: luminance cannot be computed", "n_points": len(data["seq"])}
+        return summary
+    prep = prepare_spectra(spectra, col.calibration, "voltage_v")
+    pts = compute_points(data["voltage_v"], data["current_a"], data["photodiode_a"], col.calibration,
+                         prep, dark_a=col.dark_a)
+    store.db.executemany(
+        "UPDATE sweep_points SET current_density_ma_cm2=?, luminance_cd_m2=?, eqe_pct=?, ce_cd_a=?, "
+        "pe_lm_w=? WHERE seq=?",
+        [(*(None if not math.isfinite(x) else x for x in row[:5]), int(row[5]))
+         for row in zip(pts["current_density_ma_cm2"].tolist(), pts["luminance_cd_m2"].tolist(),
+                        pts["eqe_pct"].tolist(), pts["ce_cd_a"].tolist(), pts["pe_lm_w"].tolist(),
+                        data["seq"].tolist(), strict=True)])
+    forward = data["direction"] == "forward"
+    floor = 3.0 * dark_std_a * luminance_per_photodiode_amp(col.calibration, prep, len(prep.key) - 1)
+    summ = sweep_summary(pts[forward] if forward.any() else pts, prep, threshold_cd_m2=threshold,
+                         noise_floor_cd_m2=floor)
+    summary = summ.to_dict()
+    summary["n_points"] = len(pts)
+    summary["dark_a"] = col.dark_a
+    summary["dark_std_a"] = dark_std_a
+    summary["spectra_used"] = len(spectra)
+    return summary
+
+
+# -- aging -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgingParams:
+    current_density_ma_cm2: float | None = None
+    initial_luminance_cd_m2: float | None = None
+    interval_s: float = 60.0
+    until: str = "t50"  # t95, t90, t80, t50 or a duration like "300h"
+    max_duration_h: float = 10000.0
+    voltage_runaway_v: float = 3.0
+    compliance_v: float | None = None
+    interim_sweep_every_h: float | None = None
+    interim_sweep: SweepParams | None = None
+    spectrum_every_h: float = 24.0
+    channel: int | None = None
+    pd_gain: int = 2
+
+    def stop_level(self) -> float | None:
+        levels = {"t95": 0.95, "t90": 0.90, "t80": 0.80, "t70": 0.70, "t50": 0.50}
+        return levels.get(self.until.lower())
+
+    def duration_h(self) -> float | None:
+        if self.stop_level() is not None:
+            return None
+        return parse_duration_h(self.until)
+
+
+def parse_duration_h(text: str) -> float:
+    t = text.strip().lower()
+    units = {"s": 1 / 3600, "m": 1 / 60, "min": 1 / 60, "h": 1.0, "d": 24.0, "w": 168.0}
+    for u in sorted(units, key=len, reverse=True):
+        if t.endswith(u):
+            try:
+                v = float(t[: -len(u)])
+            except ValueError:
+                break
+            if v <= 0:
+                break
+            return v * units[u]
+    raise LimitError(f"cannot read duration {text!r}: use t95/t90/t80/t50 or a number with "
+                     f"s, m, h, d or w (e.g. 300h)")
+
+
+@dataclass
+class AgingOutcome:
+    run_id: int
+    summary: dict[str, Any]
+    reason: str
+    n_samples: int
+
+
+class AgingCollector:
+    """Owns one aging run's samples: photometry, L0, l_rel and the stop conditions."""
+
+    def __init__(self, ctx: StationContext, run_id: int, channel: int, calibration: Calibration,
+                 dark_a: float, params: AgingParams,
+                 progress: Callable[[float, dict[str, float]], None] | None) -> None:
+        self.ctx, self.run_id, self.channel = ctx, run_id, channel
+        self.pixel = 0
+        self.calibration, self.dark_a, self.params = calibration, dark_a, params
+        self.progress = progress
+        self.spectra: list[Spectrum] = []
+        self.prepared: PreparedSpectra | None = None
+        self.t0_us: int | None = None
+        self.l0: float | None = None
+        self._l0_buf: list[tuple[float, float]] = []
+        self.v0: float | None = None
+        self.n = 0
+        self.last_t_s = 0.0
+        self.last_l_rel = float("nan")
+        self.below = 0
+        self.stop_reason: str | None = None
+        self.stopped = asyncio.Event()
+        self.paused_flag = False
+
+    def add_spectrum(self, s: Spectrum) -> None:
+        self.spectra.append(s)
+        self.prepared = prepare_spectra(self.spectra, self.calibration, "t_s")
+
+    def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
+        return self.run_id
+
+    def on_records(self, rec: np.ndarray, seq64: np.ndarray) -> np.ndarray:
+        rows = raw_aging_rows(rec, seq64, self.run_id)
+        rows["dark_a"] = self.dark_a
+        if self.t0_us is None:
+            self.t0_us = int(rec["t_us"][0])
+            self.ctx.store.update_run(self.run_id, t0_us=self.t0_us)
+        t_s = (rec["t_us"].astype(np.int64) - self.t0_us) / 1e6
+        flags = rec["flags"]
+        if self.prepared is not None:
+            pts = compute_points(rec["voltage_v"], rec["current_a"], rec["photodiode_a"],
+                                 self.calibration, self.prepared, dark_a=self.dark_a, t_s=t_s)
+            lum = pts["luminance_cd_m2"]
+            rows["luminance_cd_m2"] = lum
+            rows["eqe_pct"] = pts["eqe_pct"]
+            live = (flags & int(SampleFlags.STOPPED)) == 0
+            if self.l0 is None:
+                for t, lv, ok in zip(t_s.tolist(), lum.tolist(), live.tolist(), strict=True):
+                    if ok:
+                        self._l0_buf.append((t, lv))
+                if len(self._l0_buf) >= 3 and self._l0_buf[-1][0] - self._l0_buf[0][0] >= 0:
+                    t_arr = np.array([x[0] for x in self._l0_buf])
+                    n = max(int(np.searchsorted(t_arr, t_arr[0] + 60.0, side="right")), 3)
+                    self.l0 = float(np.median([x[1] for x in self._l0_buf[:n]]))
+            if self.l0 is not None and self.l0 > 0:
+                rows["l_rel"] = lum / self.l0
+        if self.v0 is None and len(rec):
+            self.v0 = float(rec["voltage_v"][0])
+        self.n += len(rec)
+        self.last_t_s = float(t_s[-1])
+        self._check_stop(rec, rows, t_s)
+        if self.progress is not None:
+            self.progress(self.last_t_s / 3600.0, {
+                "l_rel": float(rows["l_rel"][-1]), "voltage_v": float(rec["voltage_v"][-1]),
+                "luminance_cd_m2": float(rows["luminance_cd_m2"][-1])})
+        return rows
+
+    def _check_stop(self, rec: np.ndarray, rows: np.ndarray, t_s: np.ndarray) -> None:
+        if self.stop_reason is not None:
+            return
+        flags = rec["flags"]
+        if np.any(flags & int(SampleFlags.SHORT)):
+            self._stop("failure_short")
+        elif np.any(flags & int(SampleFlags.OPEN)):
+            self._stop("failure_open")
+        elif np.any(flags & int(SampleFlags.COMPLIANCE)):
+            self._stop("voltage_compliance")
+        elif self.v0 is not None and np.any(rec["voltage_v"] > self.v0 + self.params.voltage_runaway_v):
+            self._stop("voltage_runaway")
+        elif np.any(flags & int(SampleFlags.STOPPED)):
+            self.paused_flag = True  # interlock or reboot: the monitor restarts the channel
+        level = self.params.stop_level()
+        if level is not None and self.stop_reason is None:
+            lr = rows["l_rel"]
+            for v in lr.tolist():
+                self.below = self.below + 1 if (v == v and v <= level) else 0
+                if self.below >= 3:
+                    self._stop(f"reached_{self.params.until.lower()}")
+                    break
+        dur = self.params.duration_h()
+        limit_h = min(dur if dur is not None else math.inf, self.params.max_duration_h)
+        if self.stop_reason is None and t_s[-1] / 3600.0 >= limit_h:
+            self._stop("duration" if dur is not None and limit_h == dur else "max_duration")
+
+    def _stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.stopped.set()
+
+
+def aging_current_a(ctx: StationContext, pixel: PixelConfig, j_ma_cm2: float) -> float:
+    lim = ctx.config.limits
+    if j_ma_cm2 <= 0:
+        raise LimitError("current density must be > 0")
+    if j_ma_cm2 > lim.max_aging_current_density_ma_cm2:
+        raise LimitError(f"{j_ma_cm2:g} mA/cm² is above limits.max_aging_current_density_ma_cm2 = "
+                         f"{lim.max_aging_current_density_ma_cm2:g}")
+    i = j_ma_cm2 / MA_CM2_PER_A_M2 * pixel.area_mm2 * 1e-6
+    caps = ctx.link.caps
+    if caps is not None and i > caps.max_aging_current_a:
+        raise LimitError(f"{i * 1e3:g} mA is above the aging driver's {caps.max_aging_current_a * 1e3:g} mA")
+    return i
+
+
+async def find_current_for_luminance(ctx: StationContext, pixel_no: int, pixel: PixelConfig,
+                                     target_cd_m2: float, cal: Calibration) -> tuple[float, float]:
+    """A short secant search (log-log) with the SMU sourcing current. Returns (I, L)."""
+    link = ctx.link
+    lim = ctx.config.limits
+    i_max = lim.max_aging_current_density_ma_cm2 / MA_CM2_PER_A_M2 * pixel.area_mm2 * 1e-6
+    async with ctx.instrument_lock:
+        try:
+            await link.request(MuxSelect(pixel=pixel_no))
+            dark = await link.request(PdRead(pixel=pixel_no, n=8, integration_ms=20.0), PdReading)
+            await link.request(SmuConfigure(mode=int(SmuMode.SOURCE_I), range_index=0xFF,
+                                            compliance=lim.max_voltage_v, integration_ms=20.0))
+            i = min(10.0 / MA_CM2_PER_A_M2 * pixel.area_mm2 * 1e-6, i_max)  # 10 mA/cm²
+            prep: PreparedSpectra | None = None
+            hist: list[tuple[float, float]] = []
+            for _ in range(10):
+                await link.request(SmuOutput(enable=1, level=i))
+                if prep is None:
+                    s, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+                    if s is not None:
+                        prep = prepare_spectra([s], cal, "t_s")
+                r: SmuReading = await link.request(SmuMeasure(), SmuReading)
+                if prep is None:
+                    lum = 0.0
+                else:
+                    pts = compute_points(r.voltage_v, r.current_a, r.photodiode_a, cal, prep,
+                                         dark_a=dark.mean_a, t_s=0.0)
+                    lum = float(pts["luminance_cd_m2"][0])
+                hist.append((i, lum))
+                if lum > 0 and abs(lum / target_cd_m2 - 1) < 0.02:
+                    return i, lum
+                if len(hist) >= 2 and hist[-1][1] > 0 and hist[-2][1] > 0 and hist[-1][0] != hist[-2][0]:
+                    (i1, l1), (i2, l2) = hist[-2], hist[-1]
+                    m = math.log(l2 / l1) / math.log(i2 / i1) if l2 != l1 else 1.0
+                    m = min(max(m, 0.3), 3.0)
+                    i_new = i2 * (target_cd_m2 / l2) ** (1 / m)
+                else:
+                    i_new = i * (target_cd_m2 / lum if lum > 0 else 4.0)
+                i = float(min(max(i_new, i / 10), i * 10, i_max))
+            raise LimitError(f"no current up to {i_max * 1e3:g} mA gives {target_cd_m2:g} cd/m² "
+                             f"(last: {hist[-1][1]:.4g} cd/m² at {hist[-1][0] * 1e3:.4g} mA)")
+        finally:
+            await _safe(link, SmuOutput(enable=0, level=0.0), MuxSelect(pixel=0))
+
+
+async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
+                    job_id: str | None = None,
+                    progress: Callable[[float, dict[str, float]], None] | None = None,
+                    resume_run_id: int | None = None) -> AgingOutcome:
+    link, store = ctx.link, ctx.store
+    sub, pixel = ctx.pixel(pixel_no)
+    area = pixel.area_mm2 * 1e-6
+    cal = calibration_for(ctx.config, area)
+    if params.stop_level() is None:
+        params.duration_h()  # validates
+    caps = link.caps
+    channel = params.channel if params.channel is not None else pixel_no - 1
+    if caps is not None and not 0 <= channel < caps.n_aging_channels:
+        raise LimitError(f"aging channel {channel} does not exist (board has {caps.n_aging_channels})")
+    if params.current_density_ma_cm2 is not None:
+        current_a = aging_current_a(ctx, pixel, params.current_density_ma_cm2)
+        target_l = None
+    elif params.initial_luminance_cd_m2 is not None:
+        current_a, target_l = await find_current_for_luminance(
+            ctx, pixel_no, pixel, params.initial_luminance_cd_m2, cal)
+        aging_current_a(ctx, pixel, current_a / (area / MA_CM2_PER_A_M2))  # limit check
+    else:
+        raise LimitError("aging needs a current density or an initial luminance")
+    compliance_v = params.compliance_v or (caps.aging_compliance_v if caps
+                                           else ctx.config.limits.max_voltage_v)
+    compliance_v = min(compliance_v, ctx.config.limits.max_voltage_v)
+    j_ma_cm2 = current_a / area * MA_CM2_PER_A_M2
+
+    # dark current with the pixel off
+    async with ctx.instrument_lock:
+        dark = await link.request(PdRead(pixel=pixel_no, n=16, integration_ms=20.0), PdReading)
+    run_params = asdict(params) | {"current_a": current_a, "current_density_ma_cm2": j_ma_cm2,
+                                   "channel": channel, "compliance_v": compliance_v,
+                                   "search_luminance_cd_m2": target_l,
+                                   "spectrometer": ctx.spectrometer_info()}
+    run_id = resume_run_id or store.create_run(
+        kind="aging", station=ctx.config.station.id, pixel=pixel_no, area_m2=area,
+        substrate=sub.id if sub else None, label=pixel.label, device=pixel.device, job_id=job_id,
+        params=run_params, calibration=cal.to_dict(), channel=channel,
+        board_serial=link.board.serial_number if link.board else None)
+    col = AgingCollector(ctx, run_id, channel, cal, dark.mean_a, params, progress)
+    col.pixel = pixel_no
+    ctx.acq.aging[channel] = col
+    start_msg = AgingStart(channel=channel, pixel=pixel_no, current_a=current_a,
+                           interval_ms=max(1, round(params.interval_s * 1000)),
+                           compliance_v=compliance_v, pd_gain=params.pd_gain)
+    reason = "error"
+    next_spectrum_h = 0.0
+    next_sweep_h = params.interim_sweep_every_h
+    try:
+        await link.request(start_msg)
+        # the spectrum at switch-on (t = 0), before the first sample
+        async with ctx.instrument_lock:
+            s0, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+        if s0 is not None:
+            col.add_spectrum(s0)
+            next_spectrum_h = params.spectrum_every_h
+        while not col.stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(col.stopped.wait(), 0.5)
+            if col.stopped.is_set():
+                break
+            t_h = col.last_t_s / 3600.0
+            try:
+                status: Status = await link.request(GetStatus(), Status)
+                active = bool(status.aging_active_mask & (1 << channel))
+                if not active and status.interlock_closed and col.stop_reason is None:
+                    log.warning("aging channel %d was stopped by the board (interlock, reboot); "
+                                "restarting it", channel)
+                    await link.request(start_msg)
+                    col.paused_flag = False
+                    continue
+                if active and t_h >= next_spectrum_h:
+                    async with ctx.instrument_lock:
+                        s, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0, t0_us=col.t0_us)
+                    if s is not None:
+                        col.add_spectrum(s)
+                        next_spectrum_h = t_h + params.spectrum_every_h
+                    else:
+                        next_spectrum_h = t_h + 0.1
+                if next_sweep_h is not None and active and t_h >= next_sweep_h:
+                    await link.request(AgingStop(channel=channel))
+                    try:
+                        await run_sweep(ctx, pixel_no, params.interim_sweep or SweepParams(),
+                                        job_id=job_id)
+                    finally:
+                        await link.request(start_msg)
+                    next_sweep_h = t_h + (params.interim_sweep_every_h or math.inf)
+            except (LinkDown, RequestTimeout) as e:
+                log.info("aging monitor: %s (the board keeps aging; waiting)", e)
+            except BoardError as e:
+                log.warning("aging monitor: %s", e)
+        reason = col.stop_reason or "stopped"
+    except asyncio.CancelledError:
+        reason = "cancelled"
+        raise
+    finally:
+        await _safe(link, AgingStop(channel=channel))
+        with contextlib.suppress(Exception):
+            status = await asyncio.wait_for(link.request(GetStatus(), Status, wait_up_s=5.0), 10.0)
+            await sync_stream(link, Stream.AGING, status.aging_head_seq)
+        ctx.acq.flush()
+        ctx.acq.aging.pop(channel, None)
+        if reason in ("error", "cancelled"):
+            store.finish_run(run_id, "failed" if reason == "error" else "cancelled", reason)
+    summary = finalize_aging(ctx, run_id, col)
+    summary["end_reason"] = reason
+    summary["current_density_ma_cm2"] = j_ma_cm2
+    summary["current_a"] = current_a
+    store.finish_run(run_id, "completed", reason, summary)
+    return AgingOutcome(run_id, summary, reason, col.n)
+
+
+def finalize_aging(ctx: StationContext, run_id: int, col: AgingCollector) -> dict[str, Any]:
+    """Recompute every sample with the run's spectra (nearest in time) and the final L0."""
+    store = ctx.store
+    d = store.fetch("aging_samples", run_id)
+    if len(d["seq"]) < 2 or not col.spectra or col.t0_us is None:
+        return {"error": "too few samples or no usable spectrum", "n_samples": len(d["seq"])}
+    t_s = (d["t_us"] - col.t0_us) / 1e6
+    prep = prepare_spectra(col.spectra, col.calibration, "t_s")
+    pts = compute_points(d["voltage_v"], d["current_a"], d["photodiode_a"], col.calibration, prep,
+                         dark_a=col.dark_a, t_s=t_s)
+    bad = int(SampleFlags.STOPPED | SampleFlags.SHORT | SampleFlags.OPEN)
+    live = (d["flags"].astype(np.int64) & bad) == 0
+    lum = pts["luminance_cd_m2"]
+    res = analyze_lifetime(t_s[live], lum[live])
+    l_rel = lum / res.l0_cd_m2
+    store.db.executemany(
+        "UPDATE aging_samples SET luminance_cd_m2=?, l_rel=?, eqe_pct=? WHERE seq=?",
+        [(a if math.isfinite(a) else None, b if math.isfinite(b) else None,
+          c if math.isfinite(c) else None, int(s))
+         for a, b, c, s in zip(lum.tolist(), l_rel.tolist(), pts["eqe_pct"].tolist(),
+                               d["seq"].tolist(), strict=True)])
+    summary = res.to_dict()
+    summary["n_samples"] = len(d["seq"])
+    summary["dark_a"] = col.dark_a
+    summary["t0_us"] = col.t0_us
+    summary["spectra_used"] = len(col.spectra)
+    return summary
+
+
+__all__ = [
+    "AGING_COLUMNS", "SWEEP_COLUMNS", "AgingOutcome", "AgingParams", "LimitError",
+    "StationContext", "SweepOutcome", "SweepParams", "all_outputs_off", "empty_rows",
+    "run_aging", "run_sweep",
+]

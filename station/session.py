@@ -1,0 +1,72 @@
+"""Open a station: store, board link, acquisition — and close it safely on every path.
+
+``async with open_station(config) as ctx:`` connects to the board, resumes every stream where
+the store left off, and on the way out (normal exit, exception, Ctrl-C, SIGTERM) switches every
+output off, flushes the store and closes the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
+
+from .acquisition import Acquisition
+from .config import StationConfig
+from .link import BoardLink
+from .procedures import StationContext, all_outputs_off
+from .store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def open_station(config: StationConfig, *, url: str | None = None,
+                       connect_timeout_s: float = 15.0) -> AsyncIterator[StationContext]:
+    store = Store(config.store.path)
+    b = config.board
+    link = BoardLink(url or b.url, baudrate=b.baudrate, timeout_s=b.request_timeout_s,
+                     max_attempts=b.max_attempts, reconnect_min_s=b.reconnect_min_s,
+                     reconnect_max_s=b.reconnect_max_s, watchdog_s=b.watchdog_s,
+                     watchdog_policy=b.watchdog_policy)
+    acq = Acquisition(link, store, batch_ms=config.store.batch_ms)
+    acq.resume_from_store()
+    try:
+        await link.start(connect_timeout_s)
+    except BaseException:
+        store.close()
+        raise
+    acq.start()
+    ctx = StationContext(config=config, link=link, store=store, acq=acq)
+    try:
+        yield ctx
+    finally:
+        if link.is_up:
+            await all_outputs_off(link)
+        await acq.stop()
+        await link.close()
+        store.close()
+
+
+def run_with_signals(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` under asyncio; SIGTERM and SIGINT cancel it so its cleanup runs."""
+
+    async def runner() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await main()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())

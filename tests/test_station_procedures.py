@@ -1,0 +1,98 @@
+"""The station drives the simulated board: sweeps and aging over a real socket and a real pty,
+with the board's own counts compared against what the store holds."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from firmware_protocol.spec import Stream
+from sim.presets import get_preset
+from sim.truth import lifetime_truth
+from station.procedures import AgingParams, LimitError, SweepParams, run_aging, run_sweep
+
+from .stationkit import assert_complete, sim_station, stored_seqs
+
+SEED = {  # Table S1 of the seed (shared/seed), typed here independently of the code
+    "dbsa": dict(von_v=2.8, l_max_cd_m2=4452, ce_max_cd_a=23.8, eqe_max_pct=8.95, pe_max_lm_w=22.7,
+                 el_peak_nm=508, cie_x=0.0669, cie_y=0.6765),
+    "otac": dict(von_v=2.85, l_max_cd_m2=2339, ce_max_cd_a=9.1, eqe_max_pct=2.75, pe_max_lm_w=9.59,
+                 el_peak_nm=516, cie_x=0.0981, cie_y=0.7592),
+}
+
+
+@pytest.mark.parametrize("device", ["dbsa", "otac"])
+async def test_sweep_over_socket_reproduces_table_s1_through_the_measurement_chain(tmp_path, device):
+    async with sim_station(tmp_path, [device]) as (server, ctx):
+        res = await run_sweep(ctx, 1, SweepParams(start_v=0.0, stop_v=7.0, step_v=0.05, reverse=True))
+        s = res.summary
+        seed = SEED[device]
+        assert abs(s["von_v"] - seed["von_v"]) <= 0.05
+        for k in ("l_max_cd_m2", "ce_max_cd_a", "eqe_max_pct", "pe_max_lm_w"):
+            assert s[k] == pytest.approx(seed[k], rel=0.04), k
+        assert abs(s["el_peak_nm"] - seed["el_peak_nm"]) <= 1.5
+        assert abs(s["cie_x"] - seed["cie_x"]) <= 0.004 and abs(s["cie_y"] - seed["cie_y"]) <= 0.004
+        # every point the board measured is stored once, forward and reverse
+        assert_complete(stored_seqs(ctx, "sweep_points"), server.board.counters.produced[Stream.SWEEP])
+        assert res.n_points == server.board.counters.produced[Stream.SWEEP]
+        assert res.reason == "completed"
+        st = server.board.status()
+        assert not st.smu_output_on and not st.sweep_active
+
+
+async def test_sweep_over_a_pty_with_a_stable_link_path(tmp_path):
+    link = str(tmp_path / "ttyLED0")
+    async with sim_station(tmp_path, ["oled"], listen="pty", link_path=link) as (server, ctx):
+        assert os.path.islink(link)
+        res = await run_sweep(ctx, 1, SweepParams(start_v=2.0, stop_v=4.0, step_v=0.1))
+        assert res.n_points == 21
+        assert_complete(stored_seqs(ctx, "sweep_points"), server.board.counters.produced[Stream.SWEEP])
+
+
+async def test_limits_are_checked_before_anything_is_sent(tmp_path):
+    async with sim_station(tmp_path, ["dbsa"]) as (server, ctx):
+        with pytest.raises(LimitError, match="max_voltage_v"):
+            await run_sweep(ctx, 1, SweepParams(start_v=0.0, stop_v=12.0, step_v=0.5))
+        with pytest.raises(LimitError, match="max_aging_current_density"):
+            await run_aging(ctx, 1, AgingParams(current_density_ma_cm2=5000.0))
+        with pytest.raises(LimitError, match="pixel 9"):
+            await run_sweep(ctx, 9, SweepParams(stop_v=3.0))
+        assert server.board.counters.requests["sweep_start"] == 0
+        assert server.board.counters.requests["aging_start"] == 0
+
+
+async def test_aging_1000_virtual_hours_matches_the_model_lifetime(tmp_path):
+    j = 2.0  # mA/cm²
+    async with sim_station(tmp_path, ["dbsa"], speed=2e6) as (server, ctx):
+        res = await run_aging(ctx, 1, AgingParams(current_density_ma_cm2=j, until="t50",
+                                                  interval_s=60.0))
+        truth = lifetime_truth(get_preset("dbsa"), j)
+        s = res.summary
+        assert res.reason == "reached_t50"
+        assert s["l0_cd_m2"] == pytest.approx(float(truth["l0_cd_m2"]), rel=0.03)
+        assert s["l_peak_cd_m2"] == pytest.approx(float(truth["l_peak_cd_m2"]), rel=0.03)
+        for k in ("t90_h", "t80_h", "t50_h"):
+            assert s[k] == pytest.approx(float(truth[k]), rel=0.05), k
+        assert_complete(stored_seqs(ctx, "aging_samples"), server.board.counters.produced[Stream.AGING])
+        assert not server.board.status().aging_active_mask
+
+
+async def test_two_pixels_age_in_parallel_while_a_third_is_swept(tmp_path):
+    import asyncio
+
+    async with sim_station(tmp_path, ["dbsa", "otac", "oled"], speed=5e5) as (server, ctx):
+        a = asyncio.create_task(run_aging(ctx, 1, AgingParams(current_density_ma_cm2=1.0, until="50h")))
+        b = asyncio.create_task(run_aging(ctx, 2, AgingParams(current_density_ma_cm2=1.0, until="50h")))
+        sw = await run_sweep(ctx, 3, SweepParams(start_v=2.0, stop_v=4.0, step_v=0.1))
+        ra, rb = await asyncio.gather(a, b)
+        assert sw.reason == "completed"
+        assert ra.reason == rb.reason == "duration"
+        # samples from both channels, each run holding only its own pixel's samples
+        for r, px in ((ra, 1), (rb, 2)):
+            pixels = {row[0] for row in ctx.store.db.execute(
+                "SELECT DISTINCT pixel FROM aging_samples WHERE run_id = ?", (r.run_id,))}
+            assert pixels == {px}
+            assert math.isclose(r.summary["duration_h"], 50.0, rel_tol=0.05)
+        assert_complete(stored_seqs(ctx, "aging_samples"), server.board.counters.produced[Stream.AGING])
