@@ -17,6 +17,7 @@ from . import __version__
 # yet built) is skipped rather than breaking the whole CLI.
 COMMAND_MODULES = (
     "station.commands.demo",
+    "station.commands.run_cmd",
     "station.commands.sweep_cmd",
     "station.commands.age_cmd",
     "station.commands.export_cmd",

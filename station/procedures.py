@@ -570,6 +570,8 @@ class AgingCollector:
         self.stop_reason: str | None = None
         self.stopped = asyncio.Event()
         self.paused_flag = False
+        self.on_alert: Callable[[str, dict[str, Any]], None] | None = None
+        self._alerted: set[float] = set()
 
     def add_spectrum(self, s: Spectrum) -> None:
         self.spectra.append(s)
@@ -628,6 +630,13 @@ class AgingCollector:
             self._stop("voltage_runaway")
         elif np.any(flags & int(SampleFlags.STOPPED)):
             self.paused_flag = True  # interlock or reboot: the monitor restarts the channel
+        lr_all = rows["l_rel"]
+        for lv, name in ((0.9, "t90"), (0.5, "t50")):
+            if lv not in self._alerted and np.any(lr_all <= lv):
+                self._alerted.add(lv)
+                i = int(np.argmax(lr_all <= lv))
+                self._alert(f"{name}_reached", {"t_h": float(t_s[i]) / 3600.0,
+                                                "l_rel": float(lr_all[i])})
         level = self.params.stop_level()
         if level is not None and self.stop_reason is None:
             lr = rows["l_rel"]
@@ -644,6 +653,16 @@ class AgingCollector:
     def _stop(self, reason: str) -> None:
         self.stop_reason = reason
         self.stopped.set()
+        if reason.startswith(("failure", "voltage")):
+            self._alert("pixel_failure" if reason.startswith("failure") else "compliance",
+                        {"reason": reason, "t_h": self.last_t_s / 3600.0})
+
+    def _alert(self, kind: str, data: dict[str, Any]) -> None:
+        if self.on_alert is not None:
+            try:
+                self.on_alert(kind, {"pixel": self.pixel, "run_id": self.run_id, **data})
+            except Exception:
+                log.exception("alert callback failed")
 
 
 def aging_current_a(ctx: StationContext, pixel: PixelConfig, j_ma_cm2: float) -> float:
@@ -708,60 +727,78 @@ async def find_current_for_luminance(ctx: StationContext, pixel_no: int, pixel: 
 async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                     job_id: str | None = None,
                     progress: Callable[[float, dict[str, float]], None] | None = None,
-                    resume_run_id: int | None = None) -> AgingOutcome:
+                    resume: AgingCollector | None = None,
+                    running: asyncio.Event | None = None,
+                    on_alert: Callable[[str, dict[str, Any]], None] | None = None) -> AgingOutcome:
+    """Age one pixel. ``resume`` continues a run rebuilt from the store (after a restart);
+    ``running`` (set = run, clear = pause) pauses the run with its output off."""
     link, store = ctx.link, ctx.store
     sub, pixel = ctx.pixel(pixel_no)
     area = pixel.area_mm2 * 1e-6
-    cal = calibration_for(ctx.config, area)
-    if params.stop_level() is None:
-        params.duration_h()  # validates
-    caps = link.caps
-    channel = params.channel if params.channel is not None else pixel_no - 1
-    if caps is not None and not 0 <= channel < caps.n_aging_channels:
-        raise LimitError(f"aging channel {channel} does not exist (board has {caps.n_aging_channels})")
-    if params.current_density_ma_cm2 is not None:
-        current_a = aging_current_a(ctx, pixel, params.current_density_ma_cm2)
-        target_l = None
-    elif params.initial_luminance_cd_m2 is not None:
-        current_a, target_l = await find_current_for_luminance(
-            ctx, pixel_no, pixel, params.initial_luminance_cd_m2, cal)
-        aging_current_a(ctx, pixel, current_a / (area / MA_CM2_PER_A_M2))  # limit check
+    if resume is not None:
+        col = resume
+        run = store.run(col.run_id)
+        rp = run["params"]
+        current_a, compliance_v, channel = rp["current_a"], rp["compliance_v"], rp["channel"]
+        j_ma_cm2 = rp["current_density_ma_cm2"]
+        col.progress = progress
+        col.on_alert = on_alert
     else:
-        raise LimitError("aging needs a current density or an initial luminance")
-    compliance_v = params.compliance_v or (caps.aging_compliance_v if caps
-                                           else ctx.config.limits.max_voltage_v)
-    compliance_v = min(compliance_v, ctx.config.limits.max_voltage_v)
-    j_ma_cm2 = current_a / area * MA_CM2_PER_A_M2
-
-    # dark current with the pixel off
-    async with ctx.instrument_lock:
-        dark = await link.request(PdRead(pixel=pixel_no, n=16, integration_ms=20.0), PdReading)
-    run_params = asdict(params) | {"current_a": current_a, "current_density_ma_cm2": j_ma_cm2,
-                                   "channel": channel, "compliance_v": compliance_v,
-                                   "search_luminance_cd_m2": target_l,
-                                   "spectrometer": ctx.spectrometer_info()}
-    run_id = resume_run_id or store.create_run(
-        kind="aging", station=ctx.config.station.id, pixel=pixel_no, area_m2=area,
-        substrate=sub.id if sub else None, label=pixel.label, device=pixel.device, job_id=job_id,
-        params=run_params, calibration=cal.to_dict(), channel=channel,
-        board_serial=link.board.serial_number if link.board else None)
-    col = AgingCollector(ctx, run_id, channel, cal, dark.mean_a, params, progress)
-    col.pixel = pixel_no
-    ctx.acq.aging[channel] = col
+        cal = calibration_for(ctx.config, area)
+        if params.stop_level() is None:
+            params.duration_h()  # validates
+        caps = link.caps
+        channel = params.channel if params.channel is not None else pixel_no - 1
+        if caps is not None and not 0 <= channel < caps.n_aging_channels:
+            raise LimitError(f"aging channel {channel} does not exist (board has "
+                             f"{caps.n_aging_channels})")
+        if params.current_density_ma_cm2 is not None:
+            current_a = aging_current_a(ctx, pixel, params.current_density_ma_cm2)
+            target_l = None
+        elif params.initial_luminance_cd_m2 is not None:
+            current_a, target_l = await find_current_for_luminance(
+                ctx, pixel_no, pixel, params.initial_luminance_cd_m2, cal)
+            aging_current_a(ctx, pixel, current_a / (area / MA_CM2_PER_A_M2))  # limit check
+        else:
+            raise LimitError("aging needs a current density or an initial luminance")
+        compliance_v = params.compliance_v or (caps.aging_compliance_v if caps
+                                               else ctx.config.limits.max_voltage_v)
+        compliance_v = min(compliance_v, ctx.config.limits.max_voltage_v)
+        j_ma_cm2 = current_a / area * MA_CM2_PER_A_M2
+        # dark current with the pixel off
+        async with ctx.instrument_lock:
+            dark = await link.request(PdRead(pixel=pixel_no, n=16, integration_ms=20.0), PdReading)
+        run_params = asdict(params) | {"current_a": current_a, "current_density_ma_cm2": j_ma_cm2,
+                                       "channel": channel, "compliance_v": compliance_v,
+                                       "search_luminance_cd_m2": target_l, "dark_a": dark.mean_a,
+                                       "spectrometer": ctx.spectrometer_info()}
+        run_id = store.create_run(
+            kind="aging", station=ctx.config.station.id, pixel=pixel_no, area_m2=area,
+            substrate=sub.id if sub else None, label=pixel.label, device=pixel.device,
+            job_id=job_id, params=run_params, calibration=cal.to_dict(), channel=channel,
+            board_serial=link.board.serial_number if link.board else None)
+        col = AgingCollector(ctx, run_id, channel, cal, dark.mean_a, params, progress)
+        col.pixel = pixel_no
+        col.on_alert = on_alert
+        ctx.acq.aging[channel] = col
+    run_id = col.run_id
     start_msg = AgingStart(channel=channel, pixel=pixel_no, current_a=current_a,
                            interval_ms=max(1, round(params.interval_s * 1000)),
                            compliance_v=compliance_v, pd_gain=params.pd_gain)
     reason = "error"
-    next_spectrum_h = 0.0
-    next_sweep_h = params.interim_sweep_every_h
+    t_h0 = col.last_t_s / 3600.0
+    next_spectrum_h = t_h0 + params.spectrum_every_h if col.spectra else 0.0
+    next_sweep_h = (t_h0 + params.interim_sweep_every_h) if params.interim_sweep_every_h else None
+    paused = False
     try:
-        await link.request(start_msg)
-        # the spectrum at switch-on (t = 0), before the first sample
-        async with ctx.instrument_lock:
-            s0, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
-        if s0 is not None:
-            col.add_spectrum(s0)
-            next_spectrum_h = params.spectrum_every_h
+        if resume is None:
+            await link.request(start_msg)
+            # the spectrum at switch-on (t = 0), before the first sample
+            async with ctx.instrument_lock:
+                s0, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+            if s0 is not None:
+                col.add_spectrum(s0)
+                next_spectrum_h = params.spectrum_every_h
         while not col.stopped.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(col.stopped.wait(), 0.5)
@@ -769,12 +806,22 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                 break
             t_h = col.last_t_s / 3600.0
             try:
+                if running is not None and not running.is_set():
+                    if not paused:
+                        await link.request(AgingStop(channel=channel))
+                        paused = True
+                        store.update_run(run_id, status="paused")
+                    continue
                 status: Status = await link.request(GetStatus(), Status)
                 active = bool(status.aging_active_mask & (1 << channel))
                 if not active and status.interlock_closed and col.stop_reason is None:
-                    log.warning("aging channel %d was stopped by the board (interlock, reboot); "
-                                "restarting it", channel)
+                    if not paused:
+                        log.warning("aging channel %d was stopped by the board (interlock, reboot,"
+                                    " restart); restarting it", channel)
                     await link.request(start_msg)
+                    if paused:
+                        store.update_run(run_id, status="running")
+                    paused = False
                     col.paused_flag = False
                     continue
                 if active and t_h >= next_spectrum_h:
@@ -805,9 +852,10 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
         await _safe(link, AgingStop(channel=channel))
         with contextlib.suppress(Exception):
             status = await asyncio.wait_for(link.request(GetStatus(), Status, wait_up_s=5.0), 10.0)
-            await sync_stream(link, Stream.AGING, status.aging_head_seq)
+            await sync_stream(link, Stream.AGING, status.aging_head_seq, timeout_s=20.0)
         ctx.acq.flush()
-        ctx.acq.aging.pop(channel, None)
+        if ctx.acq.aging.get(channel) is col:
+            ctx.acq.aging.pop(channel, None)
         if reason in ("error", "cancelled"):
             store.finish_run(run_id, "failed" if reason == "error" else "cancelled", reason)
     summary = finalize_aging(ctx, run_id, col)
@@ -816,6 +864,48 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
     summary["current_a"] = current_a
     store.finish_run(run_id, "completed", reason, summary)
     return AgingOutcome(run_id, summary, reason, col.n)
+
+
+def rebuild_aging_collector(ctx: StationContext, run_id: int) -> tuple[AgingCollector, AgingParams]:
+    """An aging run's collector as it was, from the store: for resuming after a restart."""
+    store = ctx.store
+    run = store.run(run_id)
+    rp = dict(run["params"])
+    fields = {f for f in AgingParams.__dataclass_fields__}
+    interim = rp.get("interim_sweep")
+    params = AgingParams(**{k: v for k, v in rp.items() if k in fields and k != "interim_sweep"})
+    if interim:
+        params.interim_sweep = SweepParams(**interim)
+    cal = Calibration.from_dict(run["calibration"])
+    col = AgingCollector(ctx, run_id, rp["channel"], cal, float(rp.get("dark_a", 0.0)), params, None)
+    col.pixel = run["pixel"]
+    col.t0_us = run["t0_us"]
+    d = store.fetch("aging_samples", run_id)
+    col.n = len(d["seq"])
+    spec = rp.get("spectrometer") or {}
+    if col.t0_us is not None and spec:
+        for row in store.spectra_of(run_id):
+            sp = board_spectrum(row["counts"], row["dark_counts"], row["flags"],
+                                spec["wavelength_cal"], spec["spectrum_kind"],
+                                t_s=(row["t_us"] - col.t0_us) / 1e6)
+            if sp is not None:
+                col.add_spectrum(sp)
+    if col.n and col.t0_us is not None:
+        t_s = (d["t_us"] - col.t0_us) / 1e6
+        col.last_t_s = float(t_s[-1])
+        col.v0 = float(d["voltage_v"][0])
+        if col.prepared is not None:
+            pts = compute_points(d["voltage_v"], d["current_a"], d["photodiode_a"], cal,
+                                 col.prepared, dark_a=col.dark_a, t_s=t_s)
+            ok = np.isfinite(pts["luminance_cd_m2"])
+            if ok.sum() >= 3:
+                from .analysis.lifetime import l0_of
+
+                col.l0 = l0_of(t_s[ok], pts["luminance_cd_m2"][ok])
+                col._alerted = {lv for lv in (0.9, 0.5)
+                                if np.any(pts["luminance_cd_m2"][ok] / col.l0 <= lv)}
+    ctx.acq.aging[col.channel] = col
+    return col, params
 
 
 def finalize_aging(ctx: StationContext, run_id: int, col: AgingCollector) -> dict[str, Any]:

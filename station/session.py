@@ -26,7 +26,11 @@ T = TypeVar("T")
 
 @contextlib.asynccontextmanager
 async def open_station(config: StationConfig, *, url: str | None = None,
-                       connect_timeout_s: float = 15.0) -> AsyncIterator[StationContext]:
+                       connect_timeout_s: float | None = 15.0,
+                       prepare: Callable[[StationContext], None] | None = None
+                       ) -> AsyncIterator[StationContext]:
+    """``prepare(ctx)`` runs before the link starts, so that records the board replays at once
+    (a restart after a crash) already find the procedures that own them."""
     store = Store(config.store.path)
     b = config.board
     link = BoardLink(url or b.url, baudrate=b.baudrate, timeout_s=b.request_timeout_s,
@@ -35,13 +39,15 @@ async def open_station(config: StationConfig, *, url: str | None = None,
                      watchdog_policy=b.watchdog_policy)
     acq = Acquisition(link, store, batch_ms=config.store.batch_ms)
     acq.resume_from_store()
+    ctx = StationContext(config=config, link=link, store=store, acq=acq)
     try:
+        if prepare is not None:
+            prepare(ctx)
         await link.start(connect_timeout_s)
     except BaseException:
         store.close()
         raise
     acq.start()
-    ctx = StationContext(config=config, link=link, store=store, acq=acq)
     try:
         yield ctx
     finally:

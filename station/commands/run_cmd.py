@@ -1,0 +1,138 @@
+"""``station run``: the long-running daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EPILOG = """The daemon connects to the board, resumes every unfinished job (after a crash, a power
+cut or a reboot the aging runs continue and the samples the board buffered meanwhile are
+replayed: no gap, no duplicate), runs the jobs it is given — by `station jobs submit` over MQTT
+or with --job here — and forwards every stored sample to MQTT and InfluxDB when enabled in the
+configuration. SIGTERM or Ctrl-C switches every output off and exits; unfinished jobs resume at
+the next start.
+
+examples:
+  station run --config /etc/led-station/lab-a.toml
+  station run --config examples/sim-station.toml --job examples/jobs/schedule.toml
+
+exit codes: 0 stopped by a signal, 2 bad job file, 78 unusable configuration (systemd does not
+restart on these), 1 anything else.
+"""
+
+EX_CONFIG = 78
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the station daemon: jobs, resume after a crash, telemetry",
+                       description="Run the station daemon.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, metavar="FILE", help="station TOML configuration")
+    p.add_argument("--job", action="append", default=[], metavar="JOB.toml",
+                   help="submit this job file at start (repeatable)")
+    p.add_argument("--exit-when-idle", action="store_true",
+                   help="exit once no job is left to run (batch use, tests)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from station.config import ConfigError, load_config
+    from station.jobs import JobError, job_dict, load_job_file
+    from station.session import run_with_signals
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"station run: {e}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        jobs = [load_job_file(j) for j in args.job]
+    except JobError as e:
+        print(f"station run: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run_with_signals(lambda: _daemon(cfg, [job_dict(j) for j in jobs],
+                                                args.exit_when_idle))
+    except JobError as e:
+        print(f"station run: {e}", file=sys.stderr)
+        return 2
+
+
+async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) -> int:
+    import asyncio
+    import contextlib
+    import getpass
+    import logging
+    import socket
+
+    from firmware_protocol.connection import Unsolicited
+    from firmware_protocol.messages import Event
+    from firmware_protocol.spec import EventCode
+    from station.jobs import JobManager
+    from station.link import LinkState
+    from station.procedures import StationContext
+    from station.session import open_station
+    from station.sinks.cursor import publish_event
+    from station.sinks.runner import notify, run_sinks
+
+    log = logging.getLogger("station.daemon")
+    holder: dict[str, JobManager] = {}
+
+    def publish(kind: str, payload: dict[str, Any]) -> None:
+        jm = holder.get("jm")
+        if jm is not None:
+            publish_event(jm.ctx.store.db, kind, payload)
+            notify()
+
+    def prepare(ctx: StationContext) -> None:
+        holder["jm"] = jm = JobManager(ctx, publish=publish)
+        jm.prepare(ctx)
+
+        def on_link(ev: object) -> None:
+            if isinstance(ev, LinkState) and not ev.up:
+                publish("alert/link_lost", {"reason": ev.reason})
+            elif isinstance(ev, Unsolicited) and isinstance(ev.message, Event):
+                code = ev.message.code
+                if code == EventCode.INTERLOCK_OPEN:
+                    publish("alert/interlock", {"state": "open", "t_us": ev.message.t_us})
+                elif code == EventCode.INTERLOCK_CLOSED:
+                    publish("alert/interlock", {"state": "closed", "t_us": ev.message.t_us})
+                elif code in (EventCode.PIXEL_SHORT, EventCode.PIXEL_OPEN):
+                    publish("alert/pixel_failure", {"pixel": ev.message.pixel,
+                                                    "detail": ev.message.detail})
+                elif code == EventCode.COMPLIANCE:
+                    publish("alert/compliance", {"pixel": ev.message.pixel,
+                                                 "detail": ev.message.detail})
+
+        ctx.link.add_listener(on_link)
+
+    stop = asyncio.Event()
+    background: list[asyncio.Task[Any]] = []
+    async with open_station(cfg, prepare=prepare, connect_timeout_s=None) as ctx:
+        jm = holder["jm"]
+        if cfg.mqtt.enabled or cfg.influxdb.enabled:
+            background.append(asyncio.create_task(run_sinks(cfg, cfg.store.path, stop)))
+        if cfg.mqtt.enabled:
+            from station.control import ControlServer
+
+            background.append(asyncio.create_task(ControlServer(cfg, jm).run(stop)))
+        jm.start()
+        me = f"{getpass.getuser()}@{socket.gethostname()} (command line)"
+        for job in jobs:
+            info = await jm.submit(job, me)
+            print(f"submitted {info['id']} ({info['name']})", flush=True)
+        log.info("station %s running", cfg.station.id)
+        try:
+            while True:
+                await asyncio.sleep(0.5)
+                if exit_when_idle and not jm.tasks:
+                    break
+        finally:
+            await jm.shutdown()
+            ctx.acq.flush()
+            stop.set()
+            for t in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(t, 10.0)
+    return 0

@@ -1,0 +1,489 @@
+"""Jobs: sweeps, aging runs and schedules, kept in the store and resumed after a crash.
+
+A job file (TOML) is one of::
+
+    kind = "sweep"     pixels = [1, 2]     [sweep] start_v = 0 ...
+    kind = "aging"     pixels = [1, 2]     [aging] current_density_ma_cm2 = [5, 10] ...
+    kind = "schedule"  [[steps]] kind = "sweep" ...  [[steps]] kind = "aging" ...
+
+(see ``examples/jobs/``). A job is validated in full — schema and the station's safety limits —
+before it is queued; a bad one is refused with the reason and changes nothing. Jobs run
+concurrently: aging pixels on their own drivers in parallel, sweeps one at a time through the
+instrument lock (a FIFO: fair between jobs). Job definitions and progress live in the store, so
+after a kill -9, a power cut or a reboot :meth:`JobManager.prepare` and :meth:`JobManager.start`
+pick up every unfinished job: aging runs continue the same run (the board kept aging and
+buffering, and its samples are replayed), interrupted sweeps are run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .jobs_api import JobError
+from .link import LinkDown, RequestTimeout
+from .procedures import (
+    AgingCollector,
+    AgingParams,
+    LimitError,
+    StationContext,
+    SweepParams,
+    aging_current_a,
+    check_sweep_limits,
+    parse_duration_h,
+    rebuild_aging_collector,
+    run_aging,
+    run_sweep,
+)
+
+log = logging.getLogger(__name__)
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    client TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    progress TEXT NOT NULL DEFAULT '{}',
+    error TEXT
+);
+"""
+
+UNFINISHED = ("queued", "running", "paused")
+FINISHED = ("completed", "failed", "stopped")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SweepSpec(_Strict):
+    start_v: float = 0.0
+    stop_v: float = 6.0
+    step_v: float = Field(0.05, gt=0)
+    voltages_v: list[float] | None = Field(None, max_length=200)
+    dwell_ms: float = Field(10.0, ge=0, le=60000)
+    integration_ms: float = Field(20.0, gt=0, le=60000)
+    compliance_ma_cm2: float | None = Field(None, gt=0)
+    reverse: bool = False
+    stop_on_compliance: bool = True
+    autorange: bool = True
+    spectrum_at_v: list[float] | None = Field(None, max_length=16)
+    spectrum_integration_ms: float = Field(400.0, gt=0, le=60000)
+    threshold_cd_m2: float = Field(1.0, gt=0)
+
+    def params(self) -> SweepParams:
+        return SweepParams(**self.model_dump())
+
+
+class AgingSpec(_Strict):
+    current_density_ma_cm2: float | list[float] | None = None
+    initial_luminance_cd_m2: float | list[float] | None = None
+    until: str = "t50"
+    interval_s: float = Field(60.0, gt=0, le=86400)
+    max_duration_h: float = Field(10000.0, gt=0)
+    voltage_runaway_v: float = Field(3.0, gt=0)
+    interim_sweep_every_h: float | None = Field(None, gt=0)
+    interim_sweep: SweepSpec | None = None
+    spectrum_every_h: float = Field(24.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_drive(self) -> AgingSpec:
+        if (self.current_density_ma_cm2 is None) == (self.initial_luminance_cd_m2 is None):
+            raise ValueError("give exactly one of current_density_ma_cm2 and initial_luminance_cd_m2")
+        if self.until.lower() not in ("t95", "t90", "t80", "t70", "t50"):
+            try:
+                parse_duration_h(self.until)
+            except LimitError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+    def for_pixel(self, i: int) -> AgingParams:
+        def pick(v: float | list[float] | None) -> float | None:
+            return v[i] if isinstance(v, list) else v
+
+        return AgingParams(
+            current_density_ma_cm2=pick(self.current_density_ma_cm2),
+            initial_luminance_cd_m2=pick(self.initial_luminance_cd_m2),
+            until=self.until, interval_s=self.interval_s, max_duration_h=self.max_duration_h,
+            voltage_runaway_v=self.voltage_runaway_v,
+            interim_sweep_every_h=self.interim_sweep_every_h,
+            interim_sweep=self.interim_sweep.params() if self.interim_sweep else None,
+            spectrum_every_h=self.spectrum_every_h)
+
+
+class StepSpec(_Strict):
+    kind: Literal["sweep", "aging"]
+    pixels: list[int] = Field(..., min_length=1, max_length=255)
+    sweep: SweepSpec | None = None
+    aging: AgingSpec | None = None
+
+    @model_validator(mode="after")
+    def _sections(self) -> StepSpec:
+        if len(set(self.pixels)) != len(self.pixels):
+            raise ValueError("a pixel appears twice in pixels")
+        if self.kind == "sweep":
+            if self.aging is not None:
+                raise ValueError("a sweep step takes a [sweep] section, not [aging]")
+            if self.sweep is None:
+                self.sweep = SweepSpec()
+        else:
+            if self.aging is None:
+                raise ValueError("an aging step needs an [aging] section")
+            if self.sweep is not None:
+                raise ValueError("an aging step takes an [aging] section, not [sweep]")
+            for name in ("current_density_ma_cm2", "initial_luminance_cd_m2"):
+                v = getattr(self.aging, name)
+                if isinstance(v, list) and len(v) != len(self.pixels):
+                    raise ValueError(f"aging.{name} has {len(v)} values for {len(self.pixels)} "
+                                     f"pixels (give one value, or one per pixel)")
+        return self
+
+
+class JobSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_version: int = Field(1, alias="schema", ge=1, le=1)
+    name: str = Field("", max_length=200)
+    kind: Literal["sweep", "aging", "schedule"]
+    pixels: list[int] = Field(default_factory=list)
+    sweep: SweepSpec | None = None
+    aging: AgingSpec | None = None
+    steps: list[StepSpec] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _shape(self) -> JobSpec:
+        if self.kind == "schedule":
+            if not self.steps:
+                raise ValueError("a schedule needs at least one [[steps]] entry")
+            if self.pixels or self.sweep or self.aging:
+                raise ValueError("a schedule takes its pixels and settings in [[steps]]")
+        else:
+            if self.steps:
+                raise ValueError(f"a {self.kind} job takes no [[steps]] (use kind = 'schedule')")
+            if not self.pixels:
+                raise ValueError("pixels: give at least one pixel")
+            self.steps = [StepSpec(kind=self.kind, pixels=self.pixels, sweep=self.sweep,
+                                   aging=self.aging)]
+        return self
+
+
+def job_dict(spec: JobSpec) -> dict[str, Any]:
+    """The job as a plain object that :func:`parse_job` accepts again (round trip)."""
+    return spec.model_dump(mode="json", by_alias=True,
+                           exclude={"steps"} if spec.kind != "schedule" else None)
+
+
+def _format(e: ValidationError, where: str) -> str:
+    lines = [f"invalid job {where}:"]
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (see examples/jobs/)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_job(obj: Any, where: str = "") -> JobSpec:
+    if not isinstance(obj, dict):
+        raise JobError(f"invalid job {where}: expected a table/object, got {type(obj).__name__}")
+    try:
+        return JobSpec.model_validate(obj)
+    except ValidationError as e:
+        raise JobError(_format(e, where)) from None
+
+
+def load_job_file(path: str | Path) -> JobSpec:
+    p = Path(path)
+    try:
+        obj = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise JobError(f"job file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise JobError(f"job file {p} is not valid TOML: {e}") from None
+    return parse_job(obj, f"in {p}")
+
+
+class JobManager:
+    """Runs jobs against one station; implements :class:`station.jobs_api.JobControl`."""
+
+    def __init__(self, ctx: StationContext, *,
+                 publish: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.ctx = ctx
+        self.db = ctx.store.db
+        self.db.executescript(_DDL)
+        self.publish = publish
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.running: dict[str, asyncio.Event] = {}
+        self._resumed: dict[tuple[str, int], tuple[AgingCollector, AgingParams]] = {}
+
+    # -- store ------------------------------------------------------------------------------
+    def _row(self, job_id: str) -> dict[str, Any]:
+        cur = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise JobError(f"no job {job_id!r} (station jobs list shows the jobs)", "not_found")
+        d = dict(zip([c[0] for c in cur.description], row, strict=True))
+        d["spec"] = json.loads(d["spec"])
+        d["progress"] = json.loads(d["progress"])
+        return d
+
+    def _update(self, job_id: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        vals = [json.dumps(v) if k == "progress" else v for k, v in fields.items()]
+        self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*vals, job_id))
+
+    def _event(self, kind: str, job_id: str, **data: Any) -> None:
+        info = self.get(job_id)
+        payload = {"job": job_id, "name": info["name"], "state": info["state"], **data}
+        log.info("job %s: %s %s", job_id, kind, data or "")
+        if self.publish is not None:
+            try:
+                self.publish(kind, payload)
+            except Exception:
+                log.exception("could not record event %s", kind)
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self, spec: JobSpec) -> None:
+        """Every check that can be made before anything is driven; raises JobError."""
+        busy = self._busy_pixels()
+        for n, step in enumerate(spec.steps):
+            for i, px in enumerate(step.pixels):
+                try:
+                    _, pcfg = self.ctx.pixel(px)
+                    if step.kind == "sweep":
+                        assert step.sweep is not None
+                        check_sweep_limits(self.ctx, pcfg, step.sweep.params())
+                    else:
+                        assert step.aging is not None
+                        ap = step.aging.for_pixel(i)
+                        if ap.current_density_ma_cm2 is not None:
+                            aging_current_a(self.ctx, pcfg, ap.current_density_ma_cm2)
+                        if ap.interim_sweep is not None:
+                            check_sweep_limits(self.ctx, pcfg, ap.interim_sweep)
+                        if px in busy:
+                            raise LimitError(f"pixel {px} is aging in job {busy[px]}")
+                except LimitError as e:
+                    raise JobError(f"steps.{n} pixel {px}: {e}", "limit") from None
+
+    def _busy_pixels(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for r in self.db.execute("SELECT pixel, job_id FROM runs WHERE kind = 'aging' AND "
+                                 "status IN ('running', 'paused')"):
+            out[int(r[0])] = str(r[1])
+        return out
+
+    # -- JobControl -------------------------------------------------------------------------
+    async def submit(self, job: dict[str, Any], client: str) -> dict[str, Any]:
+        spec = parse_job(job)
+        self.validate(spec)
+        job_id = f"j{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        self.db.execute(
+            "INSERT INTO jobs (id, name, kind, spec, state, client, created_at, progress) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (job_id, spec.name or f"{spec.kind} job", spec.kind,
+             json.dumps(job_dict(spec)),
+             "queued", client, time.time(),
+             json.dumps({"step": 0, "done": []})))
+        self._event("job/submitted", job_id, client=client)
+        self._spawn(job_id)
+        return self.get(job_id)
+
+    async def stop(self, job_id: str, client: str) -> dict[str, Any]:
+        info = self.get(job_id)
+        if info["state"] in FINISHED:
+            raise JobError(f"job {job_id} is already {info['state']}", "conflict")
+        task = self.tasks.get(job_id)
+        self._update(job_id, state="stopping")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._update(job_id, state="stopped", ended_at=time.time())
+        self._event("job/stopped", job_id, client=client)
+        return self.get(job_id)
+
+    async def pause(self, job_id: str, client: str) -> dict[str, Any]:
+        info = self.get(job_id)
+        if info["state"] not in ("running", "queued"):
+            raise JobError(f"job {job_id} is {info['state']}: only a running job can pause",
+                           "conflict")
+        self.running.setdefault(job_id, asyncio.Event()).clear()
+        self._update(job_id, state="paused")
+        self._event("job/paused", job_id, client=client)
+        return self.get(job_id)
+
+    async def resume(self, job_id: str, client: str) -> dict[str, Any]:
+        info = self.get(job_id)
+        if info["state"] != "paused":
+            raise JobError(f"job {job_id} is {info['state']}, not paused", "conflict")
+        self.running.setdefault(job_id, asyncio.Event()).set()
+        self._update(job_id, state="running")
+        self._event("job/resumed", job_id, client=client)
+        return self.get(job_id)
+
+    def list(self) -> list[dict[str, Any]]:
+        ids = [r[0] for r in self.db.execute("SELECT id FROM jobs ORDER BY created_at DESC")]
+        return [self.get(i) for i in ids]
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        r = self._row(job_id)
+        runs = [dict(id=x[0], kind=x[1], pixel=x[2], status=x[3], end_reason=x[4])
+                for x in self.db.execute("SELECT id, kind, pixel, status, end_reason FROM runs "
+                                         "WHERE job_id = ? ORDER BY id", (job_id,))]
+        return {"id": r["id"], "name": r["name"], "kind": r["kind"], "state": r["state"],
+                "client": r["client"], "created": r["created_at"], "started": r["started_at"],
+                "ended": r["ended_at"], "progress": r["progress"], "error": r["error"],
+                "runs": runs, "steps": len(r["spec"].get("steps", []))}
+
+    def status(self) -> dict[str, Any]:
+        link = self.ctx.link
+        st = link.last_status
+        board = link.board
+        return {
+            "station": self.ctx.config.station.id,
+            "link_up": link.is_up,
+            "board": None if board is None else {"serial": board.serial_number,
+                                                 "firmware": board.firmware_version,
+                                                 "boot_id": board.boot_id},
+            "interlock_closed": None if st is None else bool(st.interlock_closed),
+            "faults": None if st is None else st.faults,
+            "temperatures_c": None if st is None else list(st.temperatures_c),
+            "aging_channels_active": None if st is None else st.aging_active_mask,
+            "jobs": {s: n for s, n in self.db.execute(
+                "SELECT state, count(*) FROM jobs GROUP BY state")},
+            "running_jobs": [r[0] for r in self.db.execute(
+                "SELECT id FROM jobs WHERE state IN ('running', 'paused', 'queued')")],
+            "link_stats": asdict(link.stats),
+        }
+
+    async def wait(self, job_id: str) -> dict[str, Any]:
+        task = self.tasks.get(job_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        return self.get(job_id)
+
+    # -- running ----------------------------------------------------------------------------
+    def prepare(self, ctx: StationContext) -> None:
+        """Before the link starts: rebuild the aging runs of unfinished jobs, so the samples the
+        board buffered while the station was down reach them."""
+        self.db.executescript(_DDL)
+        for job_id, in self.db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(UNFINISHED))})",
+                UNFINISHED).fetchall():
+            for run_id, pixel in self.db.execute(
+                    "SELECT id, pixel FROM runs WHERE job_id = ? AND kind = 'aging' AND "
+                    "status IN ('running', 'paused')", (job_id,)).fetchall():
+                self._resumed[(job_id, int(pixel))] = rebuild_aging_collector(ctx, int(run_id))
+                log.info("job %s: will resume aging run %d of pixel %d", job_id, run_id, pixel)
+            # sweeps cut by the crash are run again
+            self.db.execute("UPDATE runs SET status = 'interrupted', end_reason = 'station restart' "
+                            "WHERE job_id = ? AND kind = 'sweep' AND status = 'running'", (job_id,))
+
+    def start(self) -> None:
+        """Start (or resume) every unfinished job."""
+        for job_id, state in self.db.execute(
+                f"SELECT id, state FROM jobs WHERE state IN ({','.join('?' * len(UNFINISHED))}) "
+                "ORDER BY created_at", UNFINISHED).fetchall():
+            ev = self.running.setdefault(job_id, asyncio.Event())
+            if state != "paused":
+                ev.set()
+            self._spawn(job_id)
+
+    async def shutdown(self) -> None:
+        """Stop the tasks (outputs off via their cleanup) but keep the jobs unfinished, so the
+        next start resumes them."""
+        tasks = list(self.tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def _spawn(self, job_id: str) -> None:
+        ev = self.running.setdefault(job_id, asyncio.Event())
+        if self._row(job_id)["state"] != "paused":
+            ev.set()
+        task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
+        self.tasks[job_id] = task
+
+        def forget(t: asyncio.Task[None]) -> None:
+            if self.tasks.get(job_id) is t:
+                del self.tasks[job_id]
+
+        task.add_done_callback(forget)
+
+    async def _run(self, job_id: str) -> None:
+        row = self._row(job_id)
+        progress = row["progress"]
+        if row["state"] == "queued":
+            self._update(job_id, state="running", started_at=time.time())
+            self._event("job/started", job_id)
+        running = self.running[job_id]
+        try:
+            spec = JobSpec.model_validate(row["spec"])
+            for n in range(int(progress.get("step", 0)), len(spec.steps)):
+                step = spec.steps[n]
+                done = {int(d["pixel"]) for d in progress["done"] if d["step"] == n}
+                todo = [(i, p) for i, p in enumerate(step.pixels) if p not in done]
+                if step.kind == "sweep":
+                    assert step.sweep is not None
+                    for _i, px in todo:
+                        await running.wait()
+                        res = await run_sweep(self.ctx, px, step.sweep.params(), job_id=job_id)
+                        self._done(job_id, progress, n, px, res.run_id, res.reason)
+                else:
+                    assert step.aging is not None
+                    await running.wait()
+                    await asyncio.gather(*(self._age(job_id, progress, n, i, px, step.aging, running)
+                                           for i, px in todo))
+                progress["step"] = n + 1
+                self._update(job_id, progress=progress)
+            self._update(job_id, state="completed", ended_at=time.time())
+            self._event("job/completed", job_id)
+        except asyncio.CancelledError:
+            raise
+        except (LinkDown, RequestTimeout, LimitError, Exception) as e:
+            log.exception("job %s failed", job_id)
+            self._update(job_id, state="failed", ended_at=time.time(), error=str(e))
+            self._event("job/failed", job_id, error=str(e))
+
+    async def _age(self, job_id: str, progress: dict[str, Any], n: int, i: int, px: int,
+                   aging: AgingSpec, running: asyncio.Event) -> None:
+        resumed = self._resumed.pop((job_id, px), None)
+
+        def alert(kind: str, data: dict[str, Any]) -> None:
+            self._event(f"alert/{kind}", job_id, **data)
+
+        if resumed is not None:
+            col, params = resumed
+            res = await run_aging(self.ctx, px, params, job_id=job_id, resume=col, running=running,
+                                  on_alert=alert)
+        else:
+            res = await run_aging(self.ctx, px, aging.for_pixel(i), job_id=job_id, running=running,
+                                  on_alert=alert)
+        self._done(job_id, progress, n, px, res.run_id, res.reason)
+
+    def _done(self, job_id: str, progress: dict[str, Any], n: int, px: int, run_id: int,
+              reason: str) -> None:
+        progress["done"].append({"step": n, "pixel": px, "run_id": run_id, "reason": reason})
+        self._update(job_id, progress=progress)
+        self._event("job/progress", job_id, step=n, pixel=px, run_id=run_id, reason=reason)
