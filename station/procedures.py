@@ -568,6 +568,7 @@ class AgingCollector:
         self.last_l_rel = float("nan")
         self.below = 0
         self.stop_reason: str | None = None
+        self.stop_t_s = math.inf
         self.stopped = asyncio.Event()
         self.paused_flag = False
         self.on_alert: Callable[[str, dict[str, Any]], None] | None = None
@@ -619,16 +620,23 @@ class AgingCollector:
     def _check_stop(self, rec: np.ndarray, rows: np.ndarray, t_s: np.ndarray) -> None:
         if self.stop_reason is not None:
             return
-        flags = rec["flags"]
-        if np.any(flags & int(SampleFlags.SHORT)):
-            self._stop("failure_short")
-        elif np.any(flags & int(SampleFlags.OPEN)):
-            self._stop("failure_open")
-        elif np.any(flags & int(SampleFlags.COMPLIANCE)):
-            self._stop("voltage_compliance")
-        elif self.v0 is not None and np.any(rec["voltage_v"] > self.v0 + self.params.voltage_runaway_v):
-            self._stop("voltage_runaway")
-        elif np.any(flags & int(SampleFlags.STOPPED)):
+        flags = rec["flags"].astype(np.int64)
+
+        def first(mask: np.ndarray) -> float | None:
+            return float(t_s[int(np.argmax(mask))]) if np.any(mask) else None
+
+        for bit, reason in ((SampleFlags.SHORT, "failure_short"), (SampleFlags.OPEN, "failure_open"),
+                            (SampleFlags.COMPLIANCE, "voltage_compliance")):
+            t = first((flags & int(bit)) != 0)
+            if t is not None:
+                self._stop(reason, t)
+                return
+        if self.v0 is not None:
+            t = first(rec["voltage_v"] > self.v0 + self.params.voltage_runaway_v)
+            if t is not None:
+                self._stop("voltage_runaway", t)
+                return
+        if np.any(flags & int(SampleFlags.STOPPED)):
             self.paused_flag = True  # interlock or reboot: the monitor restarts the channel
         lr_all = rows["l_rel"]
         for lv, name in ((0.9, "t90"), (0.5, "t50")):
@@ -638,24 +646,27 @@ class AgingCollector:
                 self._alert(f"{name}_reached", {"t_h": float(t_s[i]) / 3600.0,
                                                 "l_rel": float(lr_all[i])})
         level = self.params.stop_level()
-        if level is not None and self.stop_reason is None:
-            lr = rows["l_rel"]
-            for v in lr.tolist():
+        if level is not None:
+            for i, v in enumerate(lr_all.tolist()):
                 self.below = self.below + 1 if (v == v and v <= level) else 0
                 if self.below >= 3:
-                    self._stop(f"reached_{self.params.until.lower()}")
-                    break
+                    self._stop(f"reached_{self.params.until.lower()}", float(t_s[i]))
+                    return
         dur = self.params.duration_h()
         limit_h = min(dur if dur is not None else math.inf, self.params.max_duration_h)
-        if self.stop_reason is None and t_s[-1] / 3600.0 >= limit_h:
-            self._stop("duration" if dur is not None and limit_h == dur else "max_duration")
+        t = first(t_s / 3600.0 >= limit_h)
+        if t is not None:
+            self._stop("duration" if dur is not None and limit_h == dur else "max_duration", t)
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, t_stop_s: float) -> None:
+        """Stop condition met at board time ``t_stop_s`` (since t0). The board goes on sampling
+        until the host's aging_stop reaches it; those later samples are stored but not analysed."""
         self.stop_reason = reason
+        self.stop_t_s = t_stop_s
         self.stopped.set()
         if reason.startswith(("failure", "voltage")):
             self._alert("pixel_failure" if reason.startswith("failure") else "compliance",
-                        {"reason": reason, "t_h": self.last_t_s / 3600.0})
+                        {"reason": reason, "t_h": t_stop_s / 3600.0})
 
     def _alert(self, kind: str, data: dict[str, Any]) -> None:
         if self.on_alert is not None:
@@ -921,6 +932,7 @@ def finalize_aging(ctx: StationContext, run_id: int, col: AgingCollector) -> dic
     bad = int(SampleFlags.STOPPED | SampleFlags.SHORT | SampleFlags.OPEN)
     live = (d["flags"].astype(np.int64) & bad) == 0
     lum = pts["luminance_cd_m2"]
+    live &= t_s <= col.stop_t_s  # samples after the stop condition are not analysed
     res = analyze_lifetime(t_s[live], lum[live])
     l_rel = lum / res.l0_cd_m2
     store.db.executemany(
