@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import LIFETIME_KEYS, AgingBar, add_config_args, clean, dump_json, load, print_table
+from .common import LIFETIME_KEYS, AgingBar, add_measure_args, clean, dump_json, measure_config, print_table
 
 EPILOG = """examples:
   station age --port socket://127.0.0.1:7000 --pixel 1 --current-density 10 --out age1
@@ -45,10 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interim-sweep-every", type=float, metavar="H",
                    help="interrupt for a J-V-L sweep every H hours")
     p.add_argument("--channel", type=int, help="aging driver (default: pixel - 1)")
-    p.add_argument("--out", required=True, metavar="DIR", help="export directory")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_args(p)
+    add_measure_args(p, "result")
     p.set_defaults(func=main)
 
 
@@ -65,9 +62,7 @@ async def _run(args: argparse.Namespace) -> int:
     from station.session import open_station
 
     out = Path(args.out)
-    cfg = load(args)
-    store_path = args.store or (cfg.store.path if args.config else str(out / "station.db"))
-    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": store_path})})
+    cfg = measure_config(args)
     params = AgingParams(current_density_ma_cm2=args.current_density,
                          initial_luminance_cd_m2=args.initial_luminance, interval_s=args.interval,
                          until=args.until, max_duration_h=args.max_duration,

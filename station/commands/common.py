@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -31,6 +32,22 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    "(default: built-in defaults; STATION_<SECTION>__<KEY> variables override)")
     p.add_argument("--store", metavar="PATH", help="SQLite store (default: config's store.path, "
                    "or OUT/station.db)")
+
+
+def add_measure_args(p: argparse.ArgumentParser, what: str) -> None:
+    """The arguments every one-shot measurement command shares."""
+    p.add_argument("--out", required=True, metavar="DIR", help="export directory")
+    p.add_argument("--json", action="store_true", help=f"print the {what} as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(p)
+
+
+def measure_config(args: argparse.Namespace) -> StationConfig:
+    """The configuration of a one-shot measurement: the store is --store, else the config's
+    store.path when a --config is given, else OUT/station.db."""
+    cfg = load(args)
+    store_path = args.store or (cfg.store.path if args.config else str(Path(args.out) / "station.db"))
+    return cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": store_path})})
 
 
 def load(args: argparse.Namespace, **overrides: Any) -> StationConfig:

@@ -74,6 +74,7 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
     from station.procedures import StationContext
     from station.session import open_station
     from station.sinks.cursor import publish_event
+    from station.sinks.runner import health as sink_health
     from station.sinks.runner import notify, run_sinks
 
     log = logging.getLogger("station.daemon")
@@ -107,6 +108,27 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
         ctx.link.add_listener(on_link)
 
+    backlogged: set[str] = set()  # sinks with an alert/sink_backlog raised and not cleared
+
+    def check_backlog() -> None:
+        """alert/sink_backlog once when a sink falls more than store.backlog_alert_rows rows
+        behind, and once ("cleared") when it is back to half of that (no flapping)."""
+        limit = cfg.store.backlog_alert_rows
+        for name, h in sink_health().items():
+            behind = int(h.get("rows_behind") or 0)
+            if name not in backlogged and behind > limit:
+                state = "raised"
+                backlogged.add(name)
+            elif name in backlogged and behind <= limit // 2:
+                state = "cleared"
+                backlogged.discard(name)
+            else:
+                continue
+            publish("alert/sink_backlog", {
+                "sink": name, "state": state, "rows_behind": behind, "threshold_rows": limit,
+                "seconds_behind": h.get("seconds_behind"), "connected": h.get("connected"),
+                "last_error": h.get("last_error")})
+
     stop = asyncio.Event()
     background: list[asyncio.Task[Any]] = []
     async with open_station(cfg, prepare=prepare, connect_timeout_s=None) as ctx:
@@ -126,6 +148,7 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
         try:
             while True:
                 await asyncio.sleep(0.5)
+                check_backlog()
                 if exit_when_idle and not jm.tasks:
                     break
         finally:

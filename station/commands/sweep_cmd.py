@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import SWEEP_KEYS, SweepBar, add_config_args, clean, dump_json, load, print_table
+from .common import SWEEP_KEYS, SweepBar, add_measure_args, clean, dump_json, measure_config, print_table
 
 EPILOG = """examples:
   station sweep --port socket://127.0.0.1:7000 --pixel 1 --start 0 --stop 6 --step 0.05 --out run1
@@ -38,10 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="take EL spectra at these voltages (default: 8 across the upper half)")
     p.add_argument("--threshold", type=float, default=1.0, metavar="CD_M2",
                    help="luminance threshold defining V_on (default 1 cd/m²)")
-    p.add_argument("--out", required=True, metavar="DIR", help="export directory")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_args(p)
+    add_measure_args(p, "summary")
     p.set_defaults(func=main)
 
 
@@ -58,9 +55,7 @@ async def _run(args: argparse.Namespace) -> int:
     from station.session import open_station
 
     out = Path(args.out)
-    cfg = load(args)
-    store_path = args.store or (cfg.store.path if args.config else str(out / "station.db"))
-    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": store_path})})
+    cfg = measure_config(args)
     spectra = None
     if args.spectrum_at:
         try:
