@@ -96,3 +96,25 @@ async def test_two_pixels_age_in_parallel_while_a_third_is_swept(tmp_path):
             assert pixels == {px}
             assert math.isclose(r.summary["duration_h"], 50.0, rel_tol=0.05)
         assert_complete(stored_seqs(ctx, "aging_samples"), server.board.counters.produced[Stream.AGING])
+
+
+async def test_aging_at_a_target_initial_luminance_finds_its_current(tmp_path):
+    async with sim_station(tmp_path, ["otac"], speed=1e5) as (server, ctx):
+        res = await run_aging(ctx, 1, AgingParams(initial_luminance_cd_m2=100.0, until="5h"))
+        # the search (SMU sourcing current) and the aging driver agree on the light: L0 ≈ target
+        assert res.summary["l0_cd_m2"] == pytest.approx(100.0, rel=0.05)
+        st = server.board.status()
+        assert not st.smu_output_on and not st.aging_active_mask
+
+
+async def test_interim_sweeps_interrupt_aging_and_the_run_goes_on(tmp_path):
+    async with sim_station(tmp_path, ["dbsa"], speed=2e4) as (server, ctx):
+        res = await run_aging(ctx, 1, AgingParams(
+            current_density_ma_cm2=1.0, until="30h", interim_sweep_every_h=8.0,
+            interim_sweep=SweepParams(start_v=2.0, stop_v=3.5, step_v=0.1)), job_id="j-interim")
+        assert res.reason == "duration"
+        sweeps = ctx.store.db.execute(
+            "SELECT status FROM runs WHERE kind = 'sweep' AND job_id = 'j-interim'").fetchall()
+        assert 2 <= len(sweeps) <= 4 and all(s[0] == "completed" for s in sweeps)
+        assert server.board.counters.executed["aging_start"] == len(sweeps) + 1
+        assert_complete(stored_seqs(ctx, "aging_samples"), server.board.counters.produced[Stream.AGING])
