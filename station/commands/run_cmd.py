@@ -10,8 +10,9 @@ EPILOG = """The daemon connects to the board, resumes every unfinished job (afte
 cut or a reboot the aging runs continue and the samples the board buffered meanwhile are
 replayed: no gap, no duplicate), runs the jobs it is given — by `station jobs submit` over MQTT
 or with --job here — and forwards every stored sample to MQTT and InfluxDB when enabled in the
-configuration. SIGTERM or Ctrl-C switches every output off and exits; unfinished jobs resume at
-the next start.
+configuration. A sink that falls more than store.backlog_alert_rows rows behind (broker or
+database unreachable) raises the event alert/sink_backlog, and clears it once it has caught up.
+SIGTERM or Ctrl-C switches every output off and exits; unfinished jobs resume at the next start.
 
 examples:
   station run --config /etc/led-station/lab-a.toml
