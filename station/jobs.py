@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 UNFINISHED = ("queued", "running", "paused")
+SWEEP_ATTEMPTS = 3  # a sweep cut by a board reboot is taken again, at most this many times
 FINISHED = ("completed", "failed", "stopped")
 
 
@@ -448,7 +449,14 @@ class JobManager:
                     assert step.sweep is not None
                     for _i, px in todo:
                         await running.wait()
-                        res = await run_sweep(self.ctx, px, step.sweep.params(), job_id=job_id)
+                        for attempt in range(1, SWEEP_ATTEMPTS + 1):
+                            res = await run_sweep(self.ctx, px, step.sweep.params(), job_id=job_id)
+                            if res.reason != "reboot" or attempt == SWEEP_ATTEMPTS:
+                                break
+                            # the board reset under the sweep: its run keeps what was measured
+                            # (end reason "reboot") and the sweep is taken again
+                            self._event("alert/sweep_retried", job_id, pixel=px,
+                                        run_id=res.run_id, reason=res.reason, attempt=attempt)
                         self._done(job_id, progress, n, px, res.run_id, res.reason)
                 else:
                     assert step.aging is not None

@@ -184,3 +184,33 @@ def test_example_job_files_parse_and_round_trip():
         spec = load_job_file(ROOT / "examples" / "jobs" / f"{name}.toml")
         assert spec.steps
         assert parse_job(job_dict(spec)) == spec
+
+
+async def test_a_sweep_cut_by_a_board_reboot_is_taken_again(tmp_path):
+    from firmware_protocol.connection import StreamRecords
+
+    server = SimServer(["dbsa"], speed=20.0, seed=3)
+    url = await server.start()
+    events: list[str] = []
+    try:
+        async with open_station(station_config(tmp_path, ["dbsa"]), url=url) as ctx:
+            fired: list[int] = []
+
+            def reboot_once(ev: object) -> None:
+                if isinstance(ev, StreamRecords) and ev.stream is Stream.SWEEP and not fired:
+                    fired.append(1)
+                    server.board.reboot(drop_link=True)
+
+            ctx.link.add_stream_consumer(reboot_once)
+            jm = JobManager(ctx, publish=lambda k, p: events.append(k))
+            info = await jm.submit({"kind": "sweep", "pixels": [1], "sweep": {
+                "start_v": 1.0, "stop_v": 4.0, "step_v": 0.05, "dwell_ms": 5, "integration_ms": 5,
+                "spectrum_at_v": [3.5, 4.0]}}, "t")
+            final = await jm.wait(info["id"])
+            assert final["state"] == "completed"
+            assert [(r["kind"], r["end_reason"]) for r in final["runs"]] == [
+                ("sweep", "reboot"), ("sweep", "completed")]
+            assert "alert/sweep_retried" in events
+            assert_complete(stored_seqs(ctx, "sweep_points"), server.board.counters.produced[Stream.SWEEP])
+    finally:
+        await server.stop()

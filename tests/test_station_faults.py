@@ -108,3 +108,60 @@ async def test_board_reboot_during_a_sweep_fails_it_cleanly(tmp_path):
         st = server.board.status()
         assert not st.smu_output_on and not st.sweep_active
         assert ctx.store.run(res.run_id)["end_reason"] == "reboot"
+
+
+async def test_interlock_trip_turns_outputs_off_alerts_and_aging_resumes_after(tmp_path):
+    from station.jobs import JobManager
+
+    events: list[tuple[str, dict]] = []
+    async with sim_station(tmp_path, ["dbsa", "otac"], speed=2e4, faults="interlock=10h+3h",
+                           seed=12) as (server, ctx):
+        from firmware_protocol.connection import Unsolicited
+        from firmware_protocol.messages import Event
+        from firmware_protocol.spec import EventCode
+
+        def on_link(ev: object) -> None:
+            if isinstance(ev, Unsolicited) and isinstance(ev.message, Event):
+                events.append((EventCode(ev.message.code).name, {"t_us": ev.message.t_us}))
+
+        ctx.link.add_listener(on_link)
+        jm = JobManager(ctx)
+        info = await jm.submit({"kind": "aging", "pixels": [1, 2],
+                                "aging": {"current_density_ma_cm2": 1.0, "until": "30h"}}, "t")
+        final = await jm.wait(info["id"])
+        assert final["state"] == "completed"
+        assert [r["end_reason"] for r in final["runs"]] == ["duration", "duration"]
+        names = [e[0] for e in events]
+        assert "INTERLOCK_OPEN" in names and "INTERLOCK_CLOSED" in names
+        # while open, the board produced nothing on either channel: outputs were off
+        t_open = next(e[1]["t_us"] for e in events if e[0] == "INTERLOCK_OPEN")
+        t_close = next(e[1]["t_us"] for e in events if e[0] == "INTERLOCK_CLOSED")
+        inside = ctx.store.db.execute(
+            "SELECT count(*) FROM aging_samples WHERE t_us > ? AND t_us < ?", (t_open, t_close)).fetchone()[0]
+        assert inside == 0
+        assert server.board.counters.executed["aging_start"] == 4  # each channel restarted once
+        assert_complete(stored_seqs(ctx, "aging_samples"), server.board.counters.produced[Stream.AGING])
+
+
+async def test_a_pixel_shorting_ends_its_run_and_the_others_go_on(tmp_path):
+    import asyncio
+
+    async with sim_station(tmp_path, ["dbsa", "otac"], speed=5e4, faults="short=px1@8h",
+                           seed=13) as (server, ctx):
+        a = asyncio.create_task(run_aging(ctx, 1, AgingParams(current_density_ma_cm2=1.0, until="20h")))
+        b = asyncio.create_task(run_aging(ctx, 2, AgingParams(current_density_ma_cm2=1.0, until="20h")))
+        ra, rb = await asyncio.gather(a, b)
+        assert ra.reason == "failure_short" and rb.reason == "duration"
+        assert ra.summary["duration_h"] < 8.5
+        assert_complete(stored_seqs(ctx, "aging_samples"), server.board.counters.produced[Stream.AGING])
+
+
+async def test_compliance_ends_a_sweep_with_its_reason(tmp_path):
+    async with sim_station(tmp_path, ["oled"], speed=1e4, seed=14) as (server, ctx):
+        res = await run_sweep(ctx, 1, SweepParams(start_v=2.0, stop_v=8.0, step_v=0.1,
+                                                  compliance_ma_cm2=10.0))
+        assert res.reason == "compliance"
+        j = [r[0] for r in ctx.store.db.execute(
+            "SELECT current_density_ma_cm2 FROM sweep_points WHERE run_id = ?", (res.run_id,))]
+        assert max(j) == pytest.approx(10.0, rel=0.02)  # current-limited at the compliance
+        assert not server.board.status().smu_output_on
