@@ -77,20 +77,16 @@ def raw_aging_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None) -> np
     return rows
 
 
-def _nullify(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
-    """-1 ids and NaN floats become SQL NULL."""
-    nullable = [i for i, c in enumerate(columns) if c in ("run_id", "spectrum_seq")]
-    out = []
-    for r in rows:
-        lst = list(r)
-        for i in nullable:
-            if lst[i] == -1:
-                lst[i] = None
-        for i, v in enumerate(lst):
-            if isinstance(v, float) and v != v:
-                lst[i] = None
-        out.append(tuple(lst))
-    return out
+def sql_rows(rows: np.ndarray, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """A structured array as rows for SQLite, column-wise: -1 ids become NULL (a NaN float is
+    stored as NULL by SQLite itself)."""
+    cols: list[list[Any]] = []
+    for c in columns:
+        vals = rows[c].tolist()
+        if c in ("run_id", "spectrum_seq"):
+            vals = [None if v == -1 else v for v in vals]
+        cols.append(vals)
+    return list(zip(*cols, strict=True))
 
 
 class Acquisition:
@@ -106,6 +102,12 @@ class Acquisition:
         self._recent_spectra: OrderedDict[int, tuple[SpectrumMsg, int]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
+        # aging records of one read from the link (many frames, interleaved channels) are routed
+        # together at the end of the loop iteration: one photometry/stop-check call per channel
+        # and read instead of one per channel and frame (bench/bench_e2e.py, docs/benchmarks.md)
+        self._aging_buf: list[tuple[np.ndarray, np.ndarray]] = []
+        self.on_commit: Callable[[], None] | None = None
+        """Called after every commit (the daemon wakes its sinks with it)."""
         link.add_stream_consumer(self._on_stream)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -138,15 +140,21 @@ class Acquisition:
 
     def flush(self) -> None:
         """Commit the batch, then acknowledge to the board what is now safely stored."""
+        self._drain_aging()
         for stream in Stream:
             nxt = self._contiguous_next(stream)
             if nxt is not None:
                 self.store.set_stream_next(int(stream), nxt)
-        self.store.flush()
+        n = self.store.flush()
         for stream in Stream:
             nxt = self._contiguous_next(stream)
             if nxt is not None and nxt > 0:
                 self.link.ack(stream, nxt - 1)
+        if n and self.on_commit is not None:
+            try:
+                self.on_commit()
+            except Exception:
+                log.exception("on_commit callback failed")
 
     def _contiguous_next(self, stream: Stream) -> int | None:
         tr = self.link.conn.trackers[stream]
@@ -162,12 +170,29 @@ class Acquisition:
                 self._route(ev.records, ev.seq64, "sweep_id", self.sweeps, raw_sweep_rows,
                             "sweep_points", SWEEP_COLUMNS)
             elif ev.stream is Stream.AGING:
-                self._route(ev.records, ev.seq64, "channel", self.aging, raw_aging_rows,
-                            "aging_samples", AGING_COLUMNS)
+                if not self._aging_buf:
+                    try:
+                        asyncio.get_running_loop().call_soon(self._drain_aging)
+                    except RuntimeError:  # no loop (direct calls): route at once
+                        self._route(ev.records, ev.seq64, "channel", self.aging, raw_aging_rows,
+                                    "aging_samples", AGING_COLUMNS)
+                        self._dirty.set()
+                        return
+                self._aging_buf.append((ev.records, ev.seq64))
         elif isinstance(ev, SpectrumReceived):
+            self._drain_aging()  # keep the order of records and spectra
             self.received[Stream.SPECTRUM] += 1
             self._on_spectrum(ev.message, ev.seq64)
         self._dirty.set()
+
+    def _drain_aging(self) -> None:
+        if not self._aging_buf:
+            return
+        buf, self._aging_buf = self._aging_buf, []
+        rec = buf[0][0] if len(buf) == 1 else np.concatenate([b[0] for b in buf])
+        seq64 = buf[0][1] if len(buf) == 1 else np.concatenate([b[1] for b in buf])
+        self._route(rec, seq64, "channel", self.aging, raw_aging_rows, "aging_samples",
+                    AGING_COLUMNS)
 
     def _route(self, rec: np.ndarray, seq64: np.ndarray, key: str, owners: dict[int, RecordSink],
                raw: Callable[[np.ndarray, np.ndarray, int | None], np.ndarray], table: str,
@@ -185,8 +210,7 @@ class Acquisition:
                     log.exception("processing %s records failed; storing raw", table)
             if rows is None:
                 rows = raw(r, s, None)
-            data = [rows[c].tolist() for c in columns]
-            self.store.add_rows(table, columns, _nullify(list(zip(*data, strict=True)), columns))
+            self.store.add_rows(table, columns, sql_rows(rows, columns))
             for fn in self.listeners:
                 try:
                     fn(table, rows)

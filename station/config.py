@@ -71,7 +71,7 @@ class LimitsSection(_Strict):
 
 class StoreSection(_Strict):
     path: str = "station.db"
-    batch_ms: float = Field(100.0, gt=0, description="longest a sample waits before commit")
+    batch_ms: float = Field(25.0, gt=0, description="longest a sample waits before commit")
     backlog_alert_rows: int = Field(
         10000, ge=1, description="the daemon raises alert/sink_backlog once when a telemetry "
         "sink falls more than this many rows behind the store, and clears it once when the "

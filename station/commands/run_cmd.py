@@ -89,6 +89,7 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
     def prepare(ctx: StationContext) -> None:
         holder["jm"] = jm = JobManager(ctx, publish=publish)
+        ctx.acq.on_commit = notify  # the sinks publish as soon as a batch is committed
         jm.prepare(ctx)
 
         def on_link(ev: object) -> None:
