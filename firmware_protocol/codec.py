@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import struct
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,11 +378,3 @@ class StreamDecoder:
 def decode_all(data: bytes) -> list[FrameReceived | FrameError]:
     """Decode a complete byte string (convenience for tests and the CLI)."""
     return StreamDecoder().feed(data)
-
-
-def records_concat(blocks: Iterable[np.ndarray]) -> np.ndarray:
-    """Concatenate record blocks into one structured array."""
-    blocks = list(blocks)
-    if not blocks:
-        raise ValueError("no blocks")
-    return np.concatenate(blocks)

@@ -50,8 +50,6 @@ def empty_rows(columns: tuple[str, ...], n: int) -> np.ndarray:
 _INT_COLS = {"seq", "run_id", "sweep_id", "idx", "t_us", "pixel", "flags", "pd_gain", "channel",
              "spectrum_seq"}
 
-SWEEP_ROW_COLUMNS = SWEEP_COLUMNS
-AGING_ROW_COLUMNS = AGING_COLUMNS
 
 
 def raw_sweep_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None) -> np.ndarray:

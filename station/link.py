@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -470,7 +470,3 @@ class _LinkState:
 LinkState = _LinkState
 
 __all__ = ["BoardError", "BoardLink", "LinkDown", "LinkError", "LinkState", "RequestTimeout"]
-
-
-async def wait_for(aw: Awaitable[Any], timeout: float) -> Any:
-    return await asyncio.wait_for(aw, timeout)
