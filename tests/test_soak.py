@@ -68,10 +68,11 @@ async def test_24_virtual_hours_of_32_pixels_with_sweeps_stay_flat(tmp_path):
         print(f"\nsoak: {n_samples} samples, {cpu_s:.1f} s CPU, "
               f"{1e6 * cpu_s / n_samples:.0f} µs CPU per sample; RSS {marks[0][1]:.0f} -> "
               f"{marks[-1][1]:.0f} MB; fds {marks[0][2]} -> {marks[-1][2]}")
-        # flat after warm-up: compare the second quarter with the end
+        # flat after warm-up: no growth from the second quarter to the end (a fall is fine: in a
+        # full test run, resources of earlier tests may be collected meanwhile)
         warm = marks[len(marks) // 4]
         assert marks[-1][1] - warm[1] < 40.0, marks
-        assert abs(marks[-1][2] - warm[2]) <= 4, marks
+        assert marks[-1][2] - warm[2] <= 4, marks
     finally:
         sim.send_signal(signal.SIGINT)
         sim.wait(20)
