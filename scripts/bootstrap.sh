@@ -83,5 +83,7 @@ if [ $want_test = 1 ]; then
     # real servers for the sink tests (tests/services.py): Mosquitto, VictoriaMetrics (InfluxDB
     # line protocol), openssl for throw-away TLS certificates
     command -v openssl >/dev/null || apt_install openssl
+    # systemd-analyze checks the deployed units (tests/test_deploy.py); a container may lack it
+    command -v systemd-analyze >/dev/null || apt_install systemd
     apt_install_no_service mosquitto victoria-metrics
 fi
