@@ -325,6 +325,8 @@ class _Pipe:
         self._size = 0
         self._tokens = 0.0
         self._last = -1.0
+        self._starved = False
+        self._burst = max(bytes_per_s * 0.004, 16.0) if bytes_per_s is not None else 0.0
 
     def push(self, data: bytes, wall: float) -> None:
         if not data:
@@ -344,17 +346,24 @@ class _Pipe:
         if self.rate is not None:
             if self._last < 0:
                 self._last = wall
-            burst = max(self.rate * 0.004, 16.0)
-            self._tokens = min(self._tokens + (wall - self._last) * self.rate, burst)
+            earned = (wall - self._last) * self.rate
+            # A UART shifts bytes out back to back while its buffer holds any: when the last
+            # pop left data waiting for credit, the wire was busy all along and every byte time
+            # since counts, however late this loop iteration runs. An idle wire earns at most
+            # a short burst.
+            self._tokens = (self._tokens + earned if self._starved
+                            else min(self._tokens + earned, self._burst))
             self._last = wall
         out: list[bytes] = []
+        self._starved = False
         while self._q and self._q[0][0] <= wall:
             release, data = self._q[0]
             if self.rate is not None:
                 n = int(self._tokens)
-                if n <= 0:
-                    break
                 if n < len(data):
+                    self._starved = True
+                    if n <= 0:
+                        break
                     out.append(data[:n])
                     self._q[0] = (release, data[n:])
                     self._size -= n
@@ -364,6 +373,8 @@ class _Pipe:
             self._q.popleft()
             self._size -= len(data)
             out.append(data)
+        if not self._starved:
+            self._tokens = min(self._tokens, self._burst)
         raw = b"".join(out)
         return self.noise.apply(raw) if raw else raw
 

@@ -236,6 +236,30 @@ async def test_baud_pacing_and_usb_latency_still_carry_every_frame() -> None:
         await srv.stop()
 
 
+def test_paced_wire_carries_baud_over_10_bytes_per_second_however_late_the_loop_runs() -> None:
+    """The UART model: a backlogged wire delivers exactly baud/10 B/s even when the simulator's
+    loop wakes late (a loaded host), and never more; an idle wire earns only a short burst."""
+    from sim.faults import LinkNoise
+    from sim.server import _Pipe
+
+    rate = 921_600 / 10.0
+    pipe = _Pipe(rate, 0.0, LinkNoise(0.0, 0.0, np.random.SeedSequence(0)))
+    pipe.push(b"x" * 1_000_000, 0.0)  # far more than 1 s of wire
+    rng = np.random.default_rng(3)
+    wall, sent = 0.0, len(pipe.pop(0.0))
+    while wall < 1.0:
+        wall += float(rng.choice([0.002, 0.011, 0.037]))  # loop periods, some far over 4 ms
+        sent += len(pipe.pop(wall))
+        assert sent <= rate * wall + 1  # never faster than the wire
+    assert sent >= rate * wall - 1  # and, backlogged, never slower either
+    # idle for a second, then a burst: at most ~4 ms of credit, not a second's worth
+    idle = _Pipe(rate, 0.0, LinkNoise(0.0, 0.0, np.random.SeedSequence(0)))
+    idle.pop(0.0)
+    idle.pop(1.0)
+    idle.push(b"y" * 100_000, 1.0)
+    assert len(idle.pop(1.0)) <= int(rate * 0.004) + 1
+
+
 def test_listen_and_server_arguments_are_validated() -> None:
     assert parse_listen("tcp://127.0.0.1:0") == ("tcp", "127.0.0.1", 0)
     assert parse_listen("pty") == ("pty", "", 0)
