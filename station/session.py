@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from .acquisition import Acquisition
+from .analysis.photometry import load_reference_tables
 from .config import StationConfig
 from .link import BoardLink
 from .procedures import StationContext, all_outputs_off
@@ -40,11 +41,17 @@ async def open_station(config: StationConfig, *, url: str | None = None,
     acq = Acquisition(link, store, batch_ms=config.store.batch_ms)
     acq.resume_from_store()
     ctx = StationContext(config=config, link=link, store=store, acq=acq)
+    # colour-science's import takes ~1.5 s: done in a thread while the link comes up, not on
+    # the event loop when the first spectrum arrives
+    tables = asyncio.ensure_future(asyncio.to_thread(load_reference_tables))
     try:
         if prepare is not None:
             prepare(ctx)
         await link.start(connect_timeout_s)
+        await tables
     except BaseException:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(tables)
         store.close()
         raise
     acq.start()

@@ -124,3 +124,33 @@ def test_line_protocol_escapes_tags_and_types_fields():
     assert line == (r"sweep_point,station=st\ 1,run=3,pixel=2,substrate=a\ b,device=x\,y,job=k\=v,"
                     r"direction=up voltage_v=2.5,current_a=1e-09,seq=5i,flags=0i "
                     "1700000000000010")
+
+
+def test_batch_lines_leave_out_missing_and_infinite_fields_and_rows_without_board_time(tmp_path):
+    """The sink's batch path (column-wise, one f-string per full row) against lines typed here."""
+    store = Store(tmp_path / "s.db")
+    run = store.create_run(kind="aging", station="st", pixel=7, area_m2=4e-6, substrate="S 1",
+                           device="dbsa")
+    base = dict.fromkeys(AGING_COLUMNS)
+    full = dict(base, seq=1, run_id=run, t_us=1_000, channel=6, pixel=7, flags=0, pd_gain=2,
+                current_a=8e-05, voltage_v=3.25, photodiode_a=1.5e-07, temperature_c=25.5,
+                luminance_cd_m2=123.0, l_rel=0.5, eqe_pct=4.125, dark_a=1e-11)
+    rows = [full,
+            dict(full, seq=2, t_us=2_000, luminance_cd_m2=float("nan"), voltage_v=float("inf")),
+            dict(full, seq=3, t_us=None),
+            dict(full, seq=4, t_us=3_000, flags=None)]
+    store.add_rows("aging_samples", AGING_COLUMNS, [tuple(r[c] for c in AGING_COLUMNS) for r in rows])
+    store.flush()
+    sink = InfluxSink(store.path, influx_cfg("http://127.0.0.1:1"), "st")
+    off = sink.db.anchor_us(run, 1_000)
+    after, last, lines = sink._prepare("aging_samples")
+    tags = r"aging_sample,station=st,run=1,pixel=7,substrate=S\ 1,device=dbsa "
+    assert (after, last) == (0, 4) and sink.skipped_no_time == 1
+    assert lines == [
+        tags + "current_a=8e-05,voltage_v=3.25,photodiode_a=1.5e-07,temperature_c=25.5,"
+        f"luminance_cd_m2=123.0,l_rel=0.5,eqe_pct=4.125,seq=1i,channel=6i,flags=0i {1_000 + off}",
+        tags + "current_a=8e-05,photodiode_a=1.5e-07,temperature_c=25.5,"
+        f"l_rel=0.5,eqe_pct=4.125,seq=2i,channel=6i,flags=0i {2_000 + off}",
+        tags + "current_a=8e-05,voltage_v=3.25,photodiode_a=1.5e-07,temperature_c=25.5,"
+        f"luminance_cd_m2=123.0,l_rel=0.5,eqe_pct=4.125,seq=4i,channel=6i {3_000 + off}",
+    ]

@@ -379,6 +379,16 @@ def _photopic_1924() -> tuple[FloatArray, FloatArray]:
     return wl, vals
 
 
+def load_reference_tables() -> None:
+    """Import colour-science and load the CIE tables now (about 1.5 s, once per process).
+
+    The station calls it in a worker thread while it connects to the board, so the first
+    spectrum of a run does not stall the event loop (and the samples behind it) for that long.
+    """
+    _cmfs_1931()
+    _photopic_1924()
+
+
 def photopic_v(wavelength_nm: npt.ArrayLike) -> FloatArray:
     """CIE 1924 V(lambda) interpolated linearly to ``wavelength_nm`` (zero outside 360-830 nm)."""
     wl, v = _photopic_1924()

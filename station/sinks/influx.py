@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -74,6 +76,36 @@ def line_of(table: str, station: str, meta: RunMeta, d: dict[str, Any], ts_us: i
             f"{','.join(fields)} {ts_us}")
 
 
+@dataclass(frozen=True)
+class _Query:
+    """What :meth:`InfluxSink._prepare` selects from a table, and its field formatter."""
+
+    names: tuple[str, ...]  # the selected columns, after ``id`` (the flag column not included)
+    columns: tuple[str, ...]  # SQL expressions: ``names`` then the "needs the general path" flag
+    fields: Callable[[tuple[Any, ...]], str]  # row -> "k=v,..." when the flag is 0
+
+
+def _query(table: str) -> _Query:
+    floats, ints = FLOAT_FIELDS[table], INT_FIELDS[table]
+    direction = "direction" if "direction" in COLUMNS[table] else "NULL"
+    names = ("run_id", "t_us", "pixel", "direction", *floats, *ints)
+    exprs = ("run_id", "t_us", "pixel", direction, *floats, *ints)
+    # NULL if any value is NULL, +-inf or NaN if any is infinite: abs(sum) < 9e999 is then
+    # not true (a finite sum that overflows only sends the row down the general path)
+    flag = f"CASE WHEN abs({' + '.join((*floats, *ints))}) < 9e999 THEN 0 ELSE 1 END"
+    # row = (id, *names, flag): a float field k at position i becomes "k=<repr>", an int "k=<int>i"
+    pos = {n: i + 1 for i, n in enumerate(names)}
+    parts = ([f"{k}={{r[{pos[k]}]!r}}" for k in floats] + [f"{k}={{r[{pos[k]}]}}i" for k in ints])
+    # the source is built here from the constant field names above, never from data
+    fields = eval(f"lambda r: f'{','.join(parts)}'")
+    return _Query(names, (*exprs, flag), fields)
+
+
+_QUERIES = {table: _query(table) for table in MEASUREMENTS}
+MAX_BATCHES_PER_ROUND = 8
+"""Batches of one table per delivery round before the next table gets its turn."""
+
+
 class InfluxSink(Sink):
     """Writes ``sweep_points`` and ``aging_samples`` to InfluxDB v2 (or anything that speaks its
     write API, e.g. VictoriaMetrics) in batches of ``batch_size`` rows."""
@@ -87,6 +119,7 @@ class InfluxSink(Sink):
         self.cfg = cfg
         self.station = station_id
         self.skipped_no_time = 0
+        self._db_lock = threading.Lock()
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[WriteApi]:
@@ -102,41 +135,82 @@ class InfluxSink(Sink):
         finally:
             await asyncio.to_thread(client.close)
 
-    def _prepare(self, table: str) -> tuple[int, int, list[str]]:
-        """(cursor, id of the last row read, lines) for the next batch (runs in a thread)."""
+    def _prepare(self, table: str, after: int | None = None) -> tuple[int, int, list[str]]:
+        """(first id after which it read, id of the last row read, lines) for the batch after
+        the sink's cursor, or after ``after`` (runs in a thread).
+
+        Column-wise and cheap per row: SQLite returns the tag columns, the field values and a
+        flag telling whether any of them is NULL or infinite (computed in C, GIL released); a
+        row without such a value is one precompiled f-string with the run's tag prefix; the
+        rare others go through :func:`line_of`, which leaves the missing fields out.
+        """
         db: SinkDB = self.db
-        after = db.cursor(self.name, table)
-        cols = COLUMNS[table]
-        i_t, i_run = cols.index("t_us"), cols.index("run_id")
-        rows = db.rows_after(table, cols, after, self.cfg.batch_size)
-        lines = []
-        for row in rows:
-            vals = row[1:]
-            t = vals[i_t]
-            if t is None:  # no board time, no stable key: cannot be written idempotently
-                self.skipped_no_time += 1
-                continue
-            run_id = vals[i_run]
-            d = dict(zip(cols, vals, strict=True))
-            lines.append(line_of(table, self.station, db.run_meta(run_id), d,
-                                 int(t) + db.anchor_us(run_id, int(t))))
-        return after, (rows[-1][0] if rows else after), lines
+        with self._db_lock:  # the connection is shared with _advance, in another thread
+            if after is None:
+                after = db.cursor(self.name, table)
+            q = _QUERIES[table]
+            rows = db.rows_after(table, q.columns, after, self.cfg.batch_size)
+            lines: list[str] = []
+            prefixes: dict[tuple[Any, Any, Any], str] = {}
+            anchors: dict[Any, int] = {}
+            fmt = q.fields
+            for row in rows:
+                run_id, t, pixel, direction = row[1], row[2], row[3], row[4]
+                if t is None:  # no board time, no stable key: cannot be written idempotently
+                    self.skipped_no_time += 1
+                    continue
+                off = anchors.get(run_id)
+                if off is None:
+                    off = anchors[run_id] = db.anchor_us(run_id, int(t))
+                if row[-1]:  # a NULL or infinite field: the general path
+                    d = dict(zip(q.names, row[1:-1], strict=True))
+                    lines.append(line_of(table, self.station, db.run_meta(run_id), d, int(t) + off))
+                    continue
+                key = (run_id, pixel, direction)
+                prefix = prefixes.get(key)
+                if prefix is None:
+                    meta = db.run_meta(run_id)
+                    prefix = prefixes[key] = (
+                        MEASUREMENTS[table]
+                        + tags_of(self.station, meta, pixel if pixel is not None else meta.pixel,
+                                  direction) + " ")
+                lines.append(f"{prefix}{fmt(row)} {t + off}")
+            return after, (rows[-1][0] if rows else after), lines
 
     def _write(self, api: WriteApi, lines: Iterable[str]) -> None:
         api.write(bucket=self.cfg.bucket, org=self.cfg.org, record="\n".join(lines).encode(),
                   write_precision=cast(WritePrecision, WritePrecision.US))
 
     async def deliver(self, conn: WriteApi) -> int:
+        """Up to ``MAX_BATCHES_PER_ROUND`` batches per table, pipelined: the next batch is read
+        and encoded while the database takes the current one. The cursor moves after each
+        2xx, in order; a failed write leaves it on the last batch the database accepted."""
         moved = 0
         for table in self.tables:
             after, last, lines = await asyncio.to_thread(self._prepare, table)
-            if last == after:
-                continue
-            if lines:
-                self.attempted += len(lines)
-                await asyncio.to_thread(self._write, conn, lines)  # raises unless 2xx
-                self.sent += len(lines)
-            await asyncio.to_thread(self.db.advance, self.name, table, last)
-            self.acknowledged(len(lines))
-            moved += max(1, len(lines))
+            for n in range(MAX_BATCHES_PER_ROUND):
+                if last == after:
+                    break
+                nxt = (asyncio.ensure_future(asyncio.to_thread(self._prepare, table, last))
+                       if n + 1 < MAX_BATCHES_PER_ROUND else None)
+                try:
+                    if lines:
+                        self.attempted += len(lines)
+                        await asyncio.to_thread(self._write, conn, lines)  # raises unless 2xx
+                        self.sent += len(lines)
+                    await asyncio.to_thread(self._advance, table, last)
+                except BaseException:
+                    if nxt is not None:  # a thread cannot be cancelled: let it finish, unused
+                        with contextlib.suppress(BaseException):
+                            await asyncio.shield(nxt)
+                    raise
+                self.acknowledged(len(lines))
+                moved += max(1, len(lines))
+                if nxt is None:
+                    break
+                after, last, lines = await nxt
         return moved
+
+    def _advance(self, table: str, last: int) -> None:
+        with self._db_lock:
+            self.db.advance(self.name, table, last)
