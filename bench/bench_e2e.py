@@ -18,7 +18,10 @@ run, so they compare across machines; the absolute figures depend on the machine
     samples/s at the station over (baud/10 B/s ÷ 32 B per raw sample) — framing counts against.
 (c) ``sweep_overhead_pct``: a 121-point sweep (0…6 V, 10 ms dwell, 20 ms integration, no
     spectra) with 1 ms USB latency, simulator in real time: wall time of ``run_sweep`` over
-    Σ(dwell + integration) − 1. ``sweep_speedup_vs_per_point``: a naive loop (smu_configure,
+    Σ(dwell + integration) − 1. The photodiode's dark reading is the one the warm-up sweep of
+    the same pixel took seconds before (reused while younger than ``dark_max_age_s``, 300 s);
+    ``detail_sweep`` also gives the overhead of a sweep that measures it first (16 × 20 ms).
+    ``sweep_speedup_vs_per_point``: a naive loop (smu_configure,
     then per point smu_output, sleep(dwell), smu_measure; one round trip each) over the same
     link and points, its time over the sweep's.
 (d) ``mqtt_latency_p50_ms``/``p99``: during (e), a subscriber receives the aging samples the
@@ -49,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +201,27 @@ async def _station_child(opts: dict[str, Any]) -> None:
                          until="t50", spectrum_every_h=1e6)
     stop = asyncio.Event()
     async with open_station(cfg, url=opts["url"]) as ctx:
-        ctx.acq.on_commit = notify  # as `station run` does: sinks publish right after a commit
+        # where the MQTT latency (d) goes: board time -> received by the station -> committed
+        offset = opts["epoch_offset_s"]
+        recv_lag: list[float] = []
+        commit_lag: list[float] = []
+        pending: list[float] = []
+
+        def on_stream(ev: Any) -> None:
+            if getattr(ev, "stream", None) is Stream.AGING and len(ev.records):
+                now = time.time()
+                t = offset + float(ev.records["t_us"].min()) / 1e6
+                recv_lag.append(now - t)
+                pending.append(t)
+
+        def on_commit() -> None:
+            now = time.time()
+            commit_lag.extend(now - t for t in pending)
+            pending.clear()
+            notify()  # as `station run` does: sinks publish right after a commit
+
+        ctx.link.add_stream_consumer(on_stream)
+        ctx.acq.on_commit = on_commit
         sinks = asyncio.create_task(run_sinks(cfg, cfg.store.path, stop,
                                               runner=SinkRunner(cfg, cfg.store.path)))
         cols = _collectors(ctx, range(N_CH), params, opts["compliance_v"])
@@ -206,6 +230,8 @@ async def _station_child(opts: dict[str, Any]) -> None:
                  for ch, col in cols.items()]
         await asyncio.sleep(opts["settle_s"])
         n0 = ctx.acq.received[Stream.AGING]
+        recv_lag.clear()
+        commit_lag.clear()
         r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         print(json.dumps({"window": "start"}), flush=True)
         await asyncio.sleep(opts["window_s"])
@@ -219,6 +245,10 @@ async def _station_child(opts: dict[str, Any]) -> None:
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         print(json.dumps({"cpu_pct": 100.0 * cpu / (w1 - w0), "rss_mb": rss_kb / 1024.0,
                           "samples_per_s": (n1 - n0) / (w1 - w0),
+                          "received_lag_ms_p50_p99": [float(np.percentile(recv_lag, q)) * 1e3
+                                                      for q in (50, 99)] if recv_lag else None,
+                          "committed_lag_ms_p50_p99": [float(np.percentile(commit_lag, q)) * 1e3
+                                                       for q in (50, 99)] if commit_lag else None,
                           "sinks_behind": {k: v.get("rows_behind") for k, v in
                                            __import__("station.sinks.runner", fromlist=["x"])
                                            .health().items()}}), flush=True)
@@ -555,6 +585,11 @@ async def bench_sweep(tmp: Path, quick: bool) -> dict[str, Any]:
                 await link.request(SmuOutput(enable=0, level=0.0))
                 await link.request(MuxSelect(pixel=0))
                 naive.append(time.perf_counter() - t0)
+            # the same sweep measuring the photodiode's dark current first (16 x 20 ms), as a
+            # sweep does when the pixel has no dark reading younger than dark_max_age_s
+            t0 = time.perf_counter()
+            await run_sweep(ctx, 1, replace(params, dark_max_age_s=0.0))
+            t_fresh = time.perf_counter() - t0
     t_sweep, n_pts = min(sweeps)
     ideal = n_pts * (dwell + integ) / 1000.0
     t_naive = min(naive)
@@ -563,7 +598,10 @@ async def bench_sweep(tmp: Path, quick: bool) -> dict[str, Any]:
     return {"sweep_overhead_pct": 100.0 * (t_sweep / ideal - 1.0),
             "sweep_speedup_vs_per_point": t_naive / t_sweep,
             "detail_sweep": {"points": n_pts, "sweep_s": t_sweep, "dwell_plus_integration_s": ideal,
-                             "naive_s": t_naive, "repeats": reps}}
+                             "naive_s": t_naive, "repeats": reps,
+                             "dark_reading": "reused from the warm-up sweep (dark_max_age_s)",
+                             "sweep_s_with_fresh_dark": t_fresh,
+                             "overhead_pct_with_fresh_dark": 100.0 * (t_fresh / ideal - 1.0)}}
 
 
 # -------------------------------------------------------------------------------------------
@@ -607,6 +645,7 @@ async def bench_daemon(tmp: Path, quick: bool, servers: Servers) -> dict[str, An
         st = Child("station", {"url": ready["url"], "store": str(tmp / "daemon.db"),
                                "extra": servers.sink_config(mqtt=True), "interval_s": interval_s,
                                "compliance_v": ready["aging_compliance_v"], "settle_s": 2.0,
+                               "epoch_offset_s": offset,
                                "window_s": window}, tmp / "station.log")
         try:
             await st.line()  # window start
@@ -623,6 +662,8 @@ async def bench_daemon(tmp: Path, quick: bool, servers: Servers) -> dict[str, An
     out: dict[str, Any] = {"cpu_pct_256ch_10hz": res["cpu_pct"], "rss_mb_256ch_10hz": res["rss_mb"],
                            "detail_daemon": {"samples_per_s": res["samples_per_s"],
                                              "sinks_rows_behind": res["sinks_behind"],
+                                             "received_lag_ms_p50_p99": res["received_lag_ms_p50_p99"],
+                                             "committed_lag_ms_p50_p99": res["committed_lag_ms_p50_p99"],
                                              "sim_clock_slipped_us": (sim_end or {}).get("slipped_us"),
                                              "mqtt_messages": len(lat)}}
     if lat:

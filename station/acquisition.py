@@ -87,6 +87,10 @@ def sql_rows(rows: np.ndarray, columns: tuple[str, ...]) -> list[tuple[Any, ...]
     return list(zip(*cols, strict=True))
 
 
+AGING_ROUTE_MAX_RECORDS = 8192
+"""Aging records held for routing before the batch commit routes them anyway."""
+
+
 class Acquisition:
     def __init__(self, link: BoardLink, store: Store, batch_ms: float = 100.0) -> None:
         self.link = link
@@ -100,10 +104,13 @@ class Acquisition:
         self._recent_spectra: OrderedDict[int, tuple[SpectrumMsg, int]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
-        # aging records of one read from the link (many frames, interleaved channels) are routed
-        # together at the end of the loop iteration: one photometry/stop-check call per channel
-        # and read instead of one per channel and frame (bench/bench_e2e.py, docs/benchmarks.md)
+        # aging records (many frames, interleaved channels) are routed together when the batch
+        # is committed, or sooner once AGING_ROUTE_MAX_RECORDS wait: one photometry/stop-check
+        # call per channel and batch instead of one per channel and frame; that call costs
+        # ~60 µs however few samples it carries (bench/bench_e2e.py, docs/benchmarks.md)
         self._aging_buf: list[tuple[np.ndarray, np.ndarray]] = []
+        self._aging_buffered = 0
+        self._drain_soon = False
         self.on_commit: Callable[[], None] | None = None
         """Called after every commit (the daemon wakes its sinks with it)."""
         link.add_stream_consumer(self._on_stream)
@@ -124,6 +131,7 @@ class Acquisition:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         self.flush()
 
     async def _flush_loop(self) -> None:
@@ -168,15 +176,16 @@ class Acquisition:
                 self._route(ev.records, ev.seq64, "sweep_id", self.sweeps, raw_sweep_rows,
                             "sweep_points", SWEEP_COLUMNS)
             elif ev.stream is Stream.AGING:
-                if not self._aging_buf:
-                    try:
-                        asyncio.get_running_loop().call_soon(self._drain_aging)
-                    except RuntimeError:  # no loop (direct calls): route at once
-                        self._route(ev.records, ev.seq64, "channel", self.aging, raw_aging_rows,
-                                    "aging_samples", AGING_COLUMNS)
-                        self._dirty.set()
-                        return
+                if self._task is None:  # not started (direct calls): route at once
+                    self._route(ev.records, ev.seq64, "channel", self.aging, raw_aging_rows,
+                                "aging_samples", AGING_COLUMNS)
+                    self._dirty.set()
+                    return
                 self._aging_buf.append((ev.records, ev.seq64))
+                self._aging_buffered += len(ev.records)
+                if self._aging_buffered >= AGING_ROUTE_MAX_RECORDS and not self._drain_soon:
+                    self._drain_soon = True  # a replay flood: route now, not at the next batch
+                    asyncio.get_running_loop().call_soon(self._drain_aging)
         elif isinstance(ev, SpectrumReceived):
             self._drain_aging()  # keep the order of records and spectra
             self.received[Stream.SPECTRUM] += 1
@@ -184,9 +193,11 @@ class Acquisition:
         self._dirty.set()
 
     def _drain_aging(self) -> None:
+        self._drain_soon = False
         if not self._aging_buf:
             return
         buf, self._aging_buf = self._aging_buf, []
+        self._aging_buffered = 0
         rec = buf[0][0] if len(buf) == 1 else np.concatenate([b[0] for b in buf])
         seq64 = buf[0][1] if len(buf) == 1 else np.concatenate([b[1] for b in buf])
         self._route(rec, seq64, "channel", self.aging, raw_aging_rows, "aging_samples",

@@ -88,6 +88,8 @@ class SweepSpec(_Strict):
     spectrum_at_v: list[float] | None = Field(None, max_length=16)
     spectrum_integration_ms: float = Field(400.0, gt=0, le=60000)
     threshold_cd_m2: float = Field(1.0, gt=0)
+    dark_n: int = Field(16, ge=1, le=1000)
+    dark_max_age_s: float = Field(300.0, ge=0, le=86400)
 
     def params(self) -> SweepParams:
         return SweepParams(**self.model_dump())

@@ -51,6 +51,22 @@ async def test_sweep_over_a_pty_with_a_stable_link_path(tmp_path):
         assert_complete(stored_seqs(ctx, "sweep_points"), server.board.counters.produced[Stream.SWEEP])
 
 
+async def test_a_recent_dark_reading_of_the_pixel_is_reused_and_its_age_reported(tmp_path):
+    async with sim_station(tmp_path, ["dbsa"]) as (server, ctx):
+        quick = dict(start_v=0.0, stop_v=1.0, step_v=0.5)
+        first = await run_sweep(ctx, 1, SweepParams(**quick))
+        second = await run_sweep(ctx, 1, SweepParams(**quick))
+        assert server.board.counters.executed["pd_read"] == 1  # the board measured it once
+        assert first.summary["dark_age_s"] == 0.0 and second.summary["dark_age_s"] > 0.0
+        assert second.summary["dark_a"] == first.summary["dark_a"]
+        # other integration time, other n, or a zero max age: measured again
+        await run_sweep(ctx, 1, SweepParams(**quick, integration_ms=10.0))
+        await run_sweep(ctx, 1, SweepParams(**quick, dark_n=4))
+        fresh = await run_sweep(ctx, 1, SweepParams(**quick, dark_max_age_s=0.0))
+        assert server.board.counters.executed["pd_read"] == 4
+        assert fresh.summary["dark_age_s"] == 0.0
+
+
 async def test_limits_are_checked_before_anything_is_sent(tmp_path):
     async with sim_station(tmp_path, ["dbsa"]) as (server, ctx):
         with pytest.raises(LimitError, match="max_voltage_v"):

@@ -620,13 +620,15 @@ def compute_points(
     i_a = np.atleast_1d(np.asarray(current_a, dtype=float))
     pd = np.atleast_1d(np.asarray(photodiode_a, dtype=float))
     dark = np.atleast_1d(np.asarray(dark_a, dtype=float))
-    try:
-        v, i_a, pd, dark = np.broadcast_arrays(v, i_a, pd, dark)
-    except ValueError:
-        raise ValueError(
-            f"compute_points: arrays of different lengths (voltage {v.size}, current {i_a.size}, "
-            f"photodiode {pd.size}, dark {dark.size})"
-        ) from None
+    # the usual block (equal 1-D arrays, one dark value) needs no broadcast copies; the rest does
+    if not (v.ndim == 1 and v.shape == i_a.shape == pd.shape and dark.shape in ((1,), v.shape)):
+        try:
+            v, i_a, pd, dark = np.broadcast_arrays(v, i_a, pd, dark)
+        except ValueError:
+            raise ValueError(
+                f"compute_points: arrays of different lengths (voltage {v.size}, current "
+                f"{i_a.size}, photodiode {pd.size}, dark {dark.size})"
+            ) from None
     if v.ndim != 1:
         raise ValueError("compute_points: expected 1-D arrays")
     match: MatchKey = "voltage_v" if t_s is None else "t_s"
@@ -636,7 +638,12 @@ def compute_points(
             raise ValueError(f"prepared spectra are matched on {prepared.match}, points on {match}")
     else:
         prepared = prepare_spectra(spectra, calibration, match)
-    query = v if t_s is None else np.broadcast_to(np.asarray(t_s, dtype=float), v.shape)
+    if t_s is None:
+        query = v
+    else:
+        query = np.asarray(t_s, dtype=float)
+        if query.shape != v.shape:
+            query = np.broadcast_to(query, v.shape)
     idx = prepared.nearest(query)
 
     area = calibration.pixel_area_m2

@@ -293,6 +293,8 @@ class Sink(ABC):
 
     name = "sink"
     tables: tuple[str, ...] = SAMPLE_TABLES
+    wakes_on_commit: bool = True
+    """Woken by :meth:`notify` after each store commit (low latency), or only every ``poll_s``."""
 
     def __init__(self, store_path: str | Path, *, poll_s: float, retry_min_s: float,
                  retry_max_s: float, health_every_s: float = 1.0) -> None:
@@ -341,8 +343,10 @@ class Sink(ABC):
 
     # -- public ---------------------------------------------------------------------------------
     def notify(self) -> None:
-        """Wake the sink now (new rows are in the store) instead of at its next poll."""
-        self._wake.set()
+        """Wake the sink now (new rows are in the store) instead of at its next poll; a sink
+        whose ``wakes_on_commit`` is false keeps to its poll."""
+        if self.wakes_on_commit:
+            self._wake.set()
 
     def health(self) -> dict[str, Any]:
         """Lag and state; cheap (the backlog is refreshed by the sink's own task)."""
