@@ -176,16 +176,21 @@ class Acquisition:
                 self._route(ev.records, ev.seq64, "sweep_id", self.sweeps, raw_sweep_rows,
                             "sweep_points", SWEEP_COLUMNS)
             elif ev.stream is Stream.AGING:
-                if self._task is None:  # not started (direct calls): route at once
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop (direct calls): route at once
                     self._route(ev.records, ev.seq64, "channel", self.aging, raw_aging_rows,
                                 "aging_samples", AGING_COLUMNS)
                     self._dirty.set()
                     return
                 self._aging_buf.append((ev.records, ev.seq64))
                 self._aging_buffered += len(ev.records)
-                if self._aging_buffered >= AGING_ROUTE_MAX_RECORDS and not self._drain_soon:
-                    self._drain_soon = True  # a replay flood: route now, not at the next batch
-                    asyncio.get_running_loop().call_soon(self._drain_aging)
+                # not started yet (the link replays while it comes up) or a replay flood: route
+                # at the end of this loop iteration instead of at the next commit
+                if ((self._task is None or self._aging_buffered >= AGING_ROUTE_MAX_RECORDS)
+                        and not self._drain_soon):
+                    self._drain_soon = True
+                    loop.call_soon(self._drain_aging)
         elif isinstance(ev, SpectrumReceived):
             self._drain_aging()  # keep the order of records and spectra
             self.received[Stream.SPECTRUM] += 1

@@ -138,8 +138,8 @@ class InfluxSection(_Strict):
     # -- telemetry sink (station/sinks/influx.py) -------------------------------------------------
     timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one write")
     poll_s: float = Field(0.5, gt=0, description=(
-        "how often the sink writes new rows to the database, in batches (unlike MQTT it is "
-        "not woken after each commit)"))
+        "how often the sink looks for new rows; a store commit wakes it sooner, but at most "
+        "4 times a second"))
     retry_min_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
     verify_tls: bool = True

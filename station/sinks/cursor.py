@@ -293,8 +293,9 @@ class Sink(ABC):
 
     name = "sink"
     tables: tuple[str, ...] = SAMPLE_TABLES
-    wakes_on_commit: bool = True
-    """Woken by :meth:`notify` after each store commit (low latency), or only every ``poll_s``."""
+    min_wake_interval_s: float = 0.0
+    """:meth:`notify` (after each store commit) wakes the sink only if its last round began at
+    least this long ago; otherwise the rows wait for the next wake-up or poll (``poll_s``)."""
 
     def __init__(self, store_path: str | Path, *, poll_s: float, retry_min_s: float,
                  retry_max_s: float, health_every_s: float = 1.0) -> None:
@@ -305,6 +306,7 @@ class Sink(ABC):
         self.stop_grace_s = 3.0
         self._db: SinkDB | None = None
         self._wake = asyncio.Event()
+        self._round_mono = -math.inf
         self.state = "starting"
         self.connected = False
         self.last_error: str | None = None
@@ -343,9 +345,9 @@ class Sink(ABC):
 
     # -- public ---------------------------------------------------------------------------------
     def notify(self) -> None:
-        """Wake the sink now (new rows are in the store) instead of at its next poll; a sink
-        whose ``wakes_on_commit`` is false keeps to its poll."""
-        if self.wakes_on_commit:
+        """Wake the sink now (new rows are in the store) instead of at its next poll, unless its
+        last round began less than ``min_wake_interval_s`` ago."""
+        if time.monotonic() - self._round_mono >= self.min_wake_interval_s:
             self._wake.set()
 
     def health(self) -> dict[str, Any]:
@@ -434,6 +436,7 @@ class Sink(ABC):
             self.state = "connected"
             while not stop.is_set():
                 self._wake.clear()
+                self._round_mono = time.monotonic()
                 moved = await self.deliver(conn)
                 self.backoff.reset()  # a whole round went through
                 self.last_error = None

@@ -111,9 +111,9 @@ class InfluxSink(Sink):
     write API, e.g. VictoriaMetrics) in batches of ``batch_size`` rows."""
 
     name = "influx"
-    # history for dashboards: written every poll_s in large batches, not after every commit
-    # (at 256 channels that is 40 small HTTP writes a second; docs/benchmarks.md (e))
-    wakes_on_commit = False
+    # history for dashboards: at most 4 writes a second, not one after every commit (at 256
+    # channels that is 40 small HTTP writes a second; docs/benchmarks.md (e))
+    min_wake_interval_s = 0.25
     tables = ("sweep_points", "aging_samples")
 
     def __init__(self, store_path: str | Path, cfg: InfluxSection, station_id: str) -> None:
