@@ -222,8 +222,21 @@ async def _station_child(opts: dict[str, Any]) -> None:
 
         ctx.link.add_stream_consumer(on_stream)
         ctx.acq.on_commit = on_commit
-        sinks = asyncio.create_task(run_sinks(cfg, cfg.store.path, stop,
-                                              runner=SinkRunner(cfg, cfg.store.path)))
+        runner = SinkRunner(cfg, cfg.store.path)
+        publish_lag: list[float] = []
+        for sink in runner.sinks:
+            if hasattr(sink, "_publish_all"):
+                orig = sink._publish_all
+
+                async def timed(conn: Any, out: list[Any], orig: Any = orig) -> Any:
+                    now = time.time()
+                    for o in out:
+                        if o.topic and o.topic.endswith("/aging"):
+                            publish_lag.append(now - (offset + json.loads(o.payload)["t_us"] / 1e6))
+                    return await orig(conn, out)
+
+                sink._publish_all = timed  # type: ignore[method-assign]
+        sinks = asyncio.create_task(run_sinks(cfg, cfg.store.path, stop, runner=runner))
         cols = _collectors(ctx, range(N_CH), params, opts["compliance_v"])
         # the daemon's resume path: run_aging finds the channel stopped and starts it
         tasks = [asyncio.create_task(run_aging(ctx, ch + 1, params, resume=col))
@@ -232,6 +245,7 @@ async def _station_child(opts: dict[str, Any]) -> None:
         n0 = ctx.acq.received[Stream.AGING]
         recv_lag.clear()
         commit_lag.clear()
+        publish_lag.clear()
         r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         print(json.dumps({"window": "start"}), flush=True)
         await asyncio.sleep(opts["window_s"])
@@ -249,6 +263,8 @@ async def _station_child(opts: dict[str, Any]) -> None:
                                                       for q in (50, 99)] if recv_lag else None,
                           "committed_lag_ms_p50_p99": [float(np.percentile(commit_lag, q)) * 1e3
                                                        for q in (50, 99)] if commit_lag else None,
+                          "publishing_lag_ms_p50_p99": [float(np.percentile(publish_lag, q)) * 1e3
+                                                        for q in (50, 99)] if publish_lag else None,
                           "sinks_behind": {k: v.get("rows_behind") for k, v in
                                            __import__("station.sinks.runner", fromlist=["x"])
                                            .health().items()}}), flush=True)
@@ -664,6 +680,7 @@ async def bench_daemon(tmp: Path, quick: bool, servers: Servers) -> dict[str, An
                                              "sinks_rows_behind": res["sinks_behind"],
                                              "received_lag_ms_p50_p99": res["received_lag_ms_p50_p99"],
                                              "committed_lag_ms_p50_p99": res["committed_lag_ms_p50_p99"],
+                                             "publishing_lag_ms_p50_p99": res["publishing_lag_ms_p50_p99"],
                                              "sim_clock_slipped_us": (sim_end or {}).get("slipped_us"),
                                              "mqtt_messages": len(lat)}}
     if lat:

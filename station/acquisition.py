@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,11 +40,18 @@ class RecordSink(Protocol):
 
 
 def empty_rows(columns: tuple[str, ...], n: int) -> np.ndarray:
+    """``n`` rows of ``columns``: ids and counters 0, floats NaN, ``direction`` None."""
+    return np.repeat(_row_template(columns), n)
+
+
+@functools.cache
+def _row_template(columns: tuple[str, ...]) -> np.ndarray:
     dtype = [(c, "O" if c == "direction" else ("i8" if c in _INT_COLS else "f8")) for c in columns]
-    arr = np.zeros(n, dtype=dtype)
+    arr = np.zeros(1, dtype=dtype)
     for c in columns:
         if c not in _INT_COLS and c != "direction":
             arr[c] = np.nan
+    arr.setflags(write=False)
     return arr
 
 

@@ -293,6 +293,8 @@ class Sink(ABC):
 
     name = "sink"
     tables: tuple[str, ...] = SAMPLE_TABLES
+    more_waiting: bool = True
+    """Set by :meth:`deliver` to False when it read every row there was (no full batch)."""
     min_wake_interval_s: float = 0.0
     """:meth:`notify` (after each store commit) wakes the sink only if its last round began at
     least this long ago; otherwise the rows wait for the next wake-up or poll (``poll_s``)."""
@@ -437,12 +439,15 @@ class Sink(ABC):
             while not stop.is_set():
                 self._wake.clear()
                 self._round_mono = time.monotonic()
+                self.more_waiting = True
                 moved = await self.deliver(conn)
                 self.backoff.reset()  # a whole round went through
                 self.last_error = None
                 await self.refresh_backlog(force=not moved)
                 await self.on_idle(conn)
-                if not moved:
+                # a round that took everything there was (no batch came back full) waits for
+                # the next commit's wake-up, which a commit during the round has already set
+                if not moved or not self.more_waiting:
                     await _wait_any(stop, self._wake, self.poll_s)
             await self.on_stop(conn)
         self.connected = False

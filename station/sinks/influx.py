@@ -189,6 +189,7 @@ class InfluxSink(Sink):
         and encoded while the database takes the current one. The cursor moves after each
         2xx, in order; a failed write leaves it on the last batch the database accepted."""
         moved = 0
+        self.more_waiting = False
         for table in self.tables:
             after, last, lines = await asyncio.to_thread(self._prepare, table)
             for n in range(MAX_BATCHES_PER_ROUND):
@@ -209,7 +210,8 @@ class InfluxSink(Sink):
                     raise
                 self.acknowledged(len(lines))
                 moved += max(1, len(lines))
-                if nxt is None:
+                if nxt is None:  # the round's last batch: there may be more
+                    self.more_waiting = True
                     break
                 after, last, lines = await nxt
         return moved
