@@ -326,6 +326,16 @@ async def sim_child(tmp: Path, name: str, **opts: Any) -> AsyncIterator[tuple[Ch
 # -------------------------------------------------------------------------------------------
 
 
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -380,6 +390,10 @@ class Servers:
         else:
             self.notes.append("victoria-metrics not installed: (a) and (e) encode the line-protocol"
                               " batches but do not write them over HTTP")
+
+    def pids(self) -> dict[str, int]:
+        """The database's pid (the broker idles during (a))."""
+        return {"database": self.procs[-1].pid} if self.influx_url else {}
 
     def stop(self) -> None:
         for p in self.procs:
@@ -514,14 +528,20 @@ async def bench_stream(tmp: Path, quick: bool, servers: Servers) -> dict[str, An
         t_raw = await raw_drain(url, head)
         await asyncio.sleep(0.3)  # the simulator notices the client left
         progress(f"(a) raw {head / t_raw:,.0f} samples/s; end-to-end through the station ...")
+        procs = {"station": os.getpid(), "simulator": _c.proc.pid, **servers.pids()}
+        cpu0 = {k: proc_cpu_s(pid) for k, pid in procs.items()}
         e2e = await e2e_drain(url, head, tmp, servers)
+        cpu = {k: proc_cpu_s(pid) - cpu0[k] for k, pid in procs.items()}
     rate = head / e2e["seconds"]
-    progress(f"(a) end-to-end {rate:,.0f} samples/s (stored {e2e['stored']:,})")
+    progress(f"(a) end-to-end {rate:,.0f} samples/s (stored {e2e['stored']:,}); CPU per sample: "
+             + ", ".join(f"{k} {1e6 * v / head:.1f} µs" for k, v in cpu.items()))
     return {"stream_samples_per_s": rate, "stream_vs_raw_ratio": rate / (head / t_raw),
             "detail_stream": {"samples": head, "raw_samples_per_s": head / t_raw,
                               "e2e_seconds": e2e["seconds"], "raw_seconds": t_raw,
                               "stored": e2e["stored"], "database": e2e["database"],
-                              "all_received_after_s": e2e["received_s"]}}
+                              "all_received_after_s": e2e["received_s"],
+                              "cpu_us_per_sample": {k: 1e6 * v / head for k, v in cpu.items()},
+                              "cores": os.cpu_count()}}
 
 
 # -------------------------------------------------------------------------------------------

@@ -47,10 +47,13 @@ from .acquisition import Acquisition, empty_rows, raw_aging_rows, raw_sweep_rows
 from .analysis.lifetime import analyze_lifetime
 from .analysis.photometry import (
     Calibration,
+    PointFactors,
     PreparedSpectra,
     Spectrum,
     compute_points,
+    luminance_and_eqe,
     luminance_per_photodiode_amp,
+    point_factors,
     prepare_spectra,
 )
 from .analysis.summary import sweep_summary
@@ -591,6 +594,7 @@ class AgingCollector:
         self.progress = progress
         self.spectra: list[Spectrum] = []
         self.prepared: PreparedSpectra | None = None
+        self._factors: PointFactors | None = None
         self.t0_us: int | None = None
         self.l0: float | None = None
         self._l0_buf: list[tuple[float, float]] = []
@@ -609,6 +613,7 @@ class AgingCollector:
     def add_spectrum(self, s: Spectrum) -> None:
         self.spectra.append(s)
         self.prepared = prepare_spectra(self.spectra, self.calibration, "t_s")
+        self._factors = point_factors(self.calibration, self.prepared)
 
     def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
         return self.run_id
@@ -621,12 +626,12 @@ class AgingCollector:
             self.ctx.store.update_run(self.run_id, t0_us=self.t0_us)
         t_s = (rec["t_us"].astype(np.int64) - self.t0_us) / 1e6
         flags = rec["flags"]
-        if self.prepared is not None:
-            pts = compute_points(rec["voltage_v"], rec["current_a"], rec["photodiode_a"],
-                                 self.calibration, self.prepared, dark_a=self.dark_a, t_s=t_s)
-            lum = pts["luminance_cd_m2"]
+        if self.prepared is not None and self._factors is not None:
+            # compute_points' luminance and EQE, from the factors of the spectra prepared once
+            lum, eqe = luminance_and_eqe(rec["photodiode_a"] - self.dark_a, rec["current_a"],
+                                         self._factors, self.prepared.nearest(t_s))
             rows["luminance_cd_m2"] = lum
-            rows["eqe_pct"] = pts["eqe_pct"]
+            rows["eqe_pct"] = eqe
             live = (flags & int(SampleFlags.STOPPED)) == 0
             if self.l0 is None:
                 for t, lv, ok in zip(t_s.tolist(), lum.tolist(), live.tolist(), strict=True):

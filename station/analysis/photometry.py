@@ -38,6 +38,7 @@ __all__ = [
     "PLANCK_J_S",
     "POINT_DTYPE",
     "Calibration",
+    "PointFactors",
     "PreparedSpectra",
     "Spectrum",
     "SpectrumFeatures",
@@ -47,8 +48,10 @@ __all__ = [
     "dark_noise_floor_cd_m2",
     "el_peak_fwhm",
     "lambertian_fraction",
+    "luminance_and_eqe",
     "luminance_per_photodiode_amp",
     "nearest_index",
+    "point_factors",
     "prepare_spectra",
     "spectral_power",
     "spectrum_features",
@@ -567,20 +570,48 @@ def subtract_dark(photodiode_a: npt.ArrayLike, dark_a: npt.ArrayLike = 0.0) -> F
     return np.asarray(photodiode_a, dtype=float) - np.asarray(dark_a, dtype=float)
 
 
+@dataclass(frozen=True)
+class PointFactors:
+    """Per prepared spectrum (sorted order), what one ampere of net photocurrent means:
+
+    ``lum_cd_m2_per_a`` = K_m ∫S·V dλ / (π A f_axial ∫S·R dλ)  — luminance (cd/m²) per A;
+    ``eqe_pct_a_per_a`` = 100 q ∫S·λ/(hc) dλ / (f_collected ∫S·R dλ)  — EQE (%) times the drive
+    current (A), per A of photocurrent. The formulas of :func:`compute_points`, factored so a
+    block of points costs two multiplications (docs/measurement.md)."""
+
+    lum_cd_m2_per_a: FloatArray
+    eqe_pct_a_per_a: FloatArray
+
+
+def point_factors(calibration: Calibration, prepared: PreparedSpectra) -> PointFactors:
+    sr = prepared.sr_a_per_w
+    return PointFactors(
+        lum_cd_m2_per_a=(K_M_LM_PER_W / (math.pi * calibration.pixel_area_m2))
+        * prepared.sv / (calibration.axial_fraction * sr),
+        eqe_pct_a_per_a=(100.0 * ELEMENTARY_CHARGE_C) * prepared.photons_per_j
+        / (calibration.collection_fraction * sr),
+    )
+
+
+def luminance_and_eqe(
+    net_photodiode_a: FloatArray, current_a: FloatArray, factors: PointFactors,
+    idx: npt.NDArray[np.intp],
+) -> tuple[FloatArray, FloatArray]:
+    """Luminance (cd/m²) and EQE (%) of points whose spectra are ``idx``; EQE is NaN where the
+    current is <= 0."""
+    lum = net_photodiode_a * factors.lum_cd_m2_per_a[idx]
+    ok = current_a > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eqe = np.where(ok, net_photodiode_a * factors.eqe_pct_a_per_a[idx]
+                       / np.where(ok, current_a, 1.0), np.nan)
+    return lum, eqe
+
+
 def luminance_per_photodiode_amp(
     calibration: Calibration, prepared: PreparedSpectra, index: int = 0
 ) -> float:
     """cd/m^2 per ampere of net photocurrent for the ``index``-th (sorted) prepared spectrum."""
-    return (
-        K_M_LM_PER_W
-        * float(prepared.sv[index])
-        / (
-            calibration.axial_fraction
-            * float(prepared.sr_a_per_w[index])
-            * math.pi
-            * calibration.pixel_area_m2
-        )
-    )
+    return float(point_factors(calibration, prepared).lum_cd_m2_per_a[index])
 
 
 def dark_noise_floor_cd_m2(
@@ -650,9 +681,8 @@ def compute_points(
     net = pd - dark
     sr = prepared.sr_a_per_w[idx]
     sv = prepared.sv[idx]
-    p_axis = net / (calibration.axial_fraction * sr)
     p_total = net / (calibration.collection_fraction * sr)
-    lum = (K_M_LM_PER_W / (math.pi * area)) * p_axis * sv
+    lum, eqe = luminance_and_eqe(net, i_a, point_factors(calibration, prepared), idx)
 
     out = np.empty(v.shape[0], dtype=POINT_DTYPE)
     out["voltage_v"] = v
@@ -665,7 +695,7 @@ def compute_points(
     ok = i_a > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_i = np.where(ok, 1.0 / np.where(ok, i_a, 1.0), np.nan)
-        out["eqe_pct"] = 100.0 * ELEMENTARY_CHARGE_C * p_total * prepared.photons_per_j[idx] * inv_i
+        out["eqe_pct"] = eqe
         out["ce_cd_a"] = lum * area * inv_i
         pe_ok = ok & (v > 0)
         out["pe_lm_w"] = np.where(
