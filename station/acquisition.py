@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 class RecordSink(Protocol):
-    def on_records(self, records: np.ndarray, seq64: np.ndarray) -> np.ndarray:
-        """Return rows (a structured array with the table's columns) to store."""
+    def on_records(self, records: np.ndarray, seq64: np.ndarray, rows: np.ndarray) -> None:
+        """Fill in ``rows`` (a structured array with the table's columns, the raw rows of these
+        records: run_id -1, derived columns NaN) in place; they are stored as they are then."""
         ...
 
     def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
@@ -219,25 +220,29 @@ class Acquisition:
     def _route(self, rec: np.ndarray, seq64: np.ndarray, key: str, owners: dict[int, RecordSink],
                raw: Callable[[np.ndarray, np.ndarray, int | None], np.ndarray], table: str,
                columns: tuple[str, ...]) -> None:
+        """One block of raw rows for all the records, grouped by owner (stable: each owner's
+        records stay in board order); each owner fills its slice in place; one insert."""
         keys = rec[key]
-        for k in np.unique(keys):
-            sel = keys == k
-            r, s = (rec, seq64) if sel.all() else (rec[sel], seq64[sel])
-            owner = owners.get(int(k))
-            rows = None
-            if owner is not None:
-                try:
-                    rows = owner.on_records(r, s)
-                except Exception:  # a failing consumer never loses data
-                    log.exception("processing %s records failed; storing raw", table)
-            if rows is None:
-                rows = raw(r, s, None)
-            self.store.add_rows(table, columns, sql_rows(rows, columns))
-            for fn in self.listeners:
-                try:
-                    fn(table, rows)
-                except Exception:
-                    log.exception("listener failed")
+        if len(keys) > 1 and bool((keys[1:] != keys[:-1]).any()):
+            order = np.argsort(keys, kind="stable")
+            rec, seq64, keys = rec[order], seq64[order], keys[order]
+        rows = raw(rec, seq64, None)
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))).tolist()
+        for a, b in zip(starts, [*starts[1:], len(keys)], strict=True):
+            owner = owners.get(int(keys[a]))
+            if owner is None:
+                continue
+            try:
+                owner.on_records(rec[a:b], seq64[a:b], rows[a:b])
+            except Exception:  # a failing consumer never loses data
+                log.exception("processing %s records failed; storing raw", table)
+                rows[a:b] = raw(rec[a:b], seq64[a:b], None)
+        self.store.add_rows(table, columns, sql_rows(rows, columns))
+        for fn in self.listeners:
+            try:
+                fn(table, rows)
+            except Exception:
+                log.exception("listener failed")
 
     def _on_spectrum(self, msg: SpectrumMsg, seq64: int) -> None:
         run_id: int | None = None

@@ -43,7 +43,7 @@ from firmware_protocol.messages import (
 from firmware_protocol.messages import Spectrum as SpectrumMsg
 from firmware_protocol.spec import SampleFlags, SmuMode, Stream, SweepEnd
 
-from .acquisition import Acquisition, empty_rows, raw_aging_rows, raw_sweep_rows
+from .acquisition import Acquisition, empty_rows
 from .analysis.lifetime import analyze_lifetime
 from .analysis.photometry import (
     Calibration,
@@ -349,8 +349,8 @@ class SweepCollector:
 
     sweep_pixel: int = 0
 
-    def on_records(self, rec: np.ndarray, seq64: np.ndarray) -> np.ndarray:
-        rows = raw_sweep_rows(rec, seq64, self.run_id)
+    def on_records(self, rec: np.ndarray, seq64: np.ndarray, rows: np.ndarray) -> None:
+        rows["run_id"] = self.run_id
         rows["dark_a"] = self.dark_a
         prep = self._prep()
         if prep is not None:
@@ -369,7 +369,6 @@ class SweepCollector:
                 "voltage_v": float(last["voltage_v"]),
                 "current_density_ma_cm2": float(last["current_density_ma_cm2"]),
                 "luminance_cd_m2": float(last["luminance_cd_m2"])})
-        return rows
 
     def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
         s = self.ctx.board_spectrum(msg)
@@ -618,8 +617,8 @@ class AgingCollector:
     def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
         return self.run_id
 
-    def on_records(self, rec: np.ndarray, seq64: np.ndarray) -> np.ndarray:
-        rows = raw_aging_rows(rec, seq64, self.run_id)
+    def on_records(self, rec: np.ndarray, seq64: np.ndarray, rows: np.ndarray) -> None:
+        rows["run_id"] = self.run_id
         rows["dark_a"] = self.dark_a
         if self.t0_us is None:
             self.t0_us = int(rec["t_us"][0])
@@ -652,7 +651,6 @@ class AgingCollector:
             self.progress(self.last_t_s / 3600.0, {
                 "l_rel": float(rows["l_rel"][-1]), "voltage_v": float(rec["voltage_v"][-1]),
                 "luminance_cd_m2": float(rows["luminance_cd_m2"][-1])})
-        return rows
 
     def _check_stop(self, rec: np.ndarray, rows: np.ndarray, t_s: np.ndarray) -> None:
         """Stop conditions and alerts over one block. Runs for every block of every channel, so
