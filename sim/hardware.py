@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -86,6 +87,7 @@ __all__ = [
     "SmuState",
     "Spectrometer",
     "Thermal",
+    "aging_arrays_of",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -249,6 +251,34 @@ class Pixel:
         return fp
 
 
+def aging_arrays_of(pixels: Sequence[Pixel], owner: NDArray[np.intp],
+                    dose_ref_h: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.int_]]:
+    """:meth:`Pixel.aging_arrays` of samples of several pixels at once: sample i is of
+    ``pixels[owner[i]]`` at equivalent age ``dose_ref_h[i]``.
+
+    One :func:`aging_state` per preset, with that preset's scalar parameters as for a single
+    pixel, so every sample gets the very value ``Pixel.aging_arrays`` gives it.
+    """
+    dose = np.maximum(dose_ref_h, 0.0)
+    presets = list({id(px.preset): px.preset for px in pixels}.values())
+    if len(presets) == 1:
+        st = aging_state(presets[0], dose, presets[0].aging.j_ref_a_m2, with_voltage=False)
+        lum, dv, code = st.luminance_ratio, st.delta_voltage_v, st.failure
+    else:
+        index = {id(preset): i for i, preset in enumerate(presets)}
+        of_sample = np.array([index[id(px.preset)] for px in pixels])[owner]
+        lum, dv = np.empty(dose.shape), np.empty(dose.shape)
+        code = np.empty(dose.shape, dtype=int)
+        for i, preset in enumerate(presets):
+            sel = of_sample == i
+            st = aging_state(preset, dose[sel], preset.aging.j_ref_a_m2, with_voltage=False)
+            lum[sel], dv[sel], code[sel] = st.luminance_ratio, st.delta_voltage_v, st.failure
+    forced = np.array([int(px.forced) for px in pixels])[owner]
+    code = np.where(forced != FailureMode.NONE, forced, code)
+    ratio = np.where(code == FailureMode.NONE, lum, 0.0)
+    return ratio, dv, code
+
+
 # ---------------------------------------------------------------------------------------------
 # SMU
 # ---------------------------------------------------------------------------------------------
@@ -384,8 +414,6 @@ class Photodiodes:
         out = np.empty(n)
         gains = np.empty(n, dtype=np.uint8)
         flags = np.zeros(n, dtype=np.uint8)
-        fs = self.cfg.pd_full_scale_v
-        top = len(self.gains) - 1
         pos = 0
         g = int(gain)
         while pos < n:
@@ -396,10 +424,7 @@ class Photodiodes:
                 out[sl], gains[sl] = vals, g
                 flags[sl] = np.where(sat, np.uint8(SampleFlags.PD_SATURATED), np.uint8(0))
                 break
-            low = (np.abs(vals) * self.gains[g] < 0.05 * fs) & (g < top)
-            wrong = (sat & (g > 0)) | low
-            best = self._best_gain(np.abs(i_true[sl]))
-            wrong &= best != g
+            wrong, best = self._misranged(i_true[sl], vals, sat, g)
             # saturated at the lowest gain: nothing to do but flag it
             stuck = sat & ~wrong
             hits = np.flatnonzero(wrong)
@@ -417,6 +442,39 @@ class Photodiodes:
             flags[k] = int(SampleFlags.AUTORANGED) | (int(SampleFlags.PD_SATURATED) if s1[0] else 0)
             pos = k + 1
         return out, gains, flags, g
+
+    def _misranged(self, i_true: FloatArray, vals: FloatArray, sat: NDArray[np.bool_],
+                   g: NDArray[np.int_] | int) -> tuple[NDArray[np.bool_], NDArray[np.int_]]:
+        """(readings at gain ``g`` that autorange must repeat, the gain it would pick for each)."""
+        fs = self.cfg.pd_full_scale_v
+        low = (np.abs(vals) * self.gains[g] < 0.05 * fs) & (g < len(self.gains) - 1)
+        wrong = (sat & (g > 0)) | low
+        best = self._best_gain(np.abs(i_true))
+        return wrong & (best != g), best
+
+    def read_blocks(self, i_true: FloatArray, counts: NDArray[np.intp], gain: NDArray[np.int_],
+                    z: FloatArray, integration_ms: float
+                    ) -> tuple[FloatArray, NDArray[np.uint8], NDArray[np.uint8], NDArray[np.int_]]:
+        """:meth:`read` with autorange of consecutive blocks at once (block j: the next ``counts[j]``
+        samples, starting at gain ``gain[j]``). Returns (amps, gain per sample, flags, last gain
+        per block).
+
+        Every sample is first read at its block's gain, all together; a block where autorange
+        must step is read again by :meth:`read`, which follows the gain sample by sample.
+        """
+        g = np.repeat(gain, counts)
+        vals, sat = self._read_at(i_true, g, z, integration_ms)
+        wrong, _ = self._misranged(i_true, vals, sat, g)
+        gains = g.astype(np.uint8)
+        flags = np.where(sat & ~wrong, np.uint8(SampleFlags.PD_SATURATED), np.uint8(0))
+        last = np.array(gain, dtype=int)
+        if wrong.any():
+            ends = np.cumsum(counts)
+            for j in np.unique(np.searchsorted(ends, np.flatnonzero(wrong), side="right")):
+                sl = slice(int(ends[j] - counts[j]), int(ends[j]))
+                vals[sl], gains[sl], flags[sl], last[j] = self.read(i_true[sl], int(gain[j]), True,
+                                                                    z[sl], integration_ms)
+        return vals, gains, flags, last
 
     def read_stats(self, i_true: float, n: int, gain: int, autorange: bool, z: FloatArray,
                    integration_ms: float) -> tuple[float, float, int, int]:

@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from firmware_protocol.connection import (
     Unsolicited,
 )
 from firmware_protocol.messages import (
+    AGING_SAMPLE_DTYPE,
     AgingSet,
     AgingStart,
     AgingStop,
@@ -81,9 +83,11 @@ from firmware_protocol.spec import (
     SweepEnd,
     WatchdogPolicy,
 )
-from sim.board import Board
-from sim.layout import layout_from_presets
-from sim.physics import failure_time_h
+from sim.board import AgingChannel, Board
+from sim.faults import parse_faults
+from sim.hardware import HardwareConfig, Photodiodes, Pixel, aging_arrays_of
+from sim.layout import layout_from_presets, parse_layout
+from sim.physics import FailureMode, failure_time_h
 from sim.presets import PRESETS
 from sim.server import SimServer
 
@@ -563,7 +567,8 @@ async def test_an_aged_pixel_is_dimmer_and_needs_more_voltage_in_a_later_sweep()
 async def test_aging_samples_follow_the_virtual_clock_for_100_hours() -> None:
     async with running("oled*2", speed=1e6) as (srv, host):
         await host.ok(aging_msg(channel=1, pixel=2, current_a=2e-3, interval_ms=60_000))
-        await host.until(lambda: srv.board.t_us > 101 * HOUR_US, what="101 virtual hours")
+        t0 = srv.board.t_us  # the channel started at or before t0 (how long after 0 is wall time)
+        await host.until(lambda: srv.board.t_us > t0 + 101 * HOUR_US, what="101 virtual hours")
         await host.ok(AgingStop(channel=1))
         await host.pump(0.05)
         recs, seq = host.records(Stream.AGING)
@@ -919,3 +924,198 @@ def test_same_seed_same_bytes_other_seed_other_noise() -> None:
     a, b, c = _scripted_run(11), _scripted_run(11), _scripted_run(12)
     assert a == b
     assert a != c and len(a) > 2_000
+
+
+# ---------------------------------------------------------------------------------------------
+# aging samples: computed for every due channel at once, the same records as one at a time
+# ---------------------------------------------------------------------------------------------
+
+AGING_REFERENCE = Path(__file__).parent / "data" / "aging_reference.npz"
+"""Records of :func:`_aging_scenario` written by the simulator as it was before the aging samples
+were vectorised (one ``_aging_block`` call per channel); see :func:`_aging_reference_subset`.
+Only when the physics or the noise model is meant to change, rewrite it with
+``np.savez_compressed(AGING_REFERENCE, records=_aging_reference_subset(_aging_scenario()))``."""
+
+
+def _aging_scenario(board_cls: type[Board] = Board) -> np.ndarray:
+    """Every aging record of a fixed virtual-time script on a bare Board, in seq order.
+
+    Three substrates of mixed presets (one pixel of another area), twelve channels at many
+    intervals and start gains (autorange up and down), a saturating photodiode, a preset short,
+    forced short and open, a compliance stop, aging_set and aging_stop, an interlock that stops
+    everything and restarts after it; 2 ms steps (one or two samples per channel and step), then
+    long steps (hundreds of samples per channel).
+    """
+    doc = {"substrate": [
+        {"pixels": [{"preset": "dbsa"}, {"preset": "dbsa", "area_mm2": 2.25}, {"preset": "dbsa"},
+                    {"preset": "otac"}, {"preset": "otac"}, {"preset": "oled"}]},
+        {"pixels": [{"preset": "oled"}, {"preset": "oled"}, {"preset": "bad"}, {"preset": "bad"},
+                    {"preset": "dbsa"}, {"preset": "otac"}]},
+        {"pixels": [{"preset": "dbsa"}, {"preset": "otac"}, {"preset": "oled"}, {"preset": "bad"},
+                    {"preset": "dbsa"}, {"preset": "dbsa"}]},
+    ]}
+    plan = parse_faults("saturate=pd3,short=px5@20m,open=px8@40m,interlock=5h+10s")
+    board = board_cls(parse_layout(doc), seed=2024, faults=plan, n_aging_channels=12,
+                      ring_depth=1_000_000)
+    seq = 0
+
+    def send(*msgs: BaseMessage) -> None:
+        nonlocal seq
+        for m in msgs:
+            seq += 1
+            board.receive(encode_frame(m, seq), 0.0)
+
+    def run(step_us: int, n: int) -> None:
+        for _ in range(n):
+            board.advance(board.t_us + step_us)
+            board.take_frames()
+
+    comp_v = board.capabilities().aging_compliance_v
+    tight_v = board.pixels[12].fresh_at_current(4e-4).voltage_v + 0.05  # px13 reaches compliance
+    # (channel, pixel, current A, interval ms, pd gain, compliance V)
+    starts = [(0, 1, 8e-5, 12, 2, comp_v), (1, 2, 1e-3, 20, 0, comp_v), (2, 3, 4e-4, 15, 4, comp_v),
+              (3, 4, 4e-4, 12, 2, comp_v), (4, 5, 4e-4, 13, 1, comp_v), (5, 6, 2e-4, 17, 3, comp_v),
+              (6, 8, 2e-4, 11, 2, comp_v), (7, 9, 2e-3, 25, 2, comp_v), (8, 10, 1e-4, 10, 4, comp_v),
+              (9, 13, 4e-4, 14, 2, tight_v), (10, 14, 6e-4, 19, 0, comp_v)]
+    send(*(AgingStart(channel=c, pixel=p, current_a=i, interval_ms=ms, compliance_v=v, pd_gain=g)
+           for c, p, i, ms, g, v in starts))
+    run(2000, 600)
+    send(AgingStart(channel=11, pixel=16, current_a=3e-4, interval_ms=10, compliance_v=comp_v, pd_gain=1))
+    run(1700, 300)
+    send(AgingStop(channel=3), AgingSet(channel=0, current_a=2e-4, interval_ms=0))
+    run(3000, 200)
+    send(AgingStart(channel=3, pixel=4, current_a=5e-4, interval_ms=30_000, compliance_v=comp_v, pd_gain=2))
+    send(*(AgingSet(channel=c, current_a=i, interval_ms=ms)
+           for c, i, ms in [(0, 2e-4, 20_000), (1, 1e-3, 30_000), (2, 4e-4, 15_000), (4, 4e-4, 10_000),
+                            (5, 2e-4, 45_000), (6, 2e-4, 60_000), (7, 2e-3, 25_000), (8, 1e-4, 40_000),
+                            (9, 4e-4, 35_000), (10, 6e-4, 50_000), (11, 3e-4, 20_000)]))
+    run(997_000_003, 21)  # through the faults and the interlock
+    run(13 * 60_000_000, 30)
+    send(*(AgingStart(channel=c, pixel=p, current_a=i, interval_ms=30_000, compliance_v=comp_v, pd_gain=2)
+           for c, p, i in [(0, 1, 2e-4), (5, 7, 3e-4), (7, 11, 5e-4), (11, 17, 4e-4)]))
+    run(HOUR_US // 3, 6)
+    assert board.aging_mask() == 0b1000_1010_0001  # the restarts ran
+    ring = board.aging_ring
+    return ring.get(ring.base, ring.head - 1)
+
+
+def _aging_reference_subset(recs: np.ndarray) -> np.ndarray:
+    """What the saved reference keeps (to stay small): every flagged record and every 7th."""
+    return recs[(recs["flags"] != 0) | (recs["seq"] % 7 == 0)]
+
+
+def _aging_block_one_channel_at_a_time(board: Board, ch: AgingChannel, times: np.ndarray) -> np.ndarray:
+    """REFERENCE: ``Board._aging_block`` as it was before the samples were vectorised across
+    channels (one call per channel; copied verbatim but for ``self`` -> ``board``)."""
+    n = len(times)
+    px = ch.pixel
+    dose = ch.dose_at(times)
+    ratio, dv, code = px.aging_arrays(dose)
+    i_set = ch.current_a
+    short = code == FailureMode.SHORT
+    opened = code == FailureMode.OPEN
+    v_true = np.where(short, i_set * px.preset.failure.short_resistance_ohm, ch.fresh.voltage_v + dv)
+    v_true = np.where(opened, ch.compliance_v, v_true)
+    v_true = np.minimum(v_true, ch.compliance_v)
+    i_true = np.where(opened, 0.0, i_set)
+    temp = float(board.thermal.substrate_c(board._substrate_power())[px.spec.substrate])
+    pd_true = ch.fresh.pd_signal_a * ratio + board.photodiodes.background_a(px.number, temp)
+    z = ch.rng.standard_normal((n, 4))
+    cfg = board.cfg
+    rec = np.zeros(n, dtype=AGING_SAMPLE_DTYPE)
+    rec["t_us"] = times
+    rec["channel"] = ch.index
+    rec["pixel"] = px.number
+    rec["current_a"] = i_true * (1.0 + cfg.smu_noise_rel * z[:, 0]) + 1e-9 * z[:, 0]
+    rec["voltage_v"] = v_true * (1.0 + cfg.smu_noise_rel * z[:, 1]) + 1e-5 * z[:, 1]
+    pd, gains, flags, ch.gain = board.photodiodes.read(pd_true, ch.gain, True, z[:, 2],
+                                                       cfg.aging_pd_integration_ms)
+    rec["photodiode_a"] = pd
+    rec["pd_gain"] = gains
+    flags = flags | np.where(short, np.uint8(SampleFlags.SHORT), np.uint8(0))
+    flags = flags | np.where(opened, np.uint8(SampleFlags.OPEN), np.uint8(0))
+    at_comp = (v_true >= ch.compliance_v) & ~opened
+    flags = flags | np.where(at_comp, np.uint8(SampleFlags.COMPLIANCE), np.uint8(0))
+    rec["flags"] = flags
+    rec["temperature_c"] = temp + cfg.temperature_noise_c * z[:, 3]
+    return rec
+
+
+class _OneChannelAtATimeBoard(Board):
+    """A Board whose aging samples come from the reference, channel after channel."""
+
+    calls = 0
+
+    def _aging_samples(self, due: Any) -> np.ndarray:
+        type(self).calls += 1
+        return np.concatenate([_aging_block_one_channel_at_a_time(self, ch, t) for ch, t in due])
+
+
+def _assert_same_records(got: np.ndarray, want: np.ndarray, float_ulps: int = 0) -> None:
+    assert got.dtype == want.dtype and len(got) == len(want)
+    for name in want.dtype.names or ():
+        if want.dtype[name].kind == "f" and float_ulps:
+            np.testing.assert_array_max_ulp(got[name], want[name], maxulp=float_ulps)
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_aging_samples_of_all_channels_at_once_are_those_of_one_channel_at_a_time() -> None:
+    _OneChannelAtATimeBoard.calls = 0
+    want = _aging_scenario(_OneChannelAtATimeBoard)
+    assert _OneChannelAtATimeBoard.calls > 100  # the reference really made the samples
+    got = _aging_scenario()
+    _assert_same_records(got, want)  # bit for bit: same arithmetic per sample, same draws
+    # the script covered what the vectorised path must get right
+    flags = np.bitwise_or.reduce(got["flags"])
+    for f in (SampleFlags.SHORT, SampleFlags.OPEN, SampleFlags.COMPLIANCE, SampleFlags.STOPPED,
+              SampleFlags.AUTORANGED):
+        assert flags & f, f.name
+    _, per_t = np.unique(got["t_us"], return_counts=True)
+    assert per_t.max() >= 3  # several channels sampled at one time
+    assert len(np.unique(got["pd_gain"])) >= 3
+
+
+def test_aging_samples_match_the_records_saved_before_vectorising() -> None:
+    """Against records written by the simulator before this code existed (tests/data)."""
+    want = np.load(AGING_REFERENCE)["records"]
+    # one float32 ulp: another CPU's libm may round a float64 differently in the last bit
+    _assert_same_records(_aging_reference_subset(_aging_scenario()), want, float_ulps=1)
+
+
+def test_aging_arrays_of_many_pixels_equal_each_pixels_own() -> None:
+    pixels = [Pixel(spec) for spec in layout_from_presets("dbsa,otac,oled,bad,dbsa,bad").pixels]
+    pixels[4].forced = FailureMode.OPEN
+    pixels[1].forced = FailureMode.SHORT
+    rng = np.random.default_rng(3)
+    owner = rng.integers(0, len(pixels), 400)
+    dose = rng.uniform(-1.0, 60.0, 400) * rng.choice([1e-3, 1.0, 100.0], 400)
+    for chosen in (pixels, pixels[:1], [pixels[0], pixels[4]]):  # mixed presets, one, one forced
+        own = owner % len(chosen)
+        ratio, dv, code = aging_arrays_of(chosen, own, dose)
+        for k, px in enumerate(chosen):
+            r1, dv1, c1 = px.aging_arrays(dose[own == k])
+            np.testing.assert_array_equal(ratio[own == k], r1)
+            np.testing.assert_array_equal(dv[own == k], dv1)
+            np.testing.assert_array_equal(code[own == k], c1)
+
+
+def test_photodiode_read_blocks_equal_one_read_per_block() -> None:
+    cfg = HardwareConfig()
+    pds = Photodiodes(cfg, 4, np.random.default_rng(0))
+    rng = np.random.default_rng(5)
+    counts = rng.integers(1, 6, 200)
+    gain = rng.integers(0, len(cfg.pd_gains_v_per_a), 200)
+    n = int(counts.sum())
+    i_true = 10.0 ** rng.uniform(-12, -3, n)  # from the noise floor to saturating every gain
+    z = rng.standard_normal(n)
+    vals, gains, flags, last = pds.read_blocks(i_true, counts, gain, z, 100.0)
+    stepped = 0
+    for j, (lo, hi) in enumerate(zip(np.cumsum(counts) - counts, np.cumsum(counts), strict=True)):
+        v1, g1, f1, last1 = pds.read(i_true[lo:hi], int(gain[j]), True, z[lo:hi], 100.0)
+        np.testing.assert_array_equal(vals[lo:hi], v1)
+        np.testing.assert_array_equal(gains[lo:hi], g1)
+        np.testing.assert_array_equal(flags[lo:hi], f1)
+        assert last[j] == last1
+        stepped += last1 != gain[j]
+    assert 0 < stepped < len(counts)  # both paths taken: blocks that keep and that step their gain
