@@ -50,7 +50,9 @@ def _row_template(columns: tuple[str, ...]) -> np.ndarray:
     dtype = [(c, "O" if c == "direction" else ("i8" if c in _INT_COLS else "f8")) for c in columns]
     arr = np.zeros(1, dtype=dtype)
     for c in columns:
-        if c not in _INT_COLS and c != "direction":
+        if c == "direction":
+            arr[c] = None
+        elif c not in _INT_COLS:
             arr[c] = np.nan
     arr.setflags(write=False)
     return arr
@@ -116,7 +118,7 @@ class Acquisition:
         # aging records (many frames, interleaved channels) are routed together when the batch
         # is committed, or sooner once AGING_ROUTE_MAX_RECORDS wait: one photometry/stop-check
         # call per channel and batch instead of one per channel and frame; that call costs
-        # ~60 µs however few samples it carries (bench/bench_e2e.py, docs/benchmarks.md)
+        # tens of µs however few samples it carries (bench/bench_e2e.py, docs/benchmarks.md)
         self._aging_buf: list[tuple[np.ndarray, np.ndarray]] = []
         self._aging_buffered = 0
         self._drain_soon = False
