@@ -107,6 +107,27 @@ def test_maxima_are_reported_with_where_they_occur() -> None:
     assert d["l_max_cd_m2"] == pytest.approx(1e3)
 
 
+def test_efficiency_maxima_ignore_points_below_turn_on() -> None:
+    """The demo's OTAc sweep once reported PE = 176 lm/W (Table S1: 9.59): at 0.1 V, 0.4 nA, the
+    photodiode read one ADC step above its dark reading, 0.00056 cd/m². Efficiencies are light
+    over current; below turn-on they are noise over almost nothing."""
+    v = np.array([0.1, 0.25, 2.8, 2.95, 3.0, 3.5])
+    j = np.array([1e-5, 2.5e-5, 0.02, 0.052, 0.097, 1.0])  # mA/cm^2
+    lum = np.array([5.6e-4, 5.6e-4, 1.0, 4.68, 8.83, 80.0])
+    ce = np.array([5.6, 2.2, 5.0, 9.04, 9.14, 8.0])
+    eqe = np.array([1.7, 0.67, 1.5, 2.72, 2.75, 2.4])
+    pts = make_points(v, j, lum, eqe, ce)
+    s = sweep_summary(pts, noise_floor_cd_m2=1.19e-3)
+    # PE = pi * CE / V (make_points): the 0.1 V point would be 176 lm/W
+    assert s.pe_max_lm_w == pytest.approx(math.pi * 9.04 / 2.95)
+    assert s.ce_max_cd_a == pytest.approx(9.14) and s.eqe_max_pct == pytest.approx(2.75)
+    assert s.to_dict()["efficiency_basis"].startswith("points with L >= 1 cd/m²")
+    # a device that never reaches 1 cd/m²: over the points above the noise floor instead
+    dim = make_points(v, j, lum / 100.0, eqe, ce)
+    d = sweep_summary(dim, noise_floor_cd_m2=1e-5).to_dict()
+    assert d["pe_max_at"]["v"] == pytest.approx(2.95) and "noise floor" in d["efficiency_basis"]
+
+
 def test_spectral_figures_come_from_the_spectrum_nearest_the_max_luminance_point() -> None:
     v = np.linspace(2.0, 7.0, 51)
     lum = 1e3 * np.exp(-(((v - 6.4) / 0.5) ** 2))  # maximum at 6.4 V

@@ -62,6 +62,7 @@ class SweepSummary:
     spectrum_voltage_v: float | None
     spectrum_basis: str
     n_points: int
+    efficiency_basis: str = "all points"
 
     def to_dict(self) -> dict[str, Any]:
         def at(a: AtPoint | None) -> dict[str, Any] | None:
@@ -88,6 +89,7 @@ class SweepSummary:
             "spectrum_voltage_v": _num(self.spectrum_voltage_v),
             "spectrum_basis": self.spectrum_basis,
             "n_points": self.n_points,
+            "efficiency_basis": self.efficiency_basis,
         }
 
 
@@ -148,9 +150,11 @@ def estimate_noise_floor(points: np.ndarray, k_sigma: float = 3.0) -> tuple[floa
     return None, "unknown"
 
 
-def _max_at(points: np.ndarray, field: str) -> tuple[float | None, AtPoint | None]:
+def _max_at(points: np.ndarray, field: str,
+            among: np.ndarray | None = None) -> tuple[float | None, AtPoint | None]:
+    """The largest finite ``field`` (among the points where ``among`` is true) and where it is."""
     vals = points[field]
-    finite = np.isfinite(vals)
+    finite = np.isfinite(vals) if among is None else np.isfinite(vals) & among
     if not finite.any():
         return None, None
     i = int(np.argmax(np.where(finite, vals, -np.inf)))
@@ -163,6 +167,25 @@ def _max_at(points: np.ndarray, field: str) -> tuple[float | None, AtPoint | Non
     )
 
 
+def efficiency_points(luminance_cd_m2: np.ndarray, threshold_cd_m2: float,
+                      noise_floor_cd_m2: float | None) -> tuple[np.ndarray, str]:
+    """Which points the efficiency maxima (CE, EQE, PE) are taken over, and why.
+
+    An efficiency is light over current: below turn-on the light is a few ADC steps above the
+    dark reading and the current is nanoamperes, so one step of photodiode noise at 0.1 V gives
+    an absurd PE (it has V in the denominator). The maxima are therefore taken over the points
+    at or above the turn-on threshold (the V_on luminance, default 1 cd/m²); if no point reaches
+    it, over the points above the noise floor; if the floor is unknown too, over all points.
+    """
+    lum = np.asarray(luminance_cd_m2, dtype=float)
+    lit = lum >= threshold_cd_m2
+    if lit.any():
+        return lit, f"points with L >= {threshold_cd_m2:g} cd/m² (the turn-on threshold)"
+    if noise_floor_cd_m2 is not None:
+        return lum > noise_floor_cd_m2, f"points with L above the noise floor ({noise_floor_cd_m2:.3g} cd/m²)"
+    return np.isfinite(lum), "all points (no point at the threshold, noise floor unknown)"
+
+
 def sweep_summary(
     points: np.ndarray,
     spectra: Sequence[Spectrum] | Spectrum | PreparedSpectra | None = None,
@@ -173,8 +196,10 @@ def sweep_summary(
     luminance_cd_m2, eqe_pct, ce_cd_a, pe_lm_w, e.g. from :func:`compute_points`).
 
     The EL peak, FWHM and CIE (x, y) come from the spectrum measured nearest in voltage to the
-    maximum-luminance point. V_on is the first crossing of ``threshold_cd_m2`` in the order the
-    points were taken (so pass the forward branch first, or only it).
+    maximum-luminance point. CE, EQE and PE maxima are taken over the points
+    :func:`efficiency_points` chooses (at/above the turn-on threshold). V_on is the first
+    crossing of ``threshold_cd_m2`` in the order the points were taken (so pass the forward
+    branch first, or only it).
     """
     n = int(points.shape[0])
     if noise_floor_cd_m2 is not None:
@@ -187,9 +212,11 @@ def sweep_summary(
     else:
         von, method = turn_on_voltage(points["voltage_v"], points["luminance_cd_m2"], threshold_cd_m2)
     l_max, l_at = _max_at(points, "luminance_cd_m2") if n else (None, None)
-    ce_max, ce_at = _max_at(points, "ce_cd_a") if n else (None, None)
-    eqe_max, eqe_at = _max_at(points, "eqe_pct") if n else (None, None)
-    pe_max, pe_at = _max_at(points, "pe_lm_w") if n else (None, None)
+    lit, eff_basis = efficiency_points(points["luminance_cd_m2"] if n else np.zeros(0),
+                                       threshold_cd_m2, floor)
+    ce_max, ce_at = _max_at(points, "ce_cd_a", lit) if n else (None, None)
+    eqe_max, eqe_at = _max_at(points, "eqe_pct", lit) if n else (None, None)
+    pe_max, pe_at = _max_at(points, "pe_lm_w", lit) if n else (None, None)
 
     peak = fwhm = cx = cy = None
     spec_v: float | None = None
@@ -240,4 +267,5 @@ def sweep_summary(
         spectrum_voltage_v=spec_v,
         spectrum_basis=basis,
         n_points=n,
+        efficiency_basis=eff_basis,
     )
