@@ -393,13 +393,15 @@ class Sink(ABC):
                     raise
                 except Exception as e:
                     self.connected = False
-                    self.failures += 1
                     self.last_error = f"{type(e).__name__}: {e}"[:500]
                     self.state = "retrying"
                     delay = self.backoff.next_delay()
                     log.warning("%s sink: %s; retrying in %.1f s", self.name, self.last_error, delay)
                     with contextlib.suppress(Exception):
                         await self.refresh_backlog()
+                    # counted once health holds the backlog, so whoever watches ``failures``
+                    # reads a health that says how far behind the sink is
+                    self.failures += 1
                     await _wait(stop, delay)
         finally:
             self.connected = False
@@ -443,7 +445,11 @@ class Sink(ABC):
                 moved = await self.deliver(conn)
                 self.backoff.reset()  # a whole round went through
                 self.last_error = None
-                await self.refresh_backlog(force=not moved)
+                # health's backlog: fresh when idle, and as soon as a round that emptied the
+                # store follows a snapshot that still counted rows behind (an outage's catch-up)
+                stale = not self.more_waiting and any(
+                    b.get("rows_behind") for b in self._backlog.values())
+                await self.refresh_backlog(force=not moved or stale)
                 await self.on_idle(conn)
                 # a round that took everything there was (no batch came back full) waits for
                 # the next commit's wake-up, which a commit during the round has already set
