@@ -370,6 +370,14 @@ class Sink(ABC):
                                else round(time.monotonic() - self._last_ack_mono, 3)),
         }
 
+    def _caught_up(self) -> None:
+        """A round read every row there was and delivered it: health's backlog snapshot (read
+        at most every ``health_every_s``) says so now, without a query; the next read of the
+        store corrects it if rows arrived meanwhile."""
+        for b in self._backlog.values():
+            if b.get("rows_behind"):
+                b.update(rows_behind=0, seconds_behind=0.0, cursor=max(b["cursor"], b["head"]))
+
     async def refresh_backlog(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._backlog_at < self.health_every_s:
@@ -445,11 +453,9 @@ class Sink(ABC):
                 moved = await self.deliver(conn)
                 self.backoff.reset()  # a whole round went through
                 self.last_error = None
-                # health's backlog: fresh when idle, and as soon as a round that emptied the
-                # store follows a snapshot that still counted rows behind (an outage's catch-up)
-                stale = not self.more_waiting and any(
-                    b.get("rows_behind") for b in self._backlog.values())
-                await self.refresh_backlog(force=not moved or stale)
+                if moved and not self.more_waiting:
+                    self._caught_up()
+                await self.refresh_backlog(force=not moved)
                 await self.on_idle(conn)
                 # a round that took everything there was (no batch came back full) waits for
                 # the next commit's wake-up, which a commit during the round has already set
