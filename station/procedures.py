@@ -119,6 +119,18 @@ class DarkReading(NamedTuple):
     age_s: float  # 0 when measured just now
 
 
+class _TakenDark(NamedTuple):
+    board: object  # the handshake it was taken under (a reconnect or reboot starts afresh)
+    mono: float
+    temps: tuple[float, ...] | None
+    mean_a: float
+    std_a: float
+
+
+DARK_MAX_DELTA_T_C = 1.0
+"""A dark reading is not reused once any board temperature sensor moved more than this."""
+
+
 @dataclass
 class StationContext:
     config: StationConfig
@@ -127,26 +139,36 @@ class StationContext:
     acq: Acquisition
     instrument_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sweep_id: int = 0
-    _darks: dict[tuple[int, int, float], tuple[object, float, float, float]] = field(
-        default_factory=dict)
+    _darks: dict[tuple[int, int, float], _TakenDark] = field(default_factory=dict)
     last_spectra: dict[int, list[Spectrum]] = field(default_factory=dict)
 
     async def dark_reading(self, pixel_no: int, n: int, integration_ms: float,
                            max_age_s: float) -> DarkReading:
         """The pixel's photodiode dark current (its LED off: the caller has selected the pixel
-        with nothing driving it). A reading of the same pixel, ``n`` and integration time taken
-        in this board session less than ``max_age_s`` ago is reused: a photodiode's dark current
-        drifts with temperature over minutes, and the 16 × 20 ms it takes would otherwise be
-        ~10 % of a 121-point sweep (docs/benchmarks.md (c))."""
+        with nothing driving it). A reading of the same pixel, ``n`` and integration time is
+        reused when it was taken in this board session less than ``max_age_s`` ago and no
+        temperature sensor has moved more than ``DARK_MAX_DELTA_T_C`` since (the board's
+        periodic status): a photodiode's dark current follows temperature, which drifts over
+        minutes — and a sweep to high current heats the substrate. Measuring it (16 × 20 ms)
+        would otherwise be ~10 % of a 121-point sweep (docs/benchmarks.md (c))."""
         key = (pixel_no, n, float(integration_ms))
         now = time.monotonic()
+        temps = self._temperatures()
         got = self._darks.get(key)
-        if got is not None and got[0] is self.link.board and now - got[1] < max_age_s:
-            return DarkReading(got[2], got[3], now - got[1])
+        if (got is not None and got.board is self.link.board and now - got.mono < max_age_s
+                and temps is not None and got.temps is not None and len(temps) == len(got.temps)
+                and all(abs(a - b) <= DARK_MAX_DELTA_T_C for a, b in zip(temps, got.temps,
+                                                                         strict=True))):
+            return DarkReading(got.mean_a, got.std_a, now - got.mono)
         r = await self.link.request(PdRead(pixel=pixel_no, n=n, integration_ms=integration_ms),
                                     PdReading)
-        self._darks[key] = (self.link.board, time.monotonic(), r.mean_a, r.std_a)
+        self._darks[key] = _TakenDark(self.link.board, time.monotonic(), self._temperatures(),
+                                      r.mean_a, r.std_a)
         return DarkReading(r.mean_a, r.std_a, 0.0)
+
+    def _temperatures(self) -> tuple[float, ...] | None:
+        st = self.link.last_status
+        return None if st is None else tuple(float(t) for t in st.temperatures_c)
 
     def next_sweep_id(self) -> int:
         self._sweep_id = (self._sweep_id % 0xFFFE) + 1
@@ -300,8 +322,8 @@ class SweepParams:
     dark_n: int = 16
     dark_max_age_s: float = 300.0
     """Reuse this pixel's photodiode dark reading (same n and integration time, same board
-    session) when it is younger than this; 0 measures it before every sweep. The age used is
-    in the summary (``dark_age_s``)."""
+    session, temperatures within ``DARK_MAX_DELTA_T_C``) when it is younger than this; 0
+    measures it before every sweep. The age used is in the summary (``dark_age_s``)."""
     threshold_cd_m2: float = 1.0
 
     def program(self) -> list[float]:

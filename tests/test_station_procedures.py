@@ -3,6 +3,7 @@ with the board's own counts compared against what the store holds."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -13,6 +14,7 @@ from sim.presets import get_preset
 from sim.truth import lifetime_truth
 from station.procedures import AgingParams, LimitError, SweepParams, run_aging, run_sweep
 
+from .services import wait_until
 from .stationkit import assert_complete, sim_station, stored_seqs
 
 SEED = {  # Table S1 of the seed (shared/seed), typed here independently of the code
@@ -65,6 +67,17 @@ async def test_a_recent_dark_reading_of_the_pixel_is_reused_and_its_age_reported
         fresh = await run_sweep(ctx, 1, SweepParams(**quick, dark_max_age_s=0.0))
         assert server.board.counters.executed["pd_read"] == 4
         assert fresh.summary["dark_age_s"] == 0.0
+        again = await run_sweep(ctx, 1, SweepParams(**quick))
+        assert server.board.counters.executed["pd_read"] == 4 and again.summary["dark_age_s"] > 0
+        # the room warms by 3 °C (the simulated substrate follows): once the board's status says
+        # so, the dark current is measured again
+        thermal = server.board.thermal
+        thermal.cfg = dataclasses.replace(thermal.cfg, ambient_c=thermal.cfg.ambient_c + 3.0)
+        await wait_until(lambda: ctx.link.last_status is not None
+                         and ctx.link.last_status.temperatures_c[0] > 27.5,
+                         what="a status with the warmer substrate")
+        warm = await run_sweep(ctx, 1, SweepParams(**quick))
+        assert server.board.counters.executed["pd_read"] == 5 and warm.summary["dark_age_s"] == 0.0
 
 
 async def test_limits_are_checked_before_anything_is_sent(tmp_path):
