@@ -286,10 +286,29 @@ def test_lifetime_cli_recovers_the_acceleration_exponent(
     assert acc["t50_at_reference_h"] == pytest.approx(t50_at_100, rel=0.02)
     assert acc["ci_low_h"] <= acc["t_ref_h"] <= acc["ci_high_h"]
     assert not any(p["extrapolated"] for p in doc["pixels"])
-    assert run_cli(["lifetime", *dirs[:2]]) == 2  # two L0 cannot fit n
-    assert "distinct L0" in capsys.readouterr().err
+    # two L0 cannot fit n: each run's lifetime is still reported, and why there is no fit
+    assert run_cli(["lifetime", *dirs[:2]]) == 0
+    out = capsys.readouterr().out
+    assert "acceleration law not fitted" in out and "distinct L0" in out
     assert run_cli(["lifetime", *dirs[:2], "--n", "1.7", "--reference-luminance", "1000"]) == 0
     assert "T50 at 1000 cd/m²" in capsys.readouterr().out
+
+
+def test_lifetime_cli_on_a_single_run_reports_that_runs_lifetimes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`station lifetime RUN` on one run (issue 12): its L0 and T50, no acceleration law."""
+    l0, t50 = 1000.0, 40.0
+    d = aging_export(tmp_path, "age-one", l0, t50)
+    assert run_cli(["lifetime", str(d), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["acceleration"] is None
+    assert "distinct L0" in doc["acceleration_not_fitted"]
+    (pixel,) = doc["pixels"]
+    assert pixel["l0_cd_m2"] == pytest.approx(l0, rel=0.01)
+    assert pixel["t50_h"] == pytest.approx(t50, rel=0.02)
+    assert run_cli(["lifetime", str(d)]) == 0
+    assert "acceleration law not fitted" in capsys.readouterr().out
 
 
 def test_report_embeds_figures_and_the_seed_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,8 +37,6 @@ def _run(args: argparse.Namespace) -> int:
         meta, table = load_export(d, kind="aging")
         res = analyze_lifetime(table["t_s"], table["luminance_cd_m2"])
         value, extrapolated = res.best(args.metric)
-        if value is None:
-            raise CommandError(f"{d}: {args.metric} neither reached nor extrapolable (no usable fit)")
         pixels.append(
             {
                 "run_dir": str(d),
@@ -50,25 +48,24 @@ def _run(args: argparse.Namespace) -> int:
                 "lifetime": res.to_dict(),
             }
         )
-    fit = fit_acceleration(
-        [p["l0_cd_m2"] for p in pixels],
-        [p[args.metric] for p in pixels],
-        n=args.n,
-        reference_cd_m2=args.reference_luminance,
-        confidence=args.confidence,
-        metric=args.metric,
-    )
+    fit, why_not = _acceleration(pixels, args, fit_acceleration)
     if args.json:
-        print(json.dumps({"pixels": pixels, "acceleration": fit.to_dict()}, indent=2, default=str))
+        doc: dict[str, Any] = {"pixels": pixels, "acceleration": fit.to_dict() if fit else None}
+        if why_not:
+            doc["acceleration_not_fitted"] = why_not
+        print(json.dumps(doc, indent=2, default=str))
         return 0
     name = args.metric.removesuffix("_h").upper().replace("_FROM_PEAK", " from peak")
     print(f"{'run':28}{'pixel':>8}{'L0 (cd/m²)':>14}{name + ' (h)':>18}")
     for p in pixels:
         mark = " (fit)" if p["extrapolated"] else ""
-        print(
-            f"{str(p['run_id'] or p['run_dir'])[:27]:28}{p['pixel']!s:>8}{p['l0_cd_m2']:>14.4g}"
-            f"{p[args.metric]:>12.4g}{mark:6}"
-        )
+        value = p[args.metric]
+        shown = f"{value:>12.4g}" if value is not None else f"{'not reached':>12}"
+        print(f"{str(p['run_id'] or p['run_dir'])[:27]:28}{p['pixel']!s:>8}{p['l0_cd_m2']:>14.4g}"
+              f"{shown}{mark:6}")
+    if fit is None:
+        print(f"acceleration law not fitted: {why_not}")
+        return 0
     n_txt = (
         f"n = {fit.n:.3f} ± {fit.n_err:.3f} (fitted, {fit.dof} dof)"
         if fit.n_fitted and fit.n_err
@@ -84,13 +81,39 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _acceleration(pixels: list[dict[str, Any]], args: argparse.Namespace,
+                  fit_acceleration: Any) -> tuple[Any, str | None]:
+    """The acceleration fit across ``pixels``, or (None, why) when it cannot be made: a single
+    run, fewer distinct L0 than fitting n needs (and no --n), or a pixel with no lifetime."""
+    missing = [p["run_dir"] for p in pixels if p[args.metric] is None]
+    if missing:
+        return None, (f"{args.metric} neither reached nor extrapolable (no usable fit) in "
+                      f"{', '.join(missing)}")
+    try:
+        fit = fit_acceleration(
+            [p["l0_cd_m2"] for p in pixels],
+            [p[args.metric] for p in pixels],
+            n=args.n,
+            reference_cd_m2=args.reference_luminance,
+            confidence=args.confidence,
+            metric=args.metric,
+        )
+    except ValueError as e:
+        if args.n is None and "distinct L0" in str(e):
+            return None, str(e).removeprefix("acceleration: ")
+        raise CommandError(str(e)) from e
+    return fit, None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "lifetime",
         help="lifetime across aging exports and the acceleration law",
         description="Analyse each aging export (L0, Tx, fit) and fit T(L) = T(L0)*(L0/L)^n across them "
         "(n fitted from >= 3 distinct L0, or given with --n); report T at a reference luminance with a "
-        "confidence interval. A pixel that has not reached the level uses its fit's extrapolation.",
+        "confidence interval. A pixel that has not reached the level uses its fit's extrapolation. "
+        "With one run (or fewer than 3 distinct L0 and no --n) each run's lifetimes are reported "
+        "without the acceleration law.",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument(
