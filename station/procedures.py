@@ -51,6 +51,7 @@ from .analysis.photometry import (
     PreparedSpectra,
     Spectrum,
     compute_points,
+    detection_limit_a,
     luminance_and_eqe,
     luminance_per_photodiode_amp,
     point_factors,
@@ -117,6 +118,7 @@ class DarkReading(NamedTuple):
     mean_a: float
     std_a: float
     age_s: float  # 0 when measured just now
+    gain_index: int = 0  # the photodiode gain it was read at
 
 
 class _TakenDark(NamedTuple):
@@ -125,6 +127,7 @@ class _TakenDark(NamedTuple):
     temps: tuple[float, ...] | None
     mean_a: float
     std_a: float
+    gain_index: int
 
 
 DARK_MAX_DELTA_T_C = 1.0
@@ -159,12 +162,24 @@ class StationContext:
                 and temps is not None and got.temps is not None and len(temps) == len(got.temps)
                 and all(abs(a - b) <= DARK_MAX_DELTA_T_C for a, b in zip(temps, got.temps,
                                                                          strict=True))):
-            return DarkReading(got.mean_a, got.std_a, now - got.mono)
+            return DarkReading(got.mean_a, got.std_a, now - got.mono, got.gain_index)
         r = await self.link.request(PdRead(pixel=pixel_no, n=n, integration_ms=integration_ms),
                                     PdReading)
         self._darks[key] = _TakenDark(self.link.board, time.monotonic(), self._temperatures(),
-                                      r.mean_a, r.std_a)
-        return DarkReading(r.mean_a, r.std_a, 0.0)
+                                      r.mean_a, r.std_a, r.gain_index)
+        return DarkReading(r.mean_a, r.std_a, 0.0, r.gain_index)
+
+    def pd_adc_step_a(self, gain_index: int) -> float | None:
+        """One ADC step of the photodiode amplifier at ``gain_index``, in amperes of
+        photocurrent: full scale / 2^bits / transimpedance, from the board's capabilities. No
+        reading resolves less, so a detection limit is never below it."""
+        caps = self.link.caps
+        if caps is None or not 0 <= gain_index < len(caps.pd_gains_v_per_a):
+            return None
+        gain = float(caps.pd_gains_v_per_a[gain_index])
+        if not gain > 0 or caps.pd_adc_bits <= 0:
+            return None
+        return float(caps.pd_full_scale_v) / float(2 ** caps.pd_adc_bits) / gain
 
     def _temperatures(self) -> tuple[float, ...] | None:
         st = self.link.last_status
@@ -496,8 +511,10 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
                 store.finish_run(run_id, "failed", "error")
     assert col is not None
     ctx.acq.flush()
-    summary = finalize_sweep(ctx, run_id, col, dark_std_a=dark.std_a, threshold=params.threshold_cd_m2)
+    summary = finalize_sweep(ctx, run_id, col, dark_std_a=dark.std_a, threshold=params.threshold_cd_m2,
+                             adc_step_a=ctx.pd_adc_step_a(dark.gain_index))
     summary["dark_age_s"] = dark.age_s
+    summary["dark_pd_gain"] = dark.gain_index
     summary["end_reason"] = reason
     store.finish_run(run_id, "completed", reason, summary)
     if col.spectra:
@@ -519,7 +536,7 @@ async def _wait_sweep_end(link: BoardLink, col: SweepCollector) -> Status:
 
 
 def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dark_std_a: float,
-                   threshold: float) -> dict[str, Any]:
+                   threshold: float, adc_step_a: float | None = None) -> dict[str, Any]:
     """Recompute every point with all the sweep's spectra (nearest in voltage) and summarise."""
     store = ctx.store
     data = store.fetch("sweep_points", run_id)
@@ -540,13 +557,15 @@ def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dar
                         pts["eqe_pct"].tolist(), pts["ce_cd_a"].tolist(), pts["pe_lm_w"].tolist(),
                         data["seq"].tolist(), strict=True)])
     forward = data["direction"] == "forward"
-    floor = 3.0 * dark_std_a * luminance_per_photodiode_amp(col.calibration, prep, len(prep.key) - 1)
+    floor = detection_limit_a(dark_std_a, adc_step_a) * luminance_per_photodiode_amp(
+        col.calibration, prep, len(prep.key) - 1)
     summ = sweep_summary(pts[forward] if forward.any() else pts, prep, threshold_cd_m2=threshold,
                          noise_floor_cd_m2=floor)
     summary = summ.to_dict()
     summary["n_points"] = len(pts)
     summary["dark_a"] = col.dark_a
     summary["dark_std_a"] = dark_std_a
+    summary["pd_adc_step_a"] = adc_step_a
     summary["spectra_used"] = len(spectra)
     return summary
 

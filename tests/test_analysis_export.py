@@ -351,3 +351,24 @@ def test_analyze_summarises_the_forward_branch_and_uses_the_recorded_dark_std(
     assert doc["summary"]["noise_floor_source"] == "given"
     assert doc["summary"]["noise_floor_cd_m2"] > 0
     assert any("forward" in n for n in doc["notes"]) and any("dark_std_a" in n for n in doc["notes"])
+
+
+def test_analyze_floors_the_noise_at_one_recorded_adc_step(tmp_path: Path) -> None:
+    """A recorded dark_std_a of 0 (every dark reading on one ADC code) with the board's ADC step
+    recorded gives a noise floor of one step converted to luminance (issue 12), not 0."""
+    from station.analysis.photometry import luminance_per_photodiode_amp, prepare_spectra
+    from station.commands.analyze import reanalyze
+    from station.exportfmt import calibration_from_meta, spectra_from_meta
+
+    d, _, _ = sweep_export(tmp_path)
+    m, table = read_export(d)
+    step_a = 10.0 / 2**16 / 1e6  # a 16-bit ADC of ±10 V full scale behind 1 MV/A
+    m["dark_std_a"] = 0.0
+    m["pd_adc_step_a"] = step_a
+    m.pop("dark_samples_a", None)
+    res = reanalyze(m, table)
+    cal = calibration_from_meta(m, "meta")
+    prepared = prepare_spectra(spectra_from_meta(m, "meta"), cal, "voltage_v")
+    k = luminance_per_photodiode_amp(cal, prepared, len(prepared.key) - 1)
+    assert res.summary is not None
+    assert res.summary.noise_floor_cd_m2 == pytest.approx(step_a * k, rel=1e-12)

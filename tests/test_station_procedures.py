@@ -147,3 +147,20 @@ async def test_interim_sweeps_interrupt_aging_and_the_run_goes_on(tmp_path):
         assert 2 <= len(sweeps) <= 4 and all(s[0] == "completed" for s in sweeps)
         assert server.board.counters.executed["aging_start"] == len(sweeps) + 1
         assert_complete(stored_seqs(ctx, "aging_samples"), server.board.counters.produced[Stream.AGING])
+
+
+async def test_noise_floor_is_never_below_one_photodiode_adc_step(tmp_path):
+    """Dark readings that all land on one ADC code have a standard deviation of 0; the sweep's
+    detection limit is still one ADC step at the dark reading's gain (issue 12), not 0."""
+    async with sim_station(tmp_path, ["dbsa"]) as (server, ctx):
+        res = await run_sweep(ctx, 1, SweepParams(start_v=0.0, stop_v=4.0, step_v=0.1))
+        cfg = server.board.cfg  # the simulated amplifier: full scale / 2^bits / transimpedance
+        s = res.summary
+        step_a = cfg.pd_full_scale_v / 2 ** cfg.pd_adc_bits / cfg.pd_gains_v_per_a[s["dark_pd_gain"]]
+        pts = ctx.store.fetch("sweep_points", res.run_id)
+    assert s["pd_adc_step_a"] == pytest.approx(step_a, rel=1e-6)
+    # cd/m² per ampere of net photocurrent at the top of the sweep, from the stored rows
+    net = pts["photodiode_a"][-1] - pts["dark_a"][-1]
+    k = pts["luminance_cd_m2"][-1] / net
+    assert s["noise_floor_cd_m2"] >= 0.99 * max(3 * s["dark_std_a"], step_a) * k
+    assert s["noise_floor_cd_m2"] > 0

@@ -46,6 +46,7 @@ __all__ = [
     "cie_xy",
     "compute_points",
     "dark_noise_floor_cd_m2",
+    "detection_limit_a",
     "el_peak_fwhm",
     "lambertian_fraction",
     "luminance_and_eqe",
@@ -614,20 +615,33 @@ def luminance_per_photodiode_amp(
     return float(point_factors(calibration, prepared).lum_cd_m2_per_a[index])
 
 
+def detection_limit_a(dark_std_a: float, adc_step_a: float | None = None, k_sigma: float = 3.0) -> float:
+    """The photocurrent detection limit: ``k_sigma`` (default 3) standard deviations of the dark
+    readings (IUPAC's limit of detection), but never less than one ADC step at the gain they
+    were read at: readings that all land on one ADC code have a standard deviation of 0, yet
+    nothing below a step is resolved."""
+    limit = k_sigma * float(dark_std_a) if math.isfinite(dark_std_a) else 0.0
+    if adc_step_a is not None and math.isfinite(adc_step_a):
+        limit = max(limit, float(adc_step_a))
+    return limit
+
+
 def dark_noise_floor_cd_m2(
     dark_samples_a: npt.ArrayLike,
     calibration: Calibration,
     prepared: PreparedSpectra,
     index: int = 0,
     k_sigma: float = 3.0,
+    adc_step_a: float | None = None,
 ) -> float:
-    """Detection limit: k_sigma (default 3) standard deviations of repeated dark readings,
-    converted to luminance with the given spectrum."""
+    """Detection limit (:func:`detection_limit_a` of repeated dark readings) converted to
+    luminance with the given spectrum."""
     d = np.asarray(dark_samples_a, dtype=float)
     d = d[np.isfinite(d)]
     if d.size < 2:
         raise ValueError("noise floor: need at least 2 dark readings")
-    return k_sigma * float(np.std(d, ddof=1)) * luminance_per_photodiode_amp(calibration, prepared, index)
+    return detection_limit_a(float(np.std(d, ddof=1)), adc_step_a, k_sigma) * luminance_per_photodiode_amp(
+        calibration, prepared, index)
 
 
 def compute_points(

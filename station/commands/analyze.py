@@ -119,6 +119,7 @@ def reanalyze(
     from station.analysis.photometry import (
         compute_points,
         dark_noise_floor_cd_m2,
+        detection_limit_a,
         luminance_per_photodiode_amp,
         prepare_spectra,
     )
@@ -156,12 +157,16 @@ def reanalyze(
         dark_std = meta.get("dark_std_a", recorded.get("dark_std_a") if recorded else None)
         top = len(prepared.key) - 1  # the spectrum at the highest voltage
         dark_samples = meta.get("dark_samples_a")
+        step = meta.get("pd_adc_step_a", recorded.get("pd_adc_step_a") if recorded else None)
+        step = float(step) if isinstance(step, int | float) and math.isfinite(step) and step > 0 else None
         if floor is None and isinstance(dark_samples, list) and len(dark_samples) >= 2:
-            floor = dark_noise_floor_cd_m2(dark_samples, cal, prepared, top)
-            notes.append("noise floor: 3 sigma of the sidecar's dark_samples_a")
-        elif floor is None and isinstance(dark_std, int | float) and math.isfinite(dark_std) and dark_std > 0:
-            floor = 3.0 * float(dark_std) * luminance_per_photodiode_amp(cal, prepared, top)
-            notes.append("noise floor: 3 x the recorded dark_std_a")
+            floor = dark_noise_floor_cd_m2(dark_samples, cal, prepared, top, adc_step_a=step)
+            notes.append("noise floor: 3 sigma of the sidecar's dark_samples_a, at least one ADC step")
+        elif floor is None and ((isinstance(dark_std, int | float) and math.isfinite(dark_std)
+                                 and dark_std > 0) or step is not None):
+            std = float(dark_std) if isinstance(dark_std, int | float) else math.nan
+            floor = detection_limit_a(std, step) * luminance_per_photodiode_amp(cal, prepared, top)
+            notes.append("noise floor: 3 x the recorded dark_std_a, at least one ADC step (pd_adc_step_a)")
         sel = pts
         if "direction" in names:
             forward = np.asarray(table["direction"]) == "forward"
