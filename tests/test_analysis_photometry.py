@@ -258,3 +258,31 @@ def test_el_peak_and_fwhm_of_a_gaussian(peak: float, sigma: float, step: float) 
     # 0.035 (h/σ)² relative — 0.22 % at h = 1 nm, σ = 4 nm (0.20 % was seen at peak = 470.5)
     assert fwhm == pytest.approx(2 * math.sqrt(2 * math.log(2)) * sigma,
                                  rel=0.04 * (step / sigma) ** 2 + 1e-4)
+
+
+@pytest.mark.parametrize("preset", ["dbsa", "otac"])
+def test_el_peak_of_noisy_simulated_spectra_within_0p3_nm_of_the_model(preset: str) -> None:
+    """The seed's asymmetric EL lines through the simulated spectrometer (its grid of ~1.8 nm,
+    Poisson counts, dark and read noise) at the counts a well-exposed spectrum has: the fitted
+    peak stays within 0.3 nm of the device model's (sim.physics, on a 0.05 nm grid) at every
+    voltage. A parabola through the three highest samples scattered over ±1.3 nm (issue 12)."""
+    from sim.hardware import HardwareConfig, Spectrometer
+    from sim.physics import spectrum_peak_nm, spectrum_w_per_nm
+    from sim.presets import get_preset
+    from station.procedures import board_spectrum
+
+    cfg = HardwareConfig()
+    sm = Spectrometer(cfg)
+    wl = sm.wavelength_nm
+    pre = get_preset(preset)
+    rng = np.random.default_rng(20261202)
+    dark = 100.0
+    errors = []
+    for v in np.linspace(3.0, 7.0, 41):
+        photons = spectrum_w_per_nm(pre, wl, v) * wl * sm.dlambda_nm  # photon counts per pixel
+        counts = (rng.poisson(photons / photons.max() * 30000.0) + rng.poisson(dark, wl.size)
+                  + rng.normal(0.0, cfg.spectrometer_read_noise, wl.size))
+        spec = board_spectrum(np.round(counts), dark, 0, cfg.wavelength_cal, 0, voltage_v=float(v))
+        assert spec is not None
+        errors.append(el_peak_fwhm(spec.wavelength_nm, spec.power())[0] - float(spectrum_peak_nm(pre, v)))
+    assert np.max(np.abs(errors)) <= 0.3, errors

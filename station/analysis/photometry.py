@@ -435,14 +435,71 @@ def _parabolic_vertex(x: FloatArray, y: FloatArray) -> tuple[float, float]:
     return xv, c - b * b / (4 * a)
 
 
+PEAK_FIT_FRACTION = 0.35
+"""The EL peak is fitted over the contiguous samples at or above this fraction of the maximum."""
+
+
+def _quadratic_roots(a: float, b: float, c: float) -> list[float]:
+    """Real roots of a x² + b x + c, without cancellation (Numerical Recipes §5.6)."""
+    if a == 0:
+        return [-c / b] if b != 0 else []
+    disc = b * b - 4.0 * a * c
+    if disc < 0:
+        return []
+    q = -0.5 * (b + math.copysign(math.sqrt(disc), b))
+    return [q / a] + ([c / q] if q != 0 else [])
+
+
+def _fit_peak(wl: FloatArray, p: FloatArray, i: int) -> tuple[float, float] | None:
+    """Peak of a cubic fitted to ln(power) over the samples around ``i`` at or above
+    :data:`PEAK_FIT_FRACTION` of ``p[i]``, weighted for counting noise (σ(ln y) ∝ 1/√y). A
+    Gaussian line is a parabola in ln(power), which the cubic holds exactly; the cubic term
+    takes up an asymmetric line's skew. Using every sample of the peak region instead of the
+    three highest keeps noise from moving the peak by a sample spacing. None when the region is
+    too small or the fit has no maximum inside it."""
+    top = p[i]
+    if not top > 0:
+        return None
+    lo = i
+    while lo > 0 and p[lo - 1] >= PEAK_FIT_FRACTION * top:
+        lo -= 1
+    hi = i
+    while hi < p.size - 1 and p[hi + 1] >= PEAK_FIT_FRACTION * top:
+        hi += 1
+    x, y = wl[lo : hi + 1], p[lo : hi + 1]
+    if x.size < 5 or not np.all(y > 0):
+        return None
+    x0, half_width = float(wl[i]), 0.5 * float(x[-1] - x[0])
+    u = (x - x0) / half_width  # centred and scaled: a well-conditioned fit
+    poly = np.polynomial.Polynomial(np.polynomial.polynomial.polyfit(u, np.log(y), 3, w=np.sqrt(y / top)))
+    lo_u, hi_u = float(u[0]), float(u[-1])
+    # the stationary points: roots of c1 + 2 c2 u + 3 c3 u² by the cancellation-free formula
+    # (c3 is ~0 for a symmetric line, where a companion-matrix solver loses the finite root)
+    _, c1, c2, c3 = (float(v) for v in poly.coef)
+    roots = _quadratic_roots(3.0 * c3, 2.0 * c2, c1)
+    cands = [r for r in roots if math.isfinite(r) and lo_u <= r <= hi_u and poly.deriv(2)(r) < 0]
+    if not cands:
+        return None
+    best = max(cands, key=lambda c: float(poly(c)))
+    return x0 + best * half_width, float(np.exp(poly(best)))
+
+
 def el_peak_fwhm(wavelength_nm: npt.ArrayLike, power: npt.ArrayLike) -> tuple[float, float]:
-    """EL peak wavelength (3-point parabolic interpolation around the highest sample) and FWHM
-    (linear interpolation of the half-maximum crossings nearest the peak on each side; NaN if the
-    spectrum does not fall below half maximum on both sides)."""
+    """EL peak wavelength and FWHM of a spectral power distribution.
+
+    The peak is the maximum of a weighted cubic fitted to ln(power) over the peak region (the
+    contiguous samples above :data:`PEAK_FIT_FRACTION` of the maximum; :func:`_fit_peak`), with
+    3-point parabolic interpolation as the fallback for a region of fewer than 5 samples. The
+    FWHM is the distance between the half-maximum crossings nearest the peak on each side,
+    linearly interpolated (NaN if the spectrum does not fall below half maximum on both sides).
+    """
     wl = np.asarray(wavelength_nm, dtype=float)
     p = np.asarray(power, dtype=float)
     i = int(np.argmax(p))
-    if 0 < i < wl.size - 1:
+    fitted = _fit_peak(wl, p, i)
+    if fitted is not None:
+        peak_nm, peak_val = fitted
+    elif 0 < i < wl.size - 1:
         peak_nm, peak_val = _parabolic_vertex(wl[i - 1 : i + 2], p[i - 1 : i + 2])
     else:
         peak_nm, peak_val = float(wl[i]), float(p[i])
