@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "station.commands.age_cmd",
     "station.commands.export_cmd",
     "station.commands.analyze",
+    "station.commands.import_cmd",
     "station.commands.lifetime_cmd",
     "station.commands.report_cmd",
     "station.commands.sim_cmd",

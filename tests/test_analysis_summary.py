@@ -174,3 +174,21 @@ def test_given_noise_floor_is_reported_as_given() -> None:
 def test_empty_sweep_gives_an_empty_row() -> None:
     d = sweep_summary(np.zeros(0, dtype=POINT_DTYPE)).to_dict()
     assert all(d[k] is None for k in REQUIRED_KEYS)
+
+
+def test_dark_readings_equal_but_for_round_off_give_no_noise_floor() -> None:
+    """A dark column whose spread is float round-off (1e-15 relative) is no measurement of noise:
+    the floor is not 3 sigma of it (it was ~1e-18 cd/m², issue 12); with too few points at V <= 0
+    it is unknown."""
+    from station.analysis.summary import estimate_noise_floor
+
+    n = 20
+    pts = np.zeros(n, dtype=POINT_DTYPE)
+    pts["voltage_v"] = np.linspace(0.0, 5.0, n)
+    pts["dark_a"] = 2e-11 * (1 + 1e-15 * np.random.default_rng(1).standard_normal(n))
+    pts["photodiode_a"] = pts["dark_a"] + 1e-9 * pts["voltage_v"]
+    pts["luminance_cd_m2"] = 10.0 * pts["voltage_v"]
+    assert estimate_noise_floor(pts) == (None, "unknown")
+    pts["dark_a"] = 2e-11 * (1 + 1e-3 * np.random.default_rng(1).standard_normal(n))  # measured noise
+    floor, source = estimate_noise_floor(pts)
+    assert floor is not None and floor > 0 and "dark" in source

@@ -137,7 +137,10 @@ def estimate_noise_floor(points: np.ndarray, k_sigma: float = 3.0) -> tuple[floa
     if "dark_a" in names and "photodiode_a" in names:
         dark = points["dark_a"]
         good = np.isfinite(dark)
-        if np.count_nonzero(good) >= 3 and float(np.std(dark[good])) > 0:
+        # a spread at the level of float round-off (identical readings stored through other
+        # arithmetic) is no measured noise
+        spread = float(np.std(dark[good])) if np.count_nonzero(good) >= 3 else 0.0
+        if spread > 1e-9 * float(np.max(np.abs(dark[good]), initial=0.0)):
             net = points["photodiode_a"] - dark
             ok = np.isfinite(lum) & (np.abs(net) > 0)
             if ok.any():
