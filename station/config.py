@@ -97,7 +97,8 @@ class MqttSection(_Strict):
     health_interval_s: float = Field(10.0, gt=0, description="period of the retained health topic")
     poll_s: float = Field(0.2, gt=0, description="how often the sink looks for new rows")
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(5.0, gt=0, description="cap of the jittered reconnection backoff: "
+                               "the longest wait after the broker comes back")
     timeout_s: float = Field(10.0, gt=0, description="connect and PUBACK timeout")
     # -- remote control (station/control.py, docs/mqtt.md "Remote control") ---------------------
     command_max_age_s: float = Field(

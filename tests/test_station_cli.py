@@ -151,3 +151,20 @@ def test_bad_config_fails_at_start_naming_the_field_and_drives_nothing(tmp_path,
     r = station("run", "--config", str(cfg))
     assert r.returncode == 78 and "limits.max_voltage_v" in r.stderr
     assert board_status(url).smu_output_on == 0
+
+
+def test_aging_progress_bar_ends_at_the_runs_length(capsys) -> None:
+    """A 300 h run whose last samples are stored past 300 h: the bar stops at 300/300 h and
+    tqdm warns of nothing (it read `318.8/? h` with a TqdmWarning, issue 14)."""
+    import warnings
+
+    from station.commands.common import AgingBar
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bar = AgingBar("aging", 300.0)
+        bar(150.0, {"l_rel": 0.8, "voltage_v": 3.5})
+        bar(318.8, {"l_rel": 0.4, "voltage_v": 3.9})
+        assert bar.bar.n == 300.0
+        assert "300.0/300.0 h" in str(bar.bar)
+        bar.close()
