@@ -9,6 +9,7 @@ driven.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -97,8 +98,7 @@ class MqttSection(_Strict):
     health_interval_s: float = Field(10.0, gt=0, description="period of the retained health topic")
     poll_s: float = Field(0.2, gt=0, description="how often the sink looks for new rows")
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(5.0, gt=0, description="cap of the jittered reconnection backoff: "
-                               "the longest wait after the broker comes back")
+    retry_max_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(10.0, gt=0, description="connect and PUBACK timeout")
     # -- remote control (station/control.py, docs/mqtt.md "Remote control") ---------------------
     command_max_age_s: float = Field(
@@ -223,6 +223,35 @@ def _format_errors(e: ValidationError, where: str) -> str:
                                           if err["type"] != "extra_forbidden"
                                           and not isinstance(err.get("input"), dict) else ""))
     return "\n".join(lines)
+
+
+CONFIG_ENV = "STATION_CONFIG"
+CONFIG_NAME = "station.toml"
+
+
+def config_search_path() -> list[Path]:
+    """Where a command looks for its configuration when none is given, in order:
+    ``./station.toml``, the user's (``$XDG_CONFIG_HOME`` or ``~/.config``)
+    ``led-station/station.toml``, the system's ``/etc/led-station/station.toml``."""
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [Path.cwd() / CONFIG_NAME, Path(xdg) / "led-station" / CONFIG_NAME,
+            Path("/etc/led-station") / CONFIG_NAME]
+
+
+def resolve_config_path(path: str | Path | None) -> tuple[Path | None, str]:
+    """The configuration file a command uses, and how it was chosen: ``--config`` when given,
+    else ``$STATION_CONFIG``, else the first of :func:`config_search_path` that exists, else
+    none (the built-in defaults; ``STATION_<SECTION>__<KEY>`` variables still apply)."""
+    if path is not None:
+        return Path(path), "--config"
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env), f"${CONFIG_ENV}"
+    for candidate in config_search_path():
+        if candidate.is_file():
+            return candidate, "found"
+    return None, "built-in defaults (no --config, no $STATION_CONFIG, no " + ", ".join(
+        str(c) for c in config_search_path()) + ")"
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> StationConfig:

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,12 +42,11 @@ from typing import Annotated, Any, Literal
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from station.config import MqttSection, StationConfig
 from station.jobs_api import JobControl, JobError
-from station.sinks.cursor import Backoff, clean_json
+from station.sinks.cursor import clean_json
 from station.sinks.mqtt import AckClient, broker_address, tls_context
 
 log = logging.getLogger(__name__)
@@ -76,22 +74,11 @@ JobId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00]+
                              description="a job id as returned by submit or list")]
 
 
-def _known_schema(version: int) -> int:
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"unsupported schema version (this station speaks {SCHEMA_VERSION})")
-    return version
-
-
-# A strict integer, then a check of its value: ``Literal[1]`` would take JSON ``true`` for 1
-# (True == 1 in Python, and pydantic's strict mode does not apply to literals).
-SchemaVersion = Annotated[StrictInt, AfterValidator(_known_schema)]
-
-
 class CommandRequest(BaseModel):
     """Fields every request carries."""
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
-    schema_version: SchemaVersion = Field(alias="schema", description="payload schema version")
+    schema_version: Literal[1] = Field(alias="schema", description="payload schema version")
     request_id: str = Field(pattern=UUID_PATTERN, description="a fresh UUID per command: the "
                             "de-duplication key (a replay gets the stored reply)")
     sent_at: float = Field(allow_inf_nan=False, description="Unix time (s) when the client sent it")
@@ -159,8 +146,8 @@ def describe_validation_error(e: ValidationError) -> str:
             msg = "unknown field"
         elif err["type"] == "missing":
             msg = "missing"
-        elif err["type"] == "value_error":
-            msg = str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else msg
+        elif err["type"] == "literal_error" and loc == "schema":
+            msg = f"unsupported schema version (this station speaks {SCHEMA_VERSION})"
         got = err.get("input")
         if err["type"] not in ("extra_forbidden", "missing") and not isinstance(got, dict | list):
             msg += f" (got {json.dumps(got, default=str)[:60]})"
@@ -179,9 +166,6 @@ def parse_request(verb: str, payload: bytes) -> CommandRequest:
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Refusal(E_BAD_JSON, f"payload is not valid JSON: {e}") from None
-    except RecursionError:  # e.g. 100,000 × "[": Python's parser recurses once per level
-        raise Refusal(E_BAD_JSON, "payload is nested too deeply to parse (more than about "
-                      f"{sys.getrecursionlimit()} levels of arrays or objects)") from None
     if not isinstance(obj, dict):
         raise Refusal(E_BAD_REQUEST, f"payload must be a JSON object, not {type(obj).__name__}")
     rid = obj.get("request_id") if isinstance(obj.get("request_id"), str) else None
@@ -251,8 +235,8 @@ class ControlServer:
         task = asyncio.create_task(ControlServer(config, jobs).run(stop))
 
     Its own MQTT connection (client id ``<mqtt.client_id>-control``, persistent session of
-    ``mqtt.command_session_expiry_s``), reconnecting with jittered exponential backoff between
-    ``mqtt.retry_min_s`` and ``mqtt.retry_max_s`` (:class:`station.sinks.cursor.Backoff`).
+    ``mqtt.command_session_expiry_s``), reconnecting with backoff between ``mqtt.retry_min_s``
+    and ``mqtt.retry_max_s``.
     """
 
     def __init__(self, config: StationConfig, jobs: JobControl) -> None:
@@ -271,18 +255,16 @@ class ControlServer:
         self._lock = asyncio.Lock()  # one command at a time, in arrival order
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AckClient | None = None
-        self.backoff = Backoff(self.cfg.retry_min_s, self.cfg.retry_max_s)
 
     # -- connection -----------------------------------------------------------------------------
     async def run(self, stop_event: asyncio.Event) -> None:
         tls = await asyncio.to_thread(tls_context, self.cfg)
+        delay = self.cfg.retry_min_s
         try:
             while not stop_event.is_set():
-                delay = self.backoff.next_delay()
                 try:
                     async with self._connected(tls) as client:
-                        self.backoff.reset()
-                        delay = self.backoff.next_delay()
+                        delay = self.cfg.retry_min_s
                         await self._serve(client, stop_event)
                 except aiomqtt.MqttError as e:
                     self.last_error = str(e)
@@ -292,6 +274,7 @@ class ControlServer:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_event.wait(), delay)
+                delay = min(delay * 2, self.cfg.retry_max_s)
         finally:
             await self._drain()
 
@@ -301,10 +284,7 @@ class ControlServer:
         client = mqtt_client(self.cfg, self.identifier, tls, clean_start=expiry == 0,
                              session_expiry_s=expiry)
         async with client:
-            # Retain As Published: without it the broker clears the retain flag of a message
-            # published while we are subscribed, and a live retained command would run
-            await client.subscribe(f"{self.base}/cmd/#", options=SubscribeOptions(
-                qos=1, retainAsPublished=True))
+            await client.subscribe(f"{self.base}/cmd/#", qos=1)
             self._client = client
             self.last_error = None
             self.ready.set()

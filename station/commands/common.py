@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from station.config import ConfigError, StationConfig, load_config
+from station.config import ConfigError, StationConfig, load_config, resolve_config_path
 
 SEED_TABLE_S1: dict[str, dict[str, Any]] = {
     # Jin et al. 2023, Supporting Information, Table S1 (shared/seed/)
@@ -28,8 +28,10 @@ LIFETIME_KEYS = ("l0_cd_m2", "l_peak_cd_m2", "t_peak_h", "t95_h", "t90_h", "t80_
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="station TOML configuration "
-                   "(default: built-in defaults; STATION_<SECTION>__<KEY> variables override)")
+    p.add_argument("--config", metavar="FILE", help="station TOML configuration (default: "
+                   "$STATION_CONFIG, ./station.toml, ~/.config/led-station/station.toml, "
+                   "/etc/led-station/station.toml, else built-in defaults; STATION_<SECTION>__<KEY> "
+                   "variables override; `station config show` prints what is used)")
     p.add_argument("--store", metavar="PATH", help="SQLite store (default: config's store.path, "
                    "or OUT/station.db)")
 
@@ -46,13 +48,14 @@ def measure_config(args: argparse.Namespace) -> StationConfig:
     """The configuration of a one-shot measurement: the store is --store, else the config's
     store.path when a --config is given, else OUT/station.db."""
     cfg = load(args)
-    store_path = args.store or (cfg.store.path if args.config else str(Path(args.out) / "station.db"))
+    found = resolve_config_path(getattr(args, "config", None))[0] is not None
+    store_path = args.store or (cfg.store.path if found else str(Path(args.out) / "station.db"))
     return cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": store_path})})
 
 
 def load(args: argparse.Namespace, **overrides: Any) -> StationConfig:
     try:
-        return load_config(getattr(args, "config", None), **overrides)
+        return load_config(resolve_config_path(getattr(args, "config", None))[0], **overrides)
     except ConfigError as e:
         raise SystemExit(f"station: {e}") from None
 
@@ -115,12 +118,15 @@ class SweepBar:
 
 class AgingBar:
     def __init__(self, desc: str, total_h: float | None, disable: bool = False) -> None:
+        self.total_h = total_h
         self.bar = tqdm(total=total_h, desc=desc, unit="h", file=sys.stderr, disable=disable,
                         leave=False, bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} h {postfix}"
                         if total_h else "{desc}: {n:.1f} h {postfix}")
 
     def __call__(self, t_h: float, last: dict[str, float]) -> None:
-        self.bar.n = round(t_h, 2)
+        # samples stored after the run's length (the last block before the stop, a replay) do not
+        # carry the bar past its end
+        self.bar.n = round(min(t_h, self.total_h) if self.total_h else t_h, 2)
         lr = last.get("l_rel", float("nan"))
         self.bar.set_postfix(L_L0=f"{lr:.3f}" if lr == lr else "…",
                              V=f"{last['voltage_v']:.2f}", refresh=False)

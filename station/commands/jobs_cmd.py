@@ -75,7 +75,9 @@ STATUS_EPILOG = """examples:
 def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     g = p.add_argument_group("connection and output")
     g.add_argument("--config", metavar="FILE", help="station TOML with [mqtt] and [station] "
-                   "(default: built-in defaults; STATION_<SECTION>__<KEY> variables override)")
+                   "(default: $STATION_CONFIG, ./station.toml, ~/.config/led-station/station.toml, "
+                   "/etc/led-station/station.toml, else built-in defaults; STATION_<SECTION>__<KEY> "
+                   "variables override)")
     g.add_argument("--station", metavar="ID", help="station id (default: the config's "
                    "station.id)")
     g.add_argument("--timeout", type=float, default=10.0, metavar="S",
@@ -146,9 +148,9 @@ def _err(msg: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> StationConfig:
-    from station.config import ConfigError, load_config
+    from station.config import ConfigError, load_config, resolve_config_path
     try:
-        return load_config(args.config)
+        return load_config(resolve_config_path(args.config)[0])
     except ConfigError as e:
         _err(str(e))
         raise SystemExit(EXIT_BAD_INPUT) from None

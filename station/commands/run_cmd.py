@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the station daemon: jobs, resume after a crash, telemetry",
                        description="Run the station daemon.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, metavar="FILE", help="station TOML configuration")
+    p.add_argument("--config", metavar="FILE", help="station TOML configuration (default: "
+                   "$STATION_CONFIG, ./station.toml, ~/.config/led-station/station.toml, "
+                   "/etc/led-station/station.toml)")
     p.add_argument("--job", action="append", default=[], metavar="JOB.toml",
                    help="submit this job file at start (repeatable)")
     p.add_argument("--exit-when-idle", action="store_true",
@@ -38,12 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from station.config import ConfigError, load_config
+    from station.config import ConfigError, load_config, resolve_config_path
     from station.jobs import JobError, job_dict, load_job_file
     from station.session import run_with_signals
 
+    path, how = resolve_config_path(args.config)
+    if path is None:
+        print(f"station run: no configuration: give --config FILE (looked at {how})", file=sys.stderr)
+        return EX_CONFIG
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(path)
     except ConfigError as e:
         print(f"station run: {e}", file=sys.stderr)
         return EX_CONFIG
