@@ -168,3 +168,22 @@ def test_aging_progress_bar_ends_at_the_runs_length(capsys) -> None:
         assert bar.bar.n == 300.0
         assert "300.0/300.0 h" in str(bar.bar)
         bar.close()
+
+
+def test_status_and_jobs_output_in_words() -> None:
+    """`station status` names the board's faults (it printed `faults 4`) and `jobs list/show`
+    give progress in words (they printed the raw JSON record) (issue 14)."""
+    from firmware_protocol.spec import Fault
+    from station.commands.jobs_cmd import _cell, fault_names, progress_words
+
+    assert fault_names(0) == "none"
+    assert fault_names(int(Fault.WATCHDOG_EXPIRED)) == "watchdog_expired"
+    both = int(Fault.INTERLOCK_OPEN | Fault.RING_OVERFLOW)
+    assert fault_names(both) == "interlock_open, ring_overflow"
+    assert fault_names(0x100) == "0x100"
+    assert _cell(4, "faults") == "watchdog_expired"
+    progress = {"step": 1, "done": [{"step": 0, "pixel": 1, "run_id": 3, "reason": "completed"},
+                                    {"step": 0, "pixel": 2, "run_id": 4, "reason": "short"}]}
+    assert progress_words(progress, 3) == "step 2 of 3, 2 runs done, 1 ended early (short)"
+    assert _cell(progress, "progress") == "step 2, 2 runs done, 1 ended early (short)"
+    assert progress_words({"step": 3, "done": []}, 3) == "all 3 steps done, 0 runs done"

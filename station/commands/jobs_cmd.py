@@ -198,6 +198,10 @@ def _cell(v: Any, key: str = "") -> str:
                                               "created_at", "started_at", "ended_at",
                                               "updated_at") and v > 1e8:
         return dt.datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S")
+    if key == "faults" and isinstance(v, int) and not isinstance(v, bool):
+        return fault_names(v)
+    if key == "progress" and isinstance(v, dict):
+        return progress_words(v)
     if isinstance(v, float) and key == "progress" and 0 <= v <= 1:
         return f"{100 * v:.0f} %"
     if isinstance(v, float):
@@ -209,11 +213,44 @@ def _cell(v: Any, key: str = "") -> str:
     return str(v)
 
 
+def fault_names(bits: int) -> str:
+    """The board's fault bits by name (``interlock_open, over_temperature``), ``none`` for 0;
+    bits this host does not know are shown in hex."""
+    from firmware_protocol.spec import Fault
+
+    if bits == 0:
+        return "none"
+    names = [f.name.lower() for f in Fault if f.value and bits & f.value and f.name]
+    unknown = bits & ~sum(f.value for f in Fault)
+    return ", ".join(names + ([f"0x{unknown:x}"] if unknown else []))
+
+
+def progress_words(progress: dict[str, Any], steps: int | None = None) -> str:
+    """A job's progress record in words: the step it is on and the runs done so far."""
+    step = progress.get("step")
+    raw_done = progress.get("done")
+    done: list[Any] = raw_done if isinstance(raw_done, list) else []
+    parts = []
+    if isinstance(step, int):
+        n = steps if isinstance(steps, int) and steps > 0 else progress.get("steps")
+        if isinstance(n, int) and n > 0:
+            parts.append(f"all {n} steps done" if step >= n else f"step {step + 1} of {n}")
+        else:
+            parts.append(f"step {step + 1}")
+    runs = [d for d in done if isinstance(d, dict)]
+    parts.append(f"{len(runs)} run{'s' if len(runs) != 1 else ''} done")
+    bad = [d for d in runs if d.get("reason") not in (None, "completed", "duration", "reached_t50",
+                                                       "reached_t80", "reached_t90", "reached_t95")]
+    if bad:
+        parts.append(f"{len(bad)} ended early ({', '.join(sorted({str(d.get('reason')) for d in bad}))})")
+    return ", ".join(parts)
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict) and v and k != "progress":
             rows.extend(_flatten(v, key + "."))
         else:
             rows.append((key, v))
@@ -355,6 +392,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(info)
         elif isinstance(info, dict):
+            if isinstance(info.get("progress"), dict):
+                info = info | {"progress": progress_words(info["progress"], info.get("steps"))}
             print_kv(info)
         else:
             print(info)
