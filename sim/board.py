@@ -86,8 +86,10 @@ Watchdog
     until the next ``set_watchdog``), event WATCHDOG_EXPIRED, and: KEEP_AGING → SMU off, sweep
     aborted, aging channels keep running; GO_SAFE → everything off. It fires once per silence.
 Board time
-    ``t_us`` counts from the simulator's start and is not reset by a reboot (the board's timer
-    lives with the retained RAM that keeps the ring).
+    ``t_us`` (in every message) counts from the board's epoch: the simulator's start, and again
+    from 0 after a reboot that loses the rings (``reboot_loses_ring``: the timer lives in the
+    same retained RAM as the rings and their seq counters). A reboot that keeps the rings keeps
+    the clock. Internally ``self.t_us`` is the simulator's own monotonic time.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ from numpy.typing import NDArray
 
 from firmware_protocol.base import BaseMessage
 from firmware_protocol.board import BoardEndpoint, Request, Resend
-from firmware_protocol.codec import FrameError, encode_frame
+from firmware_protocol.codec import FrameError, StreamDecoder, encode_frame
 from firmware_protocol.messages import (
     AGING_SAMPLE_DTYPE,
     SWEEP_POINT_DTYPE,
@@ -251,6 +253,11 @@ class BoardCounters:
     """Requests executed successfully, by name (a cached resend or an ignored retry is not counted)."""
     errors: Counter[str] = field(default_factory=Counter)
     """Error replies sent, by ErrorCode name."""
+    unsent: dict[Stream, int] = field(default_factory=lambda: dict.fromkeys(Stream, 0))
+    """Records whose frames were discarded before they left the board (a reset or a dropped
+    link with frames still queued; a full TX buffer): no host can know of them but by a replay."""
+    epoch_produced: list[dict[Stream, int]] = field(default_factory=list)
+    """At each reboot that lost the rings: records produced per stream in the epoch it ended."""
     resends: int = 0
     retries_ignored: int = 0
     events: Counter[str] = field(default_factory=Counter)
@@ -482,6 +489,8 @@ class Board:
         self.first_seq = int(first_seq)
         self._new_rings(self.first_seq)
         self.t_us = 0
+        self.clock_base_us = 0
+        """Simulator time of the board's epoch start: message times are t_us - clock_base_us."""
         self.boot_id = self._new_boot_id(0)
         self.link_up = False
         self.link_actions: list[LinkAction] = []
@@ -544,7 +553,24 @@ class Board:
             return
         self.link_up = up
         if not up:
+            self.discard_frames([f for f, _ in self._frames])
             self._frames.clear()
+
+    def discard_frames(self, frames: Sequence[bytes]) -> None:
+        """Count the stream records in frames thrown away unsent (``counters.unsent``)."""
+        if not frames:
+            return
+        dec = StreamDecoder(PROTOCOL_VERSION)
+        for ev in dec.feed(b"".join(frames)):
+            if isinstance(ev, FrameError):
+                continue
+            m = ev.message
+            if isinstance(m, AgingSamples):
+                self.counters.unsent[Stream.AGING] += len(m.records)
+            elif isinstance(m, SweepPoints):
+                self.counters.unsent[Stream.SWEEP] += len(m.records)
+            elif isinstance(m, Spectrum):
+                self.counters.unsent[Stream.SPECTRUM] += 1
 
     def take_frames(self) -> list[tuple[bytes, bool]]:
         """Frames produced since the last call, as (bytes, is_stream_data) in order."""
@@ -590,7 +616,7 @@ class Board:
     def _event(self, code: EventCode, channel: int = _NONE_CHANNEL, pixel: int = 0,
                value: float = 0.0, detail: str = "") -> None:
         self.counters.events[code.name] += 1
-        self._emit(Event(code=int(code), channel=channel, pixel=pixel, t_us=self.t_us,
+        self._emit(Event(code=int(code), channel=channel, pixel=pixel, t_us=self.clock_us(),
                          value=float(np.float32(value)), detail=detail[:64]))
 
     def _flush_sweep(self) -> None:
@@ -735,15 +761,24 @@ class Board:
                 ch.sync(self.t_us)
         self._reset_state()
         self.endpoint.reset()
+        self.discard_frames([f for f, _ in self._frames])
         self._frames.clear()
         self.boot_id = self._new_boot_id(self.boot_id)
         if self.reboot_loses_ring:
+            done = self.counters.epoch_produced
+            self.counters.epoch_produced.append({
+                s: self.counters.produced[s] - sum(e[s] for e in done) for s in Stream})
             self._new_rings(0)
             self._boot_notices.clear()
+            self.clock_base_us = self.t_us  # the timer lived in the same retained RAM
         if drop_link:
             self.link_actions.append(LinkAction("reboot", 0, 0.3))
 
     # ------------------------------------------------------------------ status ------------
+    def clock_us(self) -> int:
+        """The board's clock as its messages carry it (µs since its epoch)."""
+        return self.t_us - self.clock_base_us
+
     def faults(self) -> int:
         f = self._latched
         if self.interlock_open:
@@ -765,7 +800,7 @@ class Board:
     def status(self) -> Status:
         temps = self.thermal.readings(self._substrate_power(), self._rng_temp)
         return Status(
-            t_us=self.t_us, boot_id=self.boot_id, faults=self.faults(),
+            t_us=self.clock_us(), boot_id=self.boot_id, faults=self.faults(),
             interlock_closed=0 if self.interlock_open else 1,
             smu_output_on=int(self.smu.output_on), sweep_active=int(self.sweep is not None),
             aging_active_mask=self.aging_mask(), temperatures_c=tuple(temps),
@@ -901,7 +936,7 @@ class Board:
         z = np.concatenate([ch.rng.standard_normal((len(t), 4)) for ch, t in due])
         cfg = self.cfg
         rec = np.zeros(len(times), dtype=AGING_SAMPLE_DTYPE)
-        rec["t_us"] = times
+        rec["t_us"] = times - self.clock_base_us
         rec["channel"] = np.array([ch.index for ch in chans])[owner]
         rec["pixel"] = np.array([ch.pixel.number for ch in chans])[owner]
         rec["current_a"] = i_true * (1.0 + cfg.smu_noise_rel * z[:, 0]) + 1e-9 * z[:, 0]
@@ -995,7 +1030,7 @@ class Board:
         if sw.hit[k]:
             flags |= SampleFlags.COMPLIANCE
         rec = np.zeros(1, dtype=SWEEP_POINT_DTYPE)
-        rec["t_us"] = t
+        rec["t_us"] = t - self.clock_base_us
         rec["sweep_id"] = sw.sweep_id
         rec["index"] = k
         rec["pixel"] = sw.pixel.number
@@ -1038,7 +1073,7 @@ class Board:
     def _push_spectrum(self, sweep_id: int, index: int, pixel: int, flags: int, voltage: float,
                        current: float, integration_ms: float, dark: float,
                        counts: NDArray[np.uint16]) -> Spectrum:
-        msg = Spectrum(seq=self.spectrum_ring.next_seq32(), t_us=self.t_us, sweep_id=sweep_id,
+        msg = Spectrum(seq=self.spectrum_ring.next_seq32(), t_us=self.clock_us(), sweep_id=sweep_id,
                        index=index, pixel=pixel, flags=flags, voltage_v=voltage, current_a=current,
                        integration_ms=float(integration_ms), dark_counts=float(dark),
                        counts=tuple(int(c) for c in counts))
@@ -1165,7 +1200,7 @@ class Board:
         return self.capabilities()
 
     def _h_ping(self, m: Ping) -> _Result:
-        return Pong(nonce=m.nonce, t_us=self.t_us)
+        return Pong(nonce=m.nonce, t_us=self.clock_us())
 
     def _h_status(self, m: GetStatus) -> _Result:
         return self.status()
@@ -1269,7 +1304,7 @@ class Board:
             sig = float(px.pd_signal_a(ro.op, ro.deg)) if ro.op is not None and ro.deg is not None else 0.0
             pd_a, gain, pflags = self._pd_once(px.number, sig, z[2:3], self.smu.integration_ms)
             flags |= pflags
-        return SmuReading(t_us=self.t_us, voltage_v=v, current_a=i, photodiode_a=pd_a, pd_gain=gain,
+        return SmuReading(t_us=self.clock_us(), voltage_v=v, current_a=i, photodiode_a=pd_a, pd_gain=gain,
                           flags=int(flags)), []
 
     def _pd_once(self, pixel: int, signal_a: float, z: NDArray[np.float64],
@@ -1338,7 +1373,7 @@ class Board:
             px = self.pixels[m.pixel - 1]
             counts, dark, flags = self.spectrometer.acquire(px, op, deg, m.integration_ms, self._rng_spec)
             seq = self.spectrum_ring.next_seq32()
-            msg = Spectrum(seq=seq, t_us=self.t_us, sweep_id=_NO_SWEEP_ID, index=0, pixel=m.pixel,
+            msg = Spectrum(seq=seq, t_us=self.clock_us(), sweep_id=_NO_SWEEP_ID, index=0, pixel=m.pixel,
                            flags=flags, voltage_v=v, current_a=i, integration_ms=float(m.integration_ms),
                            dark_counts=float(dark), counts=tuple(int(c) for c in counts))
             self.spectrum_ring.push(msg)

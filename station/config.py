@@ -145,6 +145,12 @@ class InfluxSection(_Strict):
     retry_max_s: float = Field(60.0, gt=0)
     verify_tls: bool = True
     ca_file: str | None = None
+    revisions: Literal["overwrite", "live_fields"] = Field("overwrite", description=(
+        "how derived values recomputed at the end of a run reach the database: 'overwrite' "
+        "rewrites the same fields of the same points (InfluxDB keeps the last write); "
+        "'live_fields' writes values computed live as live_<field> and the final values once "
+        "under the field's own name (for databases that do not overwrite a point written "
+        "twice, e.g. VictoriaMetrics)"))
 
     @model_validator(mode="after")
     def _sink_checks(self) -> InfluxSection:

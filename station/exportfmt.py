@@ -98,7 +98,7 @@ COLUMN_ORDER: dict[str, tuple[str, ...]] = {
         "temperature_c",
     ),
 }
-INT_COLUMNS = frozenset({"seq"})
+INT_COLUMNS = frozenset({"seq", "epoch"})
 TEXT_COLUMNS = frozenset({"direction"})
 _NAN_TEXT = frozenset({"", "nan", "NaN", "NAN"})
 

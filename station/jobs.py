@@ -375,6 +375,8 @@ class JobManager:
             "running_jobs": [r[0] for r in self.db.execute(
                 "SELECT id FROM jobs WHERE state IN ('running', 'paused', 'queued')")],
             "link_stats": asdict(link.stats),
+            "board_epoch": link.conn.epoch,
+            "records_lost": records_lost_summary(self.ctx.store),
         }
 
     async def wait(self, job_id: str) -> dict[str, Any]:
@@ -497,3 +499,12 @@ class JobManager:
         progress["done"].append({"step": n, "pixel": px, "run_id": run_id, "reason": reason})
         self._update(job_id, progress=progress)
         self._event("job/progress", job_id, step=n, pixel=px, run_id=run_id, reason=reason)
+
+
+def records_lost_summary(store: Any) -> dict[str, Any]:
+    """What the board lost before the store got it: total records, losses, the latest one."""
+    rows = store.records_lost()
+    last = rows[-1] if rows else None
+    return {"records": sum(r["count"] for r in rows), "losses": len(rows),
+            "last": None if last is None else {k: last[k] for k in (
+                "stream", "count", "from_seq", "to_seq", "epoch", "reason", "ts")}}

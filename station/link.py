@@ -27,11 +27,13 @@ from firmware_protocol.connection import (
     BoardRebooted,
     Connection,
     ConnState,
+    EpochStarted,
     Event,
     FrameDropped,
     GapDetected,
     Handshaked,
     HandshakeFailed,
+    RecordsLost,
     RequestFailed,
     RequestTimedOut,
     Response,
@@ -87,6 +89,7 @@ class LinkStats:
     replays_requested: int = 0
     gaps: int = 0
     reboots: int = 0
+    records_lost: int = 0
 
 
 class _Proto(asyncio.Protocol):
@@ -244,25 +247,12 @@ class BoardLink:
         await self._request_raw(SetWatchdog(timeout_ms=int(self.watchdog_s * 1000),
                                             policy=int(self.watchdog_policy)))
         self.last_status = await self._request_raw(GetStatus(), Status)
-        # Replay whatever the host has not got yet, on every stream. A stream the host has never
-        # seen starts at the board's head: what came before belongs to no run of this store.
-        st = self.last_status
-        heads = {Stream.AGING: st.aging_head_seq, Stream.SWEEP: st.sweep_head_seq,
-                 Stream.SPECTRUM: st.spectrum_head_seq}
-        for stream in Stream:
-            tr = self.conn.trackers[stream]
-            if tr.expected is None:
-                self.conn.resume_stream(stream, heads[stream])
-                continue
-            head64 = int(tr.unwrap(np.array([heads[stream]], dtype=np.uint32))[0])
-            if head64 < tr.expected:
-                # the board's counter is behind ours: it lost its ring (reboot without retained
-                # RAM); what we had not received is gone, start again at its head
-                log.error("board %s stream restarted at %d (host expected %d): records lost",
-                          stream.name, heads[stream], tr.expected)
-                self.conn.resume_stream(stream, heads[stream])
-                continue
-            await self._replay(stream, tr.expected)
+        # Replay whatever the host has not got yet, on every stream; the connection decides
+        # whether the board's counters continued or restarted (a reset that lost its rings)
+        for stream, first in self.conn.reconcile_heads(self.last_status):
+            self._dispatch()
+            await self._replay(stream, first)
+        self._dispatch()
         self._up.set()
         log.info("board %s (%s, boot %d) up at %s", reply.serial_number, reply.firmware_version,
                  reply.boot_id, self.url)
@@ -386,6 +376,25 @@ class BoardLink:
                 self.stats.reboots += 1
                 log.warning("board rebooted (boot id %d -> %d)", ev.old_boot_id, ev.new_boot_id)
                 self._notify(ev)
+                if self._up.is_set() and self._loop is not None:
+                    # a reset the link survived: the connection holds stream data until the
+                    # heads are reconciled (a reset that dropped the link does it on reconnect)
+                    self._loop.create_task(self._reconcile_live())
+            elif isinstance(ev, RecordsLost):
+                self.stats.records_lost += ev.count
+                log.error("board lost %d %s records (host seqs %d..%d, %s, epoch %d): they will "
+                          "never arrive", ev.count, ev.stream.name, ev.from_seq, ev.to_seq,
+                          ev.reason.replace("_", " "), ev.epoch)
+                for fn in self._stream_consumers:
+                    fn(ev)
+                self._notify(ev)
+            elif isinstance(ev, EpochStarted):
+                log.warning("board counters and clock restarted: epoch %d (boot %d), host seqs "
+                            "from %s, host time from %d us", ev.epoch, ev.boot_id,
+                            {s.name: b for s, b in ev.base.items()}, ev.t_offset_us)
+                for fn in self._stream_consumers:
+                    fn(ev)
+                self._notify(ev)
             elif isinstance(ev, Unsolicited):
                 if isinstance(ev.message, Status):
                     self.last_status = ev.message
@@ -431,20 +440,36 @@ class BoardLink:
         return reply
 
     def ack(self, stream: Stream, seq64: int) -> None:
-        """Tell the board every record of ``stream`` up to ``seq64`` is safely stored."""
-        if self.conn.state is ConnState.READY and self._transport is not None:
+        """Tell the board every record of ``stream`` up to host seq ``seq64`` is safely stored
+        (nothing is sent for a record of an earlier board epoch)."""
+        tr = self.conn.trackers[stream]
+        if (self.conn.state is ConnState.READY and self._transport is not None
+                and seq64 >= tr.base and not self.conn.holding):
             self._write(self.conn.send_unacked(StreamAck(stream=int(stream),
-                                                         seq=seq64 % (1 << 32))))
+                                                         seq=tr.to_board(seq64))))
 
     async def _replay(self, stream: Stream, from_seq64: int, to_seq64: int | None = None) -> None:
+        """Ask the board to resend host seqs ``from_seq64``..``to_seq64`` (None: to its head);
+        what it no longer holds is declared lost by the connection, once."""
         self.stats.replays_requested += 1
-        to32 = 0xFFFFFFFF if to_seq64 is None else to_seq64 % (1 << 32)
-        ok = await self._request_raw(StreamReplay(stream=int(stream), from_seq=from_seq64 % (1 << 32),
-                                                  to_seq=to32))
-        first = getattr(ok, "value", from_seq64 % (1 << 32))
-        if (first - from_seq64) % (1 << 32) not in (0,) and first != from_seq64 % (1 << 32):
-            log.error("board no longer holds %s records from %d (oldest %d): they are lost",
-                      stream.name, from_seq64, first)
+        tr = self.conn.trackers[stream]
+        to32 = 0xFFFFFFFF if to_seq64 is None else tr.to_board(to_seq64)
+        ok = await self._request_raw(StreamReplay(stream=int(stream),
+                                                  from_seq=tr.to_board(from_seq64), to_seq=to32))
+        if self.conn.trackers[stream] is tr:  # not a new epoch meanwhile
+            self.conn.replay_answered(stream, from_seq64, int(getattr(ok, "value", 0)))
+            self._dispatch()
+
+    async def _reconcile_live(self) -> None:
+        try:
+            st: Status = await self._request_raw(GetStatus(), Status)
+            self.last_status = st
+            for stream, first in self.conn.reconcile_heads(st):
+                self._dispatch()
+                await self._replay(stream, first)
+            self._dispatch()
+        except (LinkDown, RequestTimeout, BoardError) as e:
+            log.info("reconciling after a board reset deferred to the reconnect: %s", e)
 
     async def _safe_replay(self, stream: Stream, lo: int, hi: int) -> None:
         try:
@@ -453,9 +478,10 @@ class BoardLink:
             # the reconnect path replays everything from the tracker's position anyway
             log.info("replay of %s %d..%d deferred: %s", stream.name, lo, hi, e)
 
-    def resume_stream(self, stream: Stream, next_seq64: int) -> None:
-        """Start tracking ``stream`` at ``next_seq64`` (e.g. one past the last stored record)."""
-        self.conn.resume_stream(stream, next_seq64)
+    def resume_stream(self, stream: Stream, next_seq64: int, base: int = 0) -> None:
+        """Start tracking ``stream`` at ``next_seq64`` (e.g. one past the last stored record),
+        with board seq 0 of the current epoch at host seq ``base``."""
+        self.conn.resume_stream(stream, next_seq64, base)
 
     async def replay_from(self, stream: Stream, from_seq64: int) -> None:
         await self._replay(stream, from_seq64)

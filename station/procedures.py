@@ -535,6 +535,15 @@ async def _wait_sweep_end(link: BoardLink, col: SweepCollector) -> Status:
             return status
 
 
+def _losses(store: Store, t_us: np.ndarray, stream: str) -> dict[str, Any]:
+    """Records of the run's stream the board lost during the run (``records_lost``; on the
+    AGING stream, shared by every channel running then), for its summary."""
+    t = t_us[np.isfinite(t_us)]
+    rows = store.records_lost(int(t.min()), int(t.max()), stream) if len(t) else []
+    return {"records_lost": sum(r["count"] for r in rows),
+            "records_lost_spans_us": [[r["t_from_us"], r["t_to_us"]] for r in rows]}
+
+
 def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dark_std_a: float,
                    threshold: float, adc_step_a: float | None = None) -> dict[str, Any]:
     """Recompute every point with all the sweep's spectra (nearest in voltage) and summarise."""
@@ -549,13 +558,9 @@ def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dar
     prep = prepare_spectra(spectra, col.calibration, "voltage_v")
     pts = compute_points(data["voltage_v"], data["current_a"], data["photodiode_a"], col.calibration,
                          prep, dark_a=col.dark_a)
-    store.db.executemany(
-        "UPDATE sweep_points SET current_density_ma_cm2=?, luminance_cd_m2=?, eqe_pct=?, ce_cd_a=?, "
-        "pe_lm_w=? WHERE seq=?",
-        [(*(None if not math.isfinite(x) else x for x in row[:5]), int(row[5]))
-         for row in zip(pts["current_density_ma_cm2"].tolist(), pts["luminance_cd_m2"].tolist(),
-                        pts["eqe_pct"].tolist(), pts["ce_cd_a"].tolist(), pts["pe_lm_w"].tolist(),
-                        data["seq"].tolist(), strict=True)])
+    store.revise("sweep_points", run_id, data["seq"].astype(np.int64).tolist(), {
+        k: pts[k].tolist() for k in ("current_density_ma_cm2", "luminance_cd_m2", "eqe_pct",
+                                     "ce_cd_a", "pe_lm_w")})
     forward = data["direction"] == "forward"
     floor = detection_limit_a(dark_std_a, adc_step_a) * luminance_per_photodiode_amp(
         col.calibration, prep, len(prep.key) - 1)
@@ -563,6 +568,7 @@ def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dar
                          noise_floor_cd_m2=floor)
     summary = summ.to_dict()
     summary["n_points"] = len(pts)
+    summary.update(_losses(store, data["t_us"], "sweep"))
     summary["dark_a"] = col.dark_a
     summary["dark_std_a"] = dark_std_a
     summary["pd_adc_step_a"] = adc_step_a
@@ -1015,16 +1021,14 @@ def finalize_aging(ctx: StationContext, run_id: int, col: AgingCollector) -> dic
     live &= t_s <= col.stop_t_s  # samples after the stop condition are not analysed
     res = analyze_lifetime(t_s[live], lum[live])
     l_rel = lum / res.l0_cd_m2
-    store.db.executemany(
-        "UPDATE aging_samples SET luminance_cd_m2=?, l_rel=?, eqe_pct=? WHERE seq=?",
-        [(a if math.isfinite(a) else None, b if math.isfinite(b) else None,
-          c if math.isfinite(c) else None, int(s))
-         for a, b, c, s in zip(lum.tolist(), l_rel.tolist(), pts["eqe_pct"].tolist(),
-                               d["seq"].tolist(), strict=True)])
+    store.revise("aging_samples", run_id, d["seq"].astype(np.int64).tolist(), {
+        "luminance_cd_m2": lum.tolist(), "l_rel": l_rel.tolist(),
+        "eqe_pct": pts["eqe_pct"].tolist()})
     summary = res.to_dict()
     summary["n_samples"] = len(d["seq"])
     summary["dark_a"] = col.dark_a
     summary["t0_us"] = col.t0_us
+    summary.update(_losses(store, d["t_us"], "aging"))
     summary["spectra_used"] = len(col.spectra)
     return summary
 

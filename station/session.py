@@ -19,6 +19,7 @@ from .analysis.photometry import load_reference_tables
 from .config import StationConfig
 from .link import BoardLink
 from .procedures import StationContext, all_outputs_off
+from .sinks.cursor import publish_event
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ async def open_station(config: StationConfig, *, url: str | None = None,
                      watchdog_policy=b.watchdog_policy)
     acq = Acquisition(link, store, batch_ms=config.store.batch_ms)
     acq.resume_from_store()
+
+    def lost(info: dict[str, Any]) -> None:
+        # as data, once: the MQTT sink publishes it as event/alert/records_lost
+        publish_event(store, "alert/records_lost", info)
+        if acq.on_commit is not None:
+            acq.on_commit()
+
+    acq.lost_listeners.append(lost)
     ctx = StationContext(config=config, link=link, store=store, acq=acq)
     # colour-science's import takes ~1.5 s: done in a thread while the link comes up, not on
     # the event loop when the first spectrum arrives

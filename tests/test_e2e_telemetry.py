@@ -341,9 +341,11 @@ async def test_daemon_outages_of_broker_and_database_lose_and_double_nothing(
     assert len(left_out) <= 2 and all(
         f & 0x20 for f, in store.q(f"SELECT flags FROM aging_samples WHERE seq IN "
                                    f"({','.join(map(str, left_out)) or 'NULL'})")), left_out
-    dup: dict[int, dict[str, Any]] = {}
-    for p in aging_msgs:  # a QoS 1 repeat is the same message
-        assert dup.setdefault(p["seq"], p) == p
+    dup: dict[tuple[int, int], dict[str, Any]] = {}
+    for p in aging_msgs:  # a QoS 1 repeat is the same message; a revision has a higher rev
+        assert dup.setdefault((p["seq"], p["rev"]), p) == p
+    # every published sample was revised once when its run ended (the final L0 and L/L0)
+    assert {s for s, r in dup if r == 1} == to_publish
     events = {p["seq"]: p for p in on(messages, "event/job/#")
               if p["data"].get("job") == job_id}  # by seq: a QoS 1 repeat is the same
     kinds = [events[k]["kind"] for k in sorted(events)]

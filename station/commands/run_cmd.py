@@ -120,11 +120,15 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
     def check_backlog() -> None:
         """alert/sink_backlog once when a sink falls more than store.backlog_alert_rows rows
-        behind, and once ("cleared") when it is back to half of that (no flapping)."""
+        behind, and once ("cleared") when it is back to half of that (no flapping). A burst
+        that a connected sink is delivering (its last acknowledgement within 10 s, e.g. the
+        revisions of a run that ended) is not an alert."""
         limit = cfg.store.backlog_alert_rows
         for name, h in sink_health().items():
             behind = int(h.get("rows_behind") or 0)
-            if name not in backlogged and behind > limit:
+            ack_age = h.get("last_ack_age_s")
+            stalled = not h.get("connected") or ack_age is None or ack_age > 10.0
+            if name not in backlogged and behind > limit and stalled:
                 state = "raised"
                 backlogged.add(name)
             elif name in backlogged and behind <= limit // 2:

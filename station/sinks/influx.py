@@ -10,15 +10,20 @@ Points (measurement ``sweep_point`` / ``aging_sample``)::
     sweep_point,station=S,run=R,pixel=N,substrate=..,device=..,job=..,direction=up
         voltage_set_v=..,voltage_v=..,current_a=..,current_density_ma_cm2=..,photodiode_a=..,
         luminance_cd_m2=..,eqe_pct=..,ce_cd_a=..,pe_lm_w=..,seq=123i,sweep_id=..i,idx=..i,
-        flags=..i  <time_us>
+        flags=..i,epoch=..i,rev=..i  <time_us>
     aging_sample,station=S,run=R,pixel=N,substrate=..,device=..,job=..
         current_a=..,voltage_v=..,photodiode_a=..,temperature_c=..,luminance_cd_m2=..,
-        l_rel=..,eqe_pct=..,seq=..i,channel=..i,flags=..i  <time_us>
+        l_rel=..,eqe_pct=..,seq=..i,channel=..i,flags=..i,epoch=..i,rev=..i  <time_us>
 
 The timestamp (precision µs) is the board's clock ``t_us`` plus a per-run offset to Unix time
 fixed once in the store (``sink_time_anchors``), so a replayed row rewrites the identical point
 (same tags, same timestamp) instead of adding one. Empty tags are left out; NaN fields are left
 out (line protocol has no NaN).
+
+A revision (``rev`` > 0: derived values recomputed when the run ended, see
+:meth:`station.store.Store.revise`) is a new row in the store after the cursor: written with
+the same measurement, tags and timestamp, it overwrites the provisional point's fields, so the
+database ends with the store's final values.
 """
 
 from __future__ import annotations
@@ -47,10 +52,20 @@ FLOAT_FIELDS = {
                       "luminance_cd_m2", "l_rel", "eqe_pct"),
 }
 INT_FIELDS = {
-    "sweep_points": ("seq", "sweep_id", "idx", "flags"),
-    "aging_samples": ("seq", "channel", "flags"),
+    "sweep_points": ("seq", "sweep_id", "idx", "flags", "epoch", "rev"),
+    "aging_samples": ("seq", "channel", "flags", "epoch", "rev"),
 }
 COLUMNS = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS}
+REVISED_FIELDS = {
+    "sweep_points": ("luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w"),
+    "aging_samples": ("luminance_cd_m2", "l_rel", "eqe_pct"),
+}
+"""Fields a run's final analysis may change (``revisions = "live_fields"`` writes them as
+``live_<field>`` until the final revision)."""
+
+
+def field_name(table: str, k: str, live: bool) -> str:
+    return f"live_{k}" if live and k in REVISED_FIELDS[table] else k
 
 _TAG_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " ",
                              "\\": "\\\\"})
@@ -67,8 +82,9 @@ def tags_of(station: str, meta: RunMeta, pixel: Any, direction: Any = None) -> s
     return "".join(f",{k}={escape_tag(v)}" for k, v in parts if v is not None and v != "")
 
 
-def line_of(table: str, station: str, meta: RunMeta, d: dict[str, Any], ts_us: int) -> str:
-    fields = [f"{k}={float(v)!r}" for k in FLOAT_FIELDS[table]
+def line_of(table: str, station: str, meta: RunMeta, d: dict[str, Any], ts_us: int,
+            live: bool = False) -> str:
+    fields = [f"{field_name(table, k, live)}={float(v)!r}" for k in FLOAT_FIELDS[table]
               if (v := d.get(k)) is not None and math.isfinite(v)]
     fields += [f"{k}={int(v)}i" for k in INT_FIELDS[table] if (v := d.get(k)) is not None]
     pixel = d.get("pixel") if d.get("pixel") is not None else meta.pixel
@@ -83,6 +99,8 @@ class _Query:
     names: tuple[str, ...]  # the selected columns, after ``id`` (the flag column not included)
     columns: tuple[str, ...]  # SQL expressions: ``names`` then the "needs the general path" flag
     fields: Callable[[tuple[Any, ...]], str]  # row -> "k=v,..." when the flag is 0
+    live_fields: Callable[[tuple[Any, ...]], str]  # the same with live_<k> for revised fields
+    rev_pos: int  # index of ``rev`` in a row
 
 
 def _query(table: str) -> _Query:
@@ -95,10 +113,13 @@ def _query(table: str) -> _Query:
     flag = f"CASE WHEN abs({' + '.join((*floats, *ints))}) < 9e999 THEN 0 ELSE 1 END"
     # row = (id, *names, flag): a float field k at position i becomes "k=<repr>", an int "k=<int>i"
     pos = {n: i + 1 for i, n in enumerate(names)}
-    parts = ([f"{k}={{r[{pos[k]}]!r}}" for k in floats] + [f"{k}={{r[{pos[k]}]}}i" for k in ints])
-    # the source is built here from the constant field names above, never from data
-    fields = eval(f"lambda r: f'{','.join(parts)}'")
-    return _Query(names, (*exprs, flag), fields)
+    def formatter(live: bool) -> Callable[[tuple[Any, ...]], str]:
+        parts = ([f"{field_name(table, k, live)}={{r[{pos[k]}]!r}}" for k in floats]
+                 + [f"{k}={{r[{pos[k]}]}}i" for k in ints])
+        # the source is built here from the constant field names above, never from data
+        return cast(Callable[[tuple[Any, ...]], str], eval(f"lambda r: f'{','.join(parts)}'"))
+
+    return _Query(names, (*exprs, flag), formatter(False), formatter(True), pos["rev"])
 
 
 _QUERIES = {table: _query(table) for table in MEASUREMENTS}
@@ -156,8 +177,9 @@ class InfluxSink(Sink):
             lines: list[str] = []
             prefixes: dict[tuple[Any, Any, Any], str] = {}
             anchors: dict[Any, int] = {}
-            fmt = q.fields
+            live_mode = self.cfg.revisions == "live_fields"
             for row in rows:
+                live = live_mode and not row[q.rev_pos]
                 run_id, t, pixel, direction = row[1], row[2], row[3], row[4]
                 if t is None:  # no board time, no stable key: cannot be written idempotently
                     self.skipped_no_time += 1
@@ -167,7 +189,8 @@ class InfluxSink(Sink):
                     off = anchors[run_id] = db.anchor_us(run_id, int(t))
                 if row[-1]:  # a NULL or infinite field: the general path
                     d = dict(zip(q.names, row[1:-1], strict=True))
-                    lines.append(line_of(table, self.station, db.run_meta(run_id), d, int(t) + off))
+                    lines.append(line_of(table, self.station, db.run_meta(run_id), d, int(t) + off,
+                                         live))
                     continue
                 key = (run_id, pixel, direction)
                 prefix = prefixes.get(key)
@@ -177,7 +200,7 @@ class InfluxSink(Sink):
                         MEASUREMENTS[table]
                         + tags_of(self.station, meta, pixel if pixel is not None else meta.pixel,
                                   direction) + " ")
-                lines.append(f"{prefix}{fmt(row)} {t + off}")
+                lines.append(f"{prefix}{(q.live_fields if live else q.fields)(row)} {t + off}")
             return after, (rows[-1][0] if rows else after), lines
 
     def _write(self, api: WriteApi, lines: Iterable[str]) -> None:

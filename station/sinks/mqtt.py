@@ -55,7 +55,11 @@ class _Msg(BaseModel):
 
 
 class _Sample(_Msg):
-    seq: int = Field(description="board stream sequence number: the deduplication key")
+    seq: int = Field(description="host stream sequence number (board seq + the board epoch's "
+                     "base): with ``rev``, the deduplication key")
+    epoch: int | None = Field(description="board epoch: restarts of the board's counters seen")
+    rev: int = Field(description="revision: 0 as measured; n > 0 replaces every earlier "
+                     "message with this seq (derived values recomputed when the run ended)")
     t_us: int | None = Field(description="board time, µs since the board started")
     time_us: int | None = Field(description="Unix time in µs: t_us + a per-run anchor")
     run_id: int | None
@@ -251,7 +255,8 @@ class MqttSink(Sink):
         meta = db.run_meta(d["run_id"])
         t = d["t_us"]
         pixel = d["pixel"] if d["pixel"] is not None else meta.pixel
-        return {"schema": SCHEMA_VERSION, "station": self.station, "seq": d["seq"], "t_us": t,
+        return {"schema": SCHEMA_VERSION, "station": self.station, "seq": d["seq"],
+                "epoch": d["epoch"], "rev": d["rev"] or 0, "t_us": t,
                 "time_us": None if t is None else t + db.anchor_us(d["run_id"], t),
                 "run_id": d["run_id"], "job": meta.job_id, "substrate": meta.substrate,
                 "device": meta.device, "label": meta.label, "pixel": pixel, "flags": d["flags"]}
