@@ -495,6 +495,11 @@ class Board:
         self._reset_state()
         self._wall_now = 0.0
         self._last_heard_wall = 0.0
+        # as a board held by another host: the next ``hello_busy`` hellos are answered with
+        # error BUSY (the host retries with backoff); ``hello_spec_hash``: a firmware built from
+        # another spec (the host refuses it as a protocol mismatch)
+        self.hello_busy = 0
+        self.hello_spec_hash: int | None = None
 
     def warm_up(self) -> None:
         """Do the slow first-time work (colour tables, physics) before a host is served."""
@@ -1156,7 +1161,11 @@ class Board:
 
     # -- handlers -----------------------------------------------------------------------------
     def _h_hello(self, m: Hello) -> _Result:
-        reply = HelloReply(protocol_version=PROTOCOL_VERSION, spec_hash=SPEC_HASH, boot_id=self.boot_id,
+        if self.hello_busy > 0:
+            self.hello_busy -= 1
+            raise CommandError(ErrorCode.BUSY, "board is held by another host")
+        spec_hash = SPEC_HASH if self.hello_spec_hash is None else self.hello_spec_hash
+        reply = HelloReply(protocol_version=PROTOCOL_VERSION, spec_hash=spec_hash, boot_id=self.boot_id,
                            firmware_version=FIRMWARE_VERSION, serial_number=self.serial_number[:32])
         notices, self._boot_notices = self._boot_notices, []
         return reply, notices

@@ -363,6 +363,7 @@ class JobManager:
         return {
             "station": self.ctx.config.station.id,
             "link_up": link.is_up,
+            "link": link.describe(),
             "board": None if board is None else {"serial": board.serial_number,
                                                  "firmware": board.firmware_version,
                                                  "boot_id": board.boot_id},
@@ -437,6 +438,11 @@ class JobManager:
     async def _run(self, job_id: str) -> None:
         row = self._row(job_id)
         progress = row["progress"]
+        link = self.ctx.link
+        if not link.is_up:  # the daemon runs without its board: jobs wait for it
+            log.info("job %s waits for the board (link %s: %s)", job_id, link.state, link.reason)
+            await link.wait_until_up()
+            row = self._row(job_id)
         if row["state"] == "queued":
             self._update(job_id, state="running", started_at=time.time())
             self._event("job/started", job_id)
