@@ -42,6 +42,7 @@ from typing import Annotated, Any, Literal
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from station.config import MqttSection, StationConfig
@@ -284,7 +285,11 @@ class ControlServer:
         client = mqtt_client(self.cfg, self.identifier, tls, clean_start=expiry == 0,
                              session_expiry_s=expiry)
         async with client:
-            await client.subscribe(f"{self.base}/cmd/#", qos=1)
+            # Retain As Published: a command published with the retain flag while we are
+            # subscribed keeps the flag (MQTT 5 clears it by default), so it is refused as
+            # retained like one delivered at subscription
+            await client.subscribe(f"{self.base}/cmd/#",
+                                   options=SubscribeOptions(qos=1, retainAsPublished=True))
             self._client = client
             self.last_error = None
             self.ready.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from sim.server import SimServer
 from station.config import StationConfig
@@ -155,3 +158,27 @@ async def test_a_protocol_mismatch_is_fatal_to_the_link_but_not_to_the_station(t
             assert info["state"] == "queued"
     finally:
         await server.stop()
+
+
+async def test_a_command_published_retained_while_the_station_listens_is_refused_as_retained(
+        broker):
+    """Without Retain As Published the broker clears the retain flag of a live message, and a
+    `mosquitto_pub -r` to cmd/submit would create a job."""
+    from tests.test_control import JOB, FakeJobs, anon_config, envelope, exchange, serving
+
+    cfg, jobs = anon_config(broker), FakeJobs()
+    async with serving(cfg, jobs) as server, exchange(cfg) as ex:
+        topic = f"{ex.base}/cmd/submit"
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = ex.reply_topic
+        await ex.client.publish_acked(topic, json.dumps(envelope(job=JOB)).encode(), retain=True,
+                                      properties=props)
+        try:
+            reply = await ex.reply(1)
+        finally:
+            await ex.client.publish_acked(topic, b"", retain=True)  # clear it
+        await ex.send("list", envelope())  # a live, unretained command still runs
+        assert (await ex.reply(2))["ok"] is True
+    assert reply["ok"] is False and reply["error"]["code"] == "retained", reply
+    assert jobs.mutations() == [] and server.refused >= 1
+
