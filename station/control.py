@@ -43,7 +43,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from station.config import MqttSection, StationConfig
 from station.jobs_api import JobControl, JobError
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32  # objects/arrays nested deeper than this are refused (a job file needs ~4)
 VERBS = ("submit", "stop", "pause", "resume", "list", "get", "status")
 REPLY_EXPIRY_S = 300
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -84,6 +85,14 @@ class CommandRequest(BaseModel):
                             "de-duplication key (a replay gets the stored reply)")
     sent_at: float = Field(allow_inf_nan=False, description="Unix time (s) when the client sent it")
     client: str = Field("", max_length=200, description="who sends it, e.g. user@host")
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _integer_schema(cls, v: Any) -> Any:
+        # Literal[1] alone takes true and 1.0 (they equal 1 in Python): the envelope is strict
+        if type(v) is not int:
+            raise ValueError(f"must be the integer {SCHEMA_VERSION}, not a {type(v).__name__}")
+        return v
 
 
 class SubmitRequest(CommandRequest):
@@ -142,7 +151,7 @@ def describe_validation_error(e: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "(payload)"
         if loc == "schema_version":
             loc = "schema"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "missing":
@@ -156,6 +165,24 @@ def describe_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def json_depth(obj: Any, limit: int) -> int:
+    """How deeply ``obj``'s arrays and objects nest (a scalar: 0), counted without recursion
+    and only up to ``limit + 1``."""
+    depth, level = 0, [obj]
+    while level and depth <= limit:
+        nxt: list[Any] = []
+        for x in level:
+            if isinstance(x, dict):
+                nxt.extend(x.values())
+            elif isinstance(x, list):
+                nxt.extend(x)
+        if not any(isinstance(x, dict | list) for x in level):
+            break
+        depth += 1
+        level = nxt
+    return depth
+
+
 def parse_request(verb: str, payload: bytes) -> CommandRequest:
     """The validated request, or :class:`Refusal` naming what is wrong."""
     if verb not in REQUEST_MODELS:
@@ -167,6 +194,13 @@ def parse_request(verb: str, payload: bytes) -> CommandRequest:
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Refusal(E_BAD_JSON, f"payload is not valid JSON: {e}") from None
+    except RecursionError:
+        raise Refusal(E_BAD_JSON, f"payload is not acceptable JSON: nested deeper than the "
+                      f"parser allows (this station takes at most {MAX_JSON_DEPTH} levels)"
+                      ) from None
+    if (depth := json_depth(obj, MAX_JSON_DEPTH)) > MAX_JSON_DEPTH:
+        raise Refusal(E_BAD_REQUEST, f"payload nested more than {MAX_JSON_DEPTH} levels deep "
+                      f"(at least {depth})")
     if not isinstance(obj, dict):
         raise Refusal(E_BAD_REQUEST, f"payload must be a JSON object, not {type(obj).__name__}")
     rid = obj.get("request_id") if isinstance(obj.get("request_id"), str) else None
@@ -364,7 +398,7 @@ class ControlServer:
 
     async def _handle(self, inc: _Incoming) -> None:
         payload_client: str | None = None
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, RecursionError):
             obj = json.loads(inc.payload) if len(inc.payload) <= MAX_PAYLOAD_BYTES else None
             if isinstance(obj, dict) and isinstance(obj.get("client"), str):
                 payload_client = obj["client"][:200]

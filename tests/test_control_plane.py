@@ -182,3 +182,37 @@ async def test_a_command_published_retained_while_the_station_listens_is_refused
     assert reply["ok"] is False and reply["error"]["code"] == "retained", reply
     assert jobs.mutations() == [] and server.refused >= 1
 
+
+
+DEEP = [
+    ("100,000-deep array", b"[" * 100_000, "bad_json", "nested deeper"),
+    ("50,000-deep objects", b'{"a":' * 50_000, "bad_json", "nested deeper"),
+    ("valid JSON 40 levels deep", b'{"a":' * 40 + b"1" + b"}" * 40, "bad_request",
+     "nested more than 32 levels"),
+]
+
+
+async def test_deeply_nested_payloads_and_loose_schema_types_get_an_error_reply(broker, caplog):
+    from tests.test_control import JOB, FakeJobs, anon_config, envelope, exchange, serving
+
+    cases: list[tuple[str, bytes | dict[str, Any], str, str]] = [
+        *DEEP,
+        ("schema true", envelope(schema=True), "bad_request", "schema: must be the integer 1, "
+         "not a bool"),
+        ("schema 1.0", envelope(schema=1.0), "bad_request", "schema: must be the integer 1"),
+        ("schema \"1\"", envelope(schema="1"), "bad_request", "schema: must be the integer 1"),
+        ("deep job", envelope(job={**JOB, "notes": json.loads("[" * 40 + "]" * 40)}),
+         "bad_request", "nested more than 32 levels"),
+    ]
+    cfg, jobs = anon_config(broker), FakeJobs()
+    async with serving(cfg, jobs) as server, exchange(cfg) as ex:
+        for i, (what, payload, code, says) in enumerate(cases, 1):
+            await ex.send("submit" if "job" in what else "list", payload)
+            reply = await ex.reply(i)
+            assert reply["ok"] is False and reply["error"]["code"] == code, (what, reply)
+            assert says in reply["error"]["message"], (what, reply["error"]["message"])
+        await ex.send("list", envelope())  # the server still serves
+        assert (await ex.reply(len(cases) + 1))["ok"] is True
+        assert server.refused == len(cases)
+    assert jobs.mutations() == []
+    assert not [r for r in caplog.records if r.exc_info]  # no RecursionError in the log
