@@ -98,7 +98,8 @@ class MqttSection(_Strict):
     health_interval_s: float = Field(10.0, gt=0, description="period of the retained health topic")
     poll_s: float = Field(0.2, gt=0, description="how often the sink looks for new rows")
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(5.0, gt=0, description="backoff cap: the sink and the command "
+                               "server are back at most this long after the broker")
     timeout_s: float = Field(10.0, gt=0, description="connect and PUBACK timeout")
     # -- remote control (station/control.py, docs/mqtt.md "Remote control") ---------------------
     command_max_age_s: float = Field(
@@ -142,7 +143,8 @@ class InfluxSection(_Strict):
         "how often the sink looks for new rows; a store commit wakes it sooner, but at most "
         "4 times a second"))
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(60.0, gt=0)
+    retry_max_s: float = Field(5.0, gt=0, description="backoff cap: the sink is back at most "
+                               "this long after the database")
     verify_tls: bool = True
     ca_file: str | None = None
 

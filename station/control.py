@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from station.config import MqttSection, StationConfig
 from station.jobs_api import JobControl, JobError
-from station.sinks.cursor import clean_json
+from station.sinks.cursor import Backoff, clean_json
 from station.sinks.mqtt import AckClient, broker_address, tls_context
 
 log = logging.getLogger(__name__)
@@ -290,26 +290,30 @@ class ControlServer:
         self._lock = asyncio.Lock()  # one command at a time, in arrival order
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AckClient | None = None
+        # the sinks' backoff: doubling from retry_min_s, jittered (many stations do not all
+        # knock at once when the broker comes back), capped at retry_max_s (5 s by default: back
+        # within seconds of the broker whatever the length of the outage)
+        self.backoff = Backoff(self.cfg.retry_min_s, self.cfg.retry_max_s)
 
     # -- connection -----------------------------------------------------------------------------
     async def run(self, stop_event: asyncio.Event) -> None:
         tls = await asyncio.to_thread(tls_context, self.cfg)
-        delay = self.cfg.retry_min_s
         try:
             while not stop_event.is_set():
                 try:
                     async with self._connected(tls) as client:
-                        delay = self.cfg.retry_min_s
+                        self.backoff.reset()
                         await self._serve(client, stop_event)
+                    delay = self.backoff.next_delay()
                 except aiomqtt.MqttError as e:
                     self.last_error = str(e)
+                    delay = self.backoff.next_delay()
                     log.warning("control: MQTT connection to %s failed: %s; retrying in %.1f s",
                                 self.cfg.url, e, delay)
                 if stop_event.is_set():
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_event.wait(), delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
         finally:
             await self._drain()
 
