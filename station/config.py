@@ -84,6 +84,11 @@ class MqttSection(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = None
+    control_username: str | None = Field(
+        None, description="the command server's own broker user (default: username). A broker "
+        "that ties client ids to users (use_username_as_clientid, deploy/mosquitto) allows one "
+        "connection per user: give the command server its own, e.g. <station id>-control")
+    control_password: str | None = Field(None, description="its password (default: password)")
     ca_file: str | None = None
     topic_prefix: str = "ledstation"
     aging_publish_hz: float = Field(1.0, gt=0)

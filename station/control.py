@@ -224,10 +224,14 @@ def json_properties() -> Properties:
 
 
 def mqtt_client(cfg: MqttSection, identifier: str, tls: Any, *, clean_start: bool = True,
-                session_expiry_s: int = 0) -> AckClient:
+                session_expiry_s: int = 0, username: str | None = None,
+                password: str | None = None) -> AckClient:
     """An :class:`AckClient` (MQTT 5) for ``cfg``: the same address, credentials and TLS as the
-    telemetry sink, with its own client identifier."""
+    telemetry sink (unless ``username``/``password`` are given), with its own client
+    identifier."""
     host, port = broker_address(cfg)
+    if username is not None:
+        cfg = cfg.model_copy(update={"username": username, "password": password})
     props = None
     if session_expiry_s > 0:
         props = Properties(PacketTypes.CONNECT)
@@ -321,7 +325,10 @@ class ControlServer:
     async def _connected(self, tls: Any) -> AsyncIterator[AckClient]:
         expiry = self.cfg.command_session_expiry_s
         client = mqtt_client(self.cfg, self.identifier, tls, clean_start=expiry == 0,
-                             session_expiry_s=expiry)
+                             session_expiry_s=expiry, username=self.cfg.control_username,
+                             password=(self.cfg.control_password
+                                       if self.cfg.control_password is not None
+                                       else self.cfg.password))
         async with client:
             # Retain As Published: a command published with the retain flag while we are
             # subscribed keeps the flag (MQTT 5 clears it by default), so it is refused as
