@@ -12,7 +12,7 @@
 #include <string.h>
 
 #define FP_PROTOCOL_VERSION 1
-#define FP_SPEC_HASH 0x04CE759Fu
+#define FP_SPEC_HASH 0x9B587E93u
 #define FP_MAX_PAYLOAD 1024
 #define FP_HEADER_SIZE 7
 #define FP_CRC_SIZE 4
@@ -325,7 +325,7 @@ static inline int fp_hello_reply_unpack(fp_hello_reply_t *m, const uint8_t *buf,
 
 /* ok (board to host): Success reply to an acknowledged request with no data of its own. */
 #define FP_MSG_OK 0x03
-#define FP_MSG_OK_CRC_SEED 0xCC0ECE7Fu
+#define FP_MSG_OK_CRC_SEED 0x06A8018Fu
 typedef struct {
     uint32_t value;
 } fp_ok_t;
@@ -347,7 +347,7 @@ static inline int fp_ok_unpack(fp_ok_t *m, const uint8_t *buf, size_t len) {
 
 /* error (board to host): Failure reply to a request (or unsolicited with seq 0 for an unknown frame). */
 #define FP_MSG_ERROR 0x04
-#define FP_MSG_ERROR_CRC_SEED 0x1AB3222Eu
+#define FP_MSG_ERROR_CRC_SEED 0xF67706D6u
 typedef struct {
     uint8_t code;
     uint8_t ref_msg_id;
@@ -400,7 +400,7 @@ static inline int fp_get_capabilities_unpack(fp_get_capabilities_t *m, const uin
 
 /* capabilities (board to host): What the board has and its limits. */
 #define FP_MSG_CAPABILITIES 0x06
-#define FP_MSG_CAPABILITIES_CRC_SEED 0x13D022DDu
+#define FP_MSG_CAPABILITIES_CRC_SEED 0xAFC57CAEu
 typedef struct {
     uint8_t n_substrates;
     uint8_t pixels_per_substrate;
@@ -524,7 +524,7 @@ static inline int fp_capabilities_unpack(fp_capabilities_t *m, const uint8_t *bu
 
 /* ping (host to board, acknowledged): Liveness check; also feeds the watchdog. */
 #define FP_MSG_PING 0x07
-#define FP_MSG_PING_CRC_SEED 0x62B70326u
+#define FP_MSG_PING_CRC_SEED 0x0F4322F2u
 typedef struct {
     uint32_t nonce;
 } fp_ping_t;
@@ -546,7 +546,7 @@ static inline int fp_ping_unpack(fp_ping_t *m, const uint8_t *buf, size_t len) {
 
 /* pong (board to host): Reply to ping. */
 #define FP_MSG_PONG 0x08
-#define FP_MSG_PONG_CRC_SEED 0xAC6786F7u
+#define FP_MSG_PONG_CRC_SEED 0x3FC74991u
 typedef struct {
     uint32_t nonce;
     uint64_t t_us;  /* us */
@@ -593,7 +593,7 @@ static inline int fp_get_status_unpack(fp_get_status_t *m, const uint8_t *buf, s
 
 /* status (board to host): Board state; sent in reply to get_status and unsolicited once a second (seq 0). */
 #define FP_MSG_STATUS 0x0A
-#define FP_MSG_STATUS_CRC_SEED 0x40704EC0u
+#define FP_MSG_STATUS_CRC_SEED 0xBAB3CDB2u
 typedef struct {
     uint64_t t_us;  /* us */
     uint32_t boot_id;
@@ -693,7 +693,7 @@ static inline int fp_all_off_unpack(fp_all_off_t *m, const uint8_t *buf, size_t 
 
 /* set_watchdog (host to board, acknowledged): What the board does when the host is silent for timeout_ms (0 disables). */
 #define FP_MSG_SET_WATCHDOG 0x0C
-#define FP_MSG_SET_WATCHDOG_CRC_SEED 0xBE4FC863u
+#define FP_MSG_SET_WATCHDOG_CRC_SEED 0xC35FC278u
 typedef struct {
     uint32_t timeout_ms;  /* ms */
     uint8_t policy;
@@ -720,7 +720,7 @@ static inline int fp_set_watchdog_unpack(fp_set_watchdog_t *m, const uint8_t *bu
 
 /* event (board to host): Unsolicited notification (interlock, failure, compliance, watchdog). */
 #define FP_MSG_EVENT 0x0D
-#define FP_MSG_EVENT_CRC_SEED 0x60EA81DEu
+#define FP_MSG_EVENT_CRC_SEED 0x24CA63D8u
 typedef struct {
     uint8_t code;
     uint8_t channel;
@@ -768,7 +768,7 @@ static inline int fp_event_unpack(fp_event_t *m, const uint8_t *buf, size_t len)
 
 /* mux_select (host to board, acknowledged): Connect the SMU to one pixel (1-based) or to none (0). */
 #define FP_MSG_MUX_SELECT 0x10
-#define FP_MSG_MUX_SELECT_CRC_SEED 0x232C3DBBu
+#define FP_MSG_MUX_SELECT_CRC_SEED 0x1F29BCB5u
 typedef struct {
     uint8_t pixel;
 } fp_mux_select_t;
@@ -790,7 +790,7 @@ static inline int fp_mux_select_unpack(fp_mux_select_t *m, const uint8_t *buf, s
 
 /* smu_configure (host to board, acknowledged): Source mode, range, compliance, integration. */
 #define FP_MSG_SMU_CONFIGURE 0x11
-#define FP_MSG_SMU_CONFIGURE_CRC_SEED 0xDDE75B0Cu
+#define FP_MSG_SMU_CONFIGURE_CRC_SEED 0xAA528006u
 typedef struct {
     uint8_t mode;
     uint8_t range_index;
@@ -827,7 +827,7 @@ static inline int fp_smu_configure_unpack(fp_smu_configure_t *m, const uint8_t *
 
 /* smu_output (host to board, acknowledged): Set the source level and switch the output. */
 #define FP_MSG_SMU_OUTPUT 0x12
-#define FP_MSG_SMU_OUTPUT_CRC_SEED 0x1C0F9888u
+#define FP_MSG_SMU_OUTPUT_CRC_SEED 0x298CCFD5u
 typedef struct {
     uint8_t enable;
     float level;  /* V or A */
@@ -874,7 +874,7 @@ static inline int fp_smu_measure_unpack(fp_smu_measure_t *m, const uint8_t *buf,
 
 /* smu_reading (board to host): Reply to smu_measure. */
 #define FP_MSG_SMU_READING 0x14
-#define FP_MSG_SMU_READING_CRC_SEED 0xBF5344E9u
+#define FP_MSG_SMU_READING_CRC_SEED 0xAC7DE77Du
 typedef struct {
     uint64_t t_us;  /* us */
     float voltage_v;  /* V */
@@ -921,7 +921,7 @@ static inline int fp_smu_reading_unpack(fp_smu_reading_t *m, const uint8_t *buf,
 
 /* sweep_start (host to board, acknowledged): Run a voltage sweep on one pixel on the board; points stream as sweep_point records, spectra as spectrum messages, and sweep_done ends it. */
 #define FP_MSG_SWEEP_START 0x15
-#define FP_MSG_SWEEP_START_CRC_SEED 0x16C39A72u
+#define FP_MSG_SWEEP_START_CRC_SEED 0x3F3E26C7u
 typedef struct {
     uint16_t sweep_id;
     uint8_t pixel;
@@ -1034,7 +1034,7 @@ static inline int fp_sweep_abort_unpack(fp_sweep_abort_t *m, const uint8_t *buf,
 
 /* sweep_done (board to host): End of a sweep program. */
 #define FP_MSG_SWEEP_DONE 0x17
-#define FP_MSG_SWEEP_DONE_CRC_SEED 0x3A468C94u
+#define FP_MSG_SWEEP_DONE_CRC_SEED 0x36E34B3Au
 typedef struct {
     uint16_t sweep_id;
     uint16_t n_points;
@@ -1071,7 +1071,7 @@ static inline int fp_sweep_done_unpack(fp_sweep_done_t *m, const uint8_t *buf, s
 
 /* aging_start (host to board, acknowledged): Drive a pixel at constant current on an aging channel, sampling every interval. */
 #define FP_MSG_AGING_START 0x18
-#define FP_MSG_AGING_START_CRC_SEED 0xAA9FF939u
+#define FP_MSG_AGING_START_CRC_SEED 0xF90D4075u
 typedef struct {
     uint8_t channel;
     uint8_t pixel;
@@ -1118,7 +1118,7 @@ static inline int fp_aging_start_unpack(fp_aging_start_t *m, const uint8_t *buf,
 
 /* aging_set (host to board, acknowledged): Change a running channel's current or interval. */
 #define FP_MSG_AGING_SET 0x19
-#define FP_MSG_AGING_SET_CRC_SEED 0x36CA622Cu
+#define FP_MSG_AGING_SET_CRC_SEED 0x44D2DB2Bu
 typedef struct {
     uint8_t channel;
     float current_a;  /* A */
@@ -1150,7 +1150,7 @@ static inline int fp_aging_set_unpack(fp_aging_set_t *m, const uint8_t *buf, siz
 
 /* aging_stop (host to board, acknowledged): Stop an aging channel (output off). */
 #define FP_MSG_AGING_STOP 0x1A
-#define FP_MSG_AGING_STOP_CRC_SEED 0x548BB095u
+#define FP_MSG_AGING_STOP_CRC_SEED 0x50B712A8u
 typedef struct {
     uint8_t channel;
 } fp_aging_stop_t;
@@ -1172,7 +1172,7 @@ static inline int fp_aging_stop_unpack(fp_aging_stop_t *m, const uint8_t *buf, s
 
 /* pd_configure (host to board, acknowledged): Photodiode gain and autorange (pixel 0 = all). */
 #define FP_MSG_PD_CONFIGURE 0x1B
-#define FP_MSG_PD_CONFIGURE_CRC_SEED 0x04C99006u
+#define FP_MSG_PD_CONFIGURE_CRC_SEED 0xC94E21DDu
 typedef struct {
     uint8_t pixel;
     uint8_t gain_index;
@@ -1204,7 +1204,7 @@ static inline int fp_pd_configure_unpack(fp_pd_configure_t *m, const uint8_t *bu
 
 /* pd_read (host to board, acknowledged): Average n readings of a pixel's photodiode. */
 #define FP_MSG_PD_READ 0x1C
-#define FP_MSG_PD_READ_CRC_SEED 0x28BC5BDAu
+#define FP_MSG_PD_READ_CRC_SEED 0x3C61B028u
 typedef struct {
     uint8_t pixel;
     uint16_t n;
@@ -1236,7 +1236,7 @@ static inline int fp_pd_read_unpack(fp_pd_read_t *m, const uint8_t *buf, size_t 
 
 /* pd_reading (board to host): Reply to pd_read. */
 #define FP_MSG_PD_READING 0x1D
-#define FP_MSG_PD_READING_CRC_SEED 0xFE909745u
+#define FP_MSG_PD_READING_CRC_SEED 0xF525A391u
 typedef struct {
     uint8_t pixel;
     uint8_t gain_index;
@@ -1278,7 +1278,7 @@ static inline int fp_pd_reading_unpack(fp_pd_reading_t *m, const uint8_t *buf, s
 
 /* spectrum_acquire (host to board, acknowledged): Take one spectrum of a pixel (the SMU's present operating point); answered by a spectrum message on the SPECTRUM stream, whose seq the ok carries. */
 #define FP_MSG_SPECTRUM_ACQUIRE 0x1E
-#define FP_MSG_SPECTRUM_ACQUIRE_CRC_SEED 0xDCD799C9u
+#define FP_MSG_SPECTRUM_ACQUIRE_CRC_SEED 0x2C2F15FFu
 typedef struct {
     uint8_t pixel;
     float integration_ms;  /* ms */
@@ -1305,7 +1305,7 @@ static inline int fp_spectrum_acquire_unpack(fp_spectrum_acquire_t *m, const uin
 
 /* spectrum (board to host): One spectrum (dark counts not subtracted; see the dark fields). */
 #define FP_MSG_SPECTRUM 0x1F
-#define FP_MSG_SPECTRUM_CRC_SEED 0xB881063Cu
+#define FP_MSG_SPECTRUM_CRC_SEED 0x2F042F1Du
 typedef struct {
     uint32_t seq;
     uint64_t t_us;  /* us */
@@ -1380,7 +1380,7 @@ static inline int fp_spectrum_unpack(fp_spectrum_t *m, const uint8_t *buf, size_
 
 /* aging_samples (board to host): A block of AGING stream records. */
 #define FP_MSG_AGING_SAMPLES 0x20
-#define FP_MSG_AGING_SAMPLES_CRC_SEED 0xD8826573u
+#define FP_MSG_AGING_SAMPLES_CRC_SEED 0xB439DE37u
 typedef struct {
     fp_aging_sample_t records[31];
     uint16_t records_count;
@@ -1405,7 +1405,7 @@ static inline int fp_aging_samples_unpack(fp_aging_samples_t *m, const uint8_t *
 
 /* sweep_points (board to host): A block of SWEEP stream records. */
 #define FP_MSG_SWEEP_POINTS 0x21
-#define FP_MSG_SWEEP_POINTS_CRC_SEED 0x536FB637u
+#define FP_MSG_SWEEP_POINTS_CRC_SEED 0x77F9D2CDu
 typedef struct {
     fp_sweep_point_t records[28];
     uint16_t records_count;
@@ -1430,7 +1430,7 @@ static inline int fp_sweep_points_unpack(fp_sweep_points_t *m, const uint8_t *bu
 
 /* stream_ack (host to board): The host has stored every record of a stream up to and including seq; the board may free them. Not acknowledged (sent again with the next ack). */
 #define FP_MSG_STREAM_ACK 0x22
-#define FP_MSG_STREAM_ACK_CRC_SEED 0x49F21225u
+#define FP_MSG_STREAM_ACK_CRC_SEED 0xA2EE6A5Bu
 typedef struct {
     uint8_t stream;
     uint32_t seq;
@@ -1457,7 +1457,7 @@ static inline int fp_stream_ack_unpack(fp_stream_ack_t *m, const uint8_t *buf, s
 
 /* stream_replay (host to board, acknowledged): Send again the records of a stream from from_seq to to_seq inclusive (0xFFFFFFFF: to the head). ok.value is the first seq the board still holds. */
 #define FP_MSG_STREAM_REPLAY 0x23
-#define FP_MSG_STREAM_REPLAY_CRC_SEED 0x0C2969F2u
+#define FP_MSG_STREAM_REPLAY_CRC_SEED 0x574E7EEDu
 typedef struct {
     uint8_t stream;
     uint32_t from_seq;

@@ -12,7 +12,7 @@ import numpy as np
 
 from .base import BaseMessage
 
-SPEC_HASH = 0x04CE759F
+SPEC_HASH = 0x9B587E93
 
 AGING_SAMPLE_DTYPE = np.dtype(
     [

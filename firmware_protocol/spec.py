@@ -8,9 +8,11 @@ Wire conventions: little-endian, packed, no padding. ``str`` is a u8 length foll
 bytes; ``T[]`` is a u16 element count followed by the elements; ``records`` is a u16 count
 followed by packed records of the named record type.
 
-Changing anything here changes :data:`SPEC_HASH`, which the handshake compares, and the
-per-message CRC seeds, so a board built from another spec is refused instead of misparsed.
-The two handshake messages (``hello``, ``hello_reply``) are frozen: never change them.
+Changing anything on the wire here (a message, a field's name, type, unit or length, an enum
+value) changes :data:`SPEC_HASH`, which the handshake compares, and the per-message CRC seeds,
+so a board built from another spec is refused instead of misparsed. Documentation is not on
+the wire: rewording it changes neither. The two handshake messages (``hello``,
+``hello_reply``) are frozen: never change them (their seeds are pinned).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Literal
 
@@ -511,32 +513,56 @@ def _canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def message_crc_seed(msg: Message) -> int:
+# The handshake's CRC seeds, as every firmware so far was built with them: pinned, so that a
+# board of any spec and this host can always exchange hello/hello_reply and the host can say
+# "protocol mismatch" (with both versions) instead of timing out on frames that fail their CRC.
+# tests/test_protocol_generated.py pins them and the frozen messages' wire layout.
+FROZEN_CRC_SEEDS: dict[int, int] = {0x01: 0xE14F7EE7, 0x02: 0x24E8EA61}
+
+
+def _wire_fields(fields: tuple[Field, ...]) -> list[dict[str, object]]:
+    """What of a field list is on the wire: names, types, units, lengths, record types — and
+    nothing of the documentation, so rewording a doc string changes no seed and no hash."""
+    return [{"name": f.name, "type": f.type, "unit": f.unit, "max_len": f.max_len,
+             "record": f.record} for f in fields]
+
+
+def message_crc_seed(msg: Message, records: dict[str, Record] | None = None) -> int:
     """The per-message CRC seed (MAVLink's CRC_EXTRA, 32 bits wide).
 
     The CRC-32 of a frame starts from this value, so a frame whose message layout differs
-    between two specs fails its CRC rather than decoding into wrong numbers.
+    between two specs fails its CRC rather than decoding into wrong numbers. It covers what is
+    on the wire (the message's name and id, its fields' names, types, units and lengths, the
+    layout of the records it carries) and none of the documentation. The frozen handshake
+    messages keep their pinned seeds (:data:`FROZEN_CRC_SEEDS`).
     """
-    desc: dict[str, object] = {"name": msg.name, "id": msg.id,
-                               "fields": [asdict(f) for f in msg.fields]}
+    if msg.frozen and msg.id in FROZEN_CRC_SEEDS:
+        return FROZEN_CRC_SEEDS[msg.id]
+    recs = RECORDS_BY_NAME if records is None else records
+    desc: dict[str, object] = {"name": msg.name, "id": msg.id, "fields": _wire_fields(msg.fields)}
     for f in msg.fields:
         if f.type == "records":
-            desc["record:" + f.record] = [asdict(x) for x in RECORDS_BY_NAME[f.record].fields]
+            desc["record:" + f.record] = _wire_fields(recs[f.record].fields)
     return zlib.crc32(_canonical(desc))
 
 
-def _spec_hash() -> int:
+def spec_hash(messages: tuple[Message, ...], records: tuple[Record, ...]) -> int:
+    """The hash the handshake compares: protocol version, payload limit, every message's id,
+    direction, acknowledgement, reply, stream and wire fields, every record's wire fields and
+    every enum's values — no documentation."""
     desc = {
         "protocol_version": PROTOCOL_VERSION,
         "max_payload": MAX_PAYLOAD,
-        "messages": [asdict(m) for m in MESSAGES],
-        "records": [asdict(r) for r in RECORDS],
+        "messages": [{"name": m.name, "id": m.id, "direction": m.direction, "acked": m.acked,
+                      "reply": m.reply, "stream": m.stream, "frozen": m.frozen,
+                      "fields": _wire_fields(m.fields)} for m in messages],
+        "records": [{"name": r.name, "fields": _wire_fields(r.fields)} for r in records],
         "enums": {e.__name__: {k: int(v) for k, v in e.__members__.items()} for e in ENUMS},
     }
     return int.from_bytes(hashlib.sha256(_canonical(desc)).digest()[:4], "little")
 
 
-SPEC_HASH: int = _spec_hash()
+SPEC_HASH: int = spec_hash(MESSAGES, RECORDS)
 CRC_SEEDS: dict[int, int] = {m.id: message_crc_seed(m) for m in MESSAGES}
 
 
