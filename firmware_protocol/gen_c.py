@@ -216,13 +216,16 @@ def generate() -> str:
         w("    return n;")
         w("}")
         # unpack
-        w("/* Parse a payload; returns 0, or -1 if it is malformed. */")
+        w("/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the")
+        w("   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */")
         w(f"static inline int fp_{m.name}_unpack(fp_{m.name}_t *m, const uint8_t *buf, size_t len) {{")
         w("    size_t n = 0;")
         w("    memset(m, 0, sizeof *m);")
         if not m.fields:
             w("    (void)buf;")
         for f in m.fields:
+            if f.extension:  # an older peer's payload ends before it: it stays 0 / empty
+                w(f"    if (n >= len) return 0;  /* extension field {f.name} absent */")
             if f.is_scalar:
                 o.extend(_unpack_scalar(f, f"m->{f.name}"))
             elif f.type == "str":
@@ -243,7 +246,8 @@ def generate() -> str:
                   f"n + (size_t)m->{f.name}_count * {es} > len) return -1;")
                 w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
                   f"m->{f.name}[i] = fp_get_{f.elem_type}(buf + n); n += {es}; }} }}")
-        w("    return n == len ? 0 : -1;")
+        w("    (void)n; (void)len;")
+        w("    return 0;  /* bytes after the last known field: a newer peer's extensions */")
         w("}")
         w("")
     w("/* ---- framing -------------------------------------------------------------------------- */")

@@ -26,7 +26,8 @@ def _field_rows(fields: tuple[Field, ...]) -> list[str]:
             t = f"str (≤{f.max_len} bytes)"
         elif f.is_array:
             t = f"{f.type[:-2]}[≤{f.max_len}]"
-        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {f.doc} |")
+        ext = "*extension field* (absent from older peers: default 0/empty). " if f.extension else ""
+        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {ext}{f.doc} |")
     return rows
 
 
@@ -65,6 +66,12 @@ def generate() -> str:
     w("")
     w("Payload encodings: `str` is a u8 length and UTF-8 bytes (no NUL); `T[≤n]` is a u16 count and the")
     w("elements; `record[≤n]` is a u16 count and packed records.")
+    w("")
+    w("**Growing a message** (MAVLink v2's extension fields): a field added to a released message")
+    w("is marked *extension* and goes after all its other fields. It is in neither the CRC seed")
+    w("nor the spec hash, so peers built before and after it still talk: a receiver ignores bytes")
+    w("after the last field it knows, and reads an extension field the payload ends before as")
+    w("0 / empty. Frozen and stream messages and records take no extension fields.")
     w("")
     w("## Sessions")
     w("")

@@ -57,6 +57,11 @@ class Field:
     doc: str = ""
     max_len: int = 0  # for str / arrays / records: maximum element count
     record: str = ""  # for "records": the record type name
+    extension: bool = False
+    """An extension field (MAVLink v2's): added to a message after its first release, always
+    after every other field. Peers built before it ignore it (trailing bytes are skipped); peers
+    built after it read its default (0, "", empty) from a payload that ends before it. It is
+    not in the message's CRC seed nor in the spec hash, so old and new peers keep talking."""
 
     @property
     def is_scalar(self) -> bool:
@@ -524,7 +529,7 @@ def _wire_fields(fields: tuple[Field, ...]) -> list[dict[str, object]]:
     """What of a field list is on the wire: names, types, units, lengths, record types — and
     nothing of the documentation, so rewording a doc string changes no seed and no hash."""
     return [{"name": f.name, "type": f.type, "unit": f.unit, "max_len": f.max_len,
-             "record": f.record} for f in fields]
+             "record": f.record} for f in fields if not f.extension]
 
 
 def message_crc_seed(msg: Message, records: dict[str, Record] | None = None) -> int:
@@ -566,18 +571,28 @@ SPEC_HASH: int = spec_hash(MESSAGES, RECORDS)
 CRC_SEEDS: dict[int, int] = {m.id: message_crc_seed(m) for m in MESSAGES}
 
 
-def _validate() -> None:
-    ids = [m.id for m in MESSAGES]
+def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
+    for r in RECORDS:
+        if any(f.extension for f in r.fields):
+            raise AssertionError(f"record {r.name}: records are fixed-size, no extension fields")
+    ids = [m.id for m in messages]
     if len(set(ids)) != len(ids):
         raise AssertionError("duplicate message id in spec")
-    for m in MESSAGES:
+    for m in messages:
         if not 0 < m.id < 256:
             raise AssertionError(f"{m.name}: id out of range")
         if m.acked and m.direction != "host_to_board":
             raise AssertionError(f"{m.name}: only requests are acknowledged")
         if m.reply and m.reply not in MESSAGES_BY_NAME:
             raise AssertionError(f"{m.name}: unknown reply {m.reply}")
+        ext = [f.extension for f in m.fields]
+        if any(ext) and ext != sorted(ext):
+            raise AssertionError(f"{m.name}: extension fields must come after every other field")
+        if any(f.extension for f in m.fields) and (m.frozen or m.stream):
+            raise AssertionError(f"{m.name}: frozen and stream messages take no extension fields")
         for f in m.fields:
+            if f.extension and f.type == "records":
+                raise AssertionError(f"{m.name}.{f.name}: records cannot be an extension field")
             if f.type == "records":
                 if f.record not in RECORDS_BY_NAME:
                     raise AssertionError(f"{m.name}.{f.name}: unknown record {f.record}")
