@@ -435,6 +435,13 @@ typedef struct {
     uint32_t spectrometer_max_counts;
     uint32_t ring_depth;
     uint32_t board_tick_us;  /* us */
+    float max_integration_ms;  /* ms */
+    float max_spectrum_integration_ms;  /* ms */
+    float max_dwell_ms;  /* ms */
+    uint32_t min_aging_interval_ms;  /* ms */
+    uint32_t max_aging_interval_ms;  /* ms */
+    uint16_t max_sweep_points;
+    uint16_t max_pd_reads;
 } fp_capabilities_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *buf, size_t cap) {
@@ -481,6 +488,20 @@ static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *b
     fp_put_u32(buf + n, m->ring_depth); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_u32(buf + n, m->board_tick_us); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_f32(buf + n, m->max_integration_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_f32(buf + n, m->max_spectrum_integration_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_f32(buf + n, m->max_dwell_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_u32(buf + n, m->min_aging_interval_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_u32(buf + n, m->max_aging_interval_ms); n += 4;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->max_sweep_points); n += 2;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->max_pd_reads); n += 2;
     return n;
 }
 /* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
@@ -530,6 +551,27 @@ static inline int fp_capabilities_unpack(fp_capabilities_t *m, const uint8_t *bu
     m->ring_depth = fp_get_u32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->board_tick_us = fp_get_u32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_integration_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_integration_ms = fp_get_f32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_spectrum_integration_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_spectrum_integration_ms = fp_get_f32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_dwell_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_dwell_ms = fp_get_f32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field min_aging_interval_ms absent */
+    if (n + 4 > len) return -1;
+    m->min_aging_interval_ms = fp_get_u32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_aging_interval_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_aging_interval_ms = fp_get_u32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_sweep_points absent */
+    if (n + 2 > len) return -1;
+    m->max_sweep_points = fp_get_u16(buf + n); n += 2;
+    if (n >= len) return 0;  /* extension field max_pd_reads absent */
+    if (n + 2 > len) return -1;
+    m->max_pd_reads = fp_get_u16(buf + n); n += 2;
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
@@ -819,6 +861,8 @@ static inline int fp_mux_select_unpack(fp_mux_select_t *m, const uint8_t *buf, s
 /* smu_configure (host to board, acknowledged): Source mode, range, compliance, integration. */
 #define FP_MSG_SMU_CONFIGURE 0x11
 #define FP_MSG_SMU_CONFIGURE_CRC_SEED 0xAA528006u
+#define FP_SMU_CONFIGURE_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SMU_CONFIGURE_INTEGRATION_MS_MAX 10000.0f  /* inclusive */
 typedef struct {
     uint8_t mode;
     uint8_t range_index;
@@ -958,6 +1002,12 @@ static inline int fp_smu_reading_unpack(fp_smu_reading_t *m, const uint8_t *buf,
 /* sweep_start (host to board, acknowledged): Run a voltage sweep on one pixel on the board; points stream as sweep_point records, spectra as spectrum messages, and sweep_done ends it. */
 #define FP_MSG_SWEEP_START 0x15
 #define FP_MSG_SWEEP_START_CRC_SEED 0x3F3E26C7u
+#define FP_SWEEP_START_DWELL_MS_MIN 0.0f  /* inclusive */
+#define FP_SWEEP_START_DWELL_MS_MAX 60000.0f  /* inclusive */
+#define FP_SWEEP_START_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SWEEP_START_INTEGRATION_MS_MAX 10000.0f  /* inclusive */
+#define FP_SWEEP_START_SPECTRUM_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SWEEP_START_SPECTRUM_INTEGRATION_MS_MAX 60000.0f  /* inclusive */
 typedef struct {
     uint16_t sweep_id;
     uint8_t pixel;
@@ -1114,6 +1164,8 @@ static inline int fp_sweep_done_unpack(fp_sweep_done_t *m, const uint8_t *buf, s
 /* aging_start (host to board, acknowledged): Drive a pixel at constant current on an aging channel, sampling every interval. */
 #define FP_MSG_AGING_START 0x18
 #define FP_MSG_AGING_START_CRC_SEED 0xF90D4075u
+#define FP_AGING_START_INTERVAL_MS_MIN 10u  /* inclusive */
+#define FP_AGING_START_INTERVAL_MS_MAX 86400000u  /* inclusive */
 typedef struct {
     uint8_t channel;
     uint8_t pixel;
@@ -1255,6 +1307,10 @@ static inline int fp_pd_configure_unpack(fp_pd_configure_t *m, const uint8_t *bu
 /* pd_read (host to board, acknowledged): Average n readings of a pixel's photodiode. */
 #define FP_MSG_PD_READ 0x1C
 #define FP_MSG_PD_READ_CRC_SEED 0x3C61B028u
+#define FP_PD_READ_N_MIN 1u  /* inclusive */
+#define FP_PD_READ_N_MAX 1000u  /* inclusive */
+#define FP_PD_READ_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_PD_READ_INTEGRATION_MS_MAX 10000.0f  /* inclusive */
 typedef struct {
     uint8_t pixel;
     uint16_t n;
@@ -1333,6 +1389,8 @@ static inline int fp_pd_reading_unpack(fp_pd_reading_t *m, const uint8_t *buf, s
 /* spectrum_acquire (host to board, acknowledged): Take one spectrum of a pixel (the SMU's present operating point); answered by a spectrum message on the SPECTRUM stream, whose seq the ok carries. */
 #define FP_MSG_SPECTRUM_ACQUIRE 0x1E
 #define FP_MSG_SPECTRUM_ACQUIRE_CRC_SEED 0x2C2F15FFu
+#define FP_SPECTRUM_ACQUIRE_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SPECTRUM_ACQUIRE_INTEGRATION_MS_MAX 60000.0f  /* inclusive */
 typedef struct {
     uint8_t pixel;
     float integration_ms;  /* ms */

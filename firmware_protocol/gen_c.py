@@ -112,6 +112,12 @@ def _struct_fields(fields: tuple[Field, ...]) -> list[str]:
     return lines
 
 
+def _c_num(f: Field, v: float) -> str:
+    if f.type.startswith("f"):
+        return f"{v!r}f" if f.type == "f32" else repr(v)
+    return f"{int(v)}u"
+
+
 def _pack_scalar(f: Field, src: str) -> list[str]:
     size = SCALAR_TYPES[f.type][1]
     return [f"    if (n + {size} > cap) return FP_PACK_ERROR;",
@@ -183,6 +189,11 @@ def generate() -> str:
           f"{m.doc} */")
         w(f"#define FP_MSG_{up} 0x{m.id:02X}")
         w(f"#define FP_MSG_{up}_CRC_SEED 0x{CRC_SEEDS[m.id]:08X}u")
+        for f in m.fields:
+            if f.range is not None:  # the values any board accepts (the board's own: capabilities)
+                rng, fu = f.range, f"FP_{up}_{f.name.upper()}"
+                w(f"#define {fu}_MIN {_c_num(f, rng.lo)}  /* {'exclusive' if rng.lo_open else 'inclusive'} */")
+                w(f"#define {fu}_MAX {_c_num(f, rng.hi)}  /* inclusive */")
         w("typedef struct {")
         body = _struct_fields(m.fields)
         o.extend(body if body else ["    uint8_t _unused;"])

@@ -27,7 +27,11 @@ def _field_rows(fields: tuple[Field, ...]) -> list[str]:
         elif f.is_array:
             t = f"{f.type[:-2]}[≤{f.max_len}]"
         ext = "*extension field* (absent from older peers: default 0/empty). " if f.extension else ""
-        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {ext}{f.doc} |")
+        doc = f.doc
+        if f.range is not None:
+            unit = f" {f.unit}" if f.unit else ""
+            doc = (f"{doc}; " if doc else "") + f"range {f.range}{unit} (this board's: `capabilities`)"
+        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {ext}{doc} |")
     return rows
 
 

@@ -129,6 +129,13 @@ class Capabilities(BaseMessage):
     spectrometer_max_counts: int = 0
     ring_depth: int = 0
     board_tick_us: int = 0  # us
+    max_integration_ms: float = 0.0  # extension field: ms
+    max_spectrum_integration_ms: float = 0.0  # extension field: ms
+    max_dwell_ms: float = 0.0  # extension field: ms
+    min_aging_interval_ms: int = 0  # extension field: ms
+    max_aging_interval_ms: int = 0  # extension field: ms
+    max_sweep_points: int = 0  # extension field
+    max_pd_reads: int = 0  # extension field
 
 
 @dataclass(frozen=True, eq=False)

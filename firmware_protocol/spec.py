@@ -50,6 +50,24 @@ SCALAR_TYPES: dict[str, tuple[str, int, str]] = {
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a request field may take on any board built from this spec (inclusive, or
+    above ``lo`` when ``lo_open``). A board may accept less; it says how much in its
+    ``capabilities``. Generated into the C header (``FP_<MSG>_<FIELD>_MIN``/``_MAX``) and the
+    docs; not on the wire, so not in the CRC seeds nor the spec hash."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        return (self.lo < v if self.lo_open else self.lo <= v) and v <= self.hi
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+
+@dataclass(frozen=True)
 class Field:
     name: str
     type: str  # a scalar type, "str", "<scalar>[]" or "records"
@@ -57,6 +75,7 @@ class Field:
     doc: str = ""
     max_len: int = 0  # for str / arrays / records: maximum element count
     record: str = ""  # for "records": the record type name
+    range: Range | None = None  # request fields: the values any board accepts
     extension: bool = False
     """An extension field (MAVLink v2's): added to a message after its first release, always
     after every other field. Peers built before it ignore it (trailing bytes are skipped); peers
@@ -189,6 +208,15 @@ class SpectrumKind(IntEnum):
 
 F = Field
 
+# ranges of request fields (docs/protocol.md, FP_*_MIN/_MAX in the C header)
+INTEGRATION_MS = Range(0.0, 10_000.0, lo_open=True)
+SPECTRUM_INTEGRATION_MS = Range(0.0, 60_000.0, lo_open=True)
+DWELL_MS = Range(0.0, 60_000.0)
+AGING_INTERVAL_MS = Range(10.0, 86_400_000.0)
+PD_READS = Range(1.0, 1000.0)
+MAX_SWEEP_POINTS = 2000
+"""Points of a forward sweep program (the reverse scan may double it)."""
+
 RECORDS: tuple[Record, ...] = (
     Record(
         "aging_sample",
@@ -286,6 +314,19 @@ MESSAGES: tuple[Message, ...] = (
             F("spectrometer_max_counts", "u32"),
             F("ring_depth", "u32", doc="aging samples the board buffers"),
             F("board_tick_us", "u32", "us", "period of the board's control loop"),
+            # the board's own ranges (within the spec's; 0: not reported, the spec's apply)
+            F("max_integration_ms", "f32", "ms", "longest SMU, sweep and pd_read integration",
+              extension=True),
+            F("max_spectrum_integration_ms", "f32", "ms", "longest spectrum integration",
+              extension=True),
+            F("max_dwell_ms", "f32", "ms", "longest sweep dwell", extension=True),
+            F("min_aging_interval_ms", "u32", "ms", "shortest aging sample interval",
+              extension=True),
+            F("max_aging_interval_ms", "u32", "ms", "longest aging sample interval",
+              extension=True),
+            F("max_sweep_points", "u16", doc="points of a forward sweep program",
+              extension=True),
+            F("max_pd_reads", "u16", doc="largest pd_read n", extension=True),
         ),
     ),
     Message(
@@ -352,7 +393,7 @@ MESSAGES: tuple[Message, ...] = (
             F("mode", "u8", doc="SmuMode"),
             F("range_index", "u8", doc="index into the board's ranges, 0xFF = autorange"),
             F("compliance", "f32", "A or V", "current limit (source V) or voltage limit"),
-            F("integration_ms", "f32", "ms"),
+            F("integration_ms", "f32", "ms", range=INTEGRATION_MS),
         ),
         acked=True,
     ),
@@ -387,14 +428,14 @@ MESSAGES: tuple[Message, ...] = (
             F("stop_v", "f32", "V"),
             F("step_v", "f32", "V"),
             F("voltages_v", "f32[]", "V", "list program (empty for linear)", 200),
-            F("dwell_ms", "f32", "ms", "settling time before each reading"),
-            F("integration_ms", "f32", "ms"),
+            F("dwell_ms", "f32", "ms", "settling time before each reading", range=DWELL_MS),
+            F("integration_ms", "f32", "ms", range=INTEGRATION_MS),
             F("compliance_a", "f32", "A"),
             F("options", "u8", doc="bit0 reverse scan too, bit1 stop on compliance, "
                                    "bit2 photodiode autorange"),
             F("pd_gain", "u8", doc="initial photodiode gain index"),
             F("spectrum_at_v", "f32[]", "V", "take a spectrum at these set voltages", 16),
-            F("spectrum_integration_ms", "f32", "ms"),
+            F("spectrum_integration_ms", "f32", "ms", range=SPECTRUM_INTEGRATION_MS),
             F("breakdown_v_drop", "f32", "V",
               "end when the measured voltage falls this far below the set voltage (0: off)"),
         ),
@@ -420,7 +461,7 @@ MESSAGES: tuple[Message, ...] = (
             F("channel", "u8"),
             F("pixel", "u8"),
             F("current_a", "f32", "A"),
-            F("interval_ms", "u32", "ms"),
+            F("interval_ms", "u32", "ms", range=AGING_INTERVAL_MS),
             F("compliance_v", "f32", "V"),
             F("pd_gain", "u8", doc="initial photodiode gain (autoranged on the board)"),
         ),
@@ -442,7 +483,8 @@ MESSAGES: tuple[Message, ...] = (
     ),
     Message(
         "pd_read", 0x1C, "host_to_board", "Average n readings of a pixel's photodiode.",
-        (F("pixel", "u8"), F("n", "u16"), F("integration_ms", "f32", "ms")),
+        (F("pixel", "u8"), F("n", "u16", range=PD_READS),
+         F("integration_ms", "f32", "ms", range=INTEGRATION_MS)),
         acked=True, reply="pd_reading",
     ),
     Message(
@@ -459,7 +501,8 @@ MESSAGES: tuple[Message, ...] = (
         "spectrum_acquire", 0x1E, "host_to_board",
         "Take one spectrum of a pixel (the SMU's present operating point); answered by a "
         "spectrum message on the SPECTRUM stream, whose seq the ok carries.",
-        (F("pixel", "u8"), F("integration_ms", "f32", "ms")), acked=True,
+        (F("pixel", "u8"), F("integration_ms", "f32", "ms", range=SPECTRUM_INTEGRATION_MS)),
+        acked=True,
     ),
     Message(
         "spectrum", 0x1F, "board_to_host",
@@ -571,6 +614,11 @@ SPEC_HASH: int = spec_hash(MESSAGES, RECORDS)
 CRC_SEEDS: dict[int, int] = {m.id: message_crc_seed(m) for m in MESSAGES}
 
 
+def field_range(message: str, field: str) -> Range | None:
+    """The spec's range of ``message.field`` (None when it has none)."""
+    return next((f.range for f in MESSAGES_BY_NAME[message].fields if f.name == field), None)
+
+
 def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
     for r in RECORDS:
         if any(f.extension for f in r.fields):
@@ -591,6 +639,8 @@ def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
         if any(f.extension for f in m.fields) and (m.frozen or m.stream):
             raise AssertionError(f"{m.name}: frozen and stream messages take no extension fields")
         for f in m.fields:
+            if f.range is not None and (not f.is_scalar or m.direction != "host_to_board"):
+                raise AssertionError(f"{m.name}.{f.name}: ranges are for scalar request fields")
             if f.extension and f.type == "records":
                 raise AssertionError(f"{m.name}.{f.name}: records cannot be an extension field")
             if f.type == "records":
@@ -627,5 +677,6 @@ _validate()
 
 __all__ = [
     "CRC_SEEDS", "HEADER_SIZE", "MAX_PAYLOAD", "MESSAGES", "MESSAGES_BY_ID", "MESSAGES_BY_NAME",
-    "PROTOCOL_VERSION", "RECORDS", "RECORDS_BY_NAME", "SPEC_HASH", "Field", "Message", "Record",
+    "PROTOCOL_VERSION", "RECORDS", "RECORDS_BY_NAME", "SPEC_HASH", "Field", "Message", "Range",
+    "Record", "field_range",
 ]

@@ -141,10 +141,15 @@ from firmware_protocol.messages import (
     SweepStart,
 )
 from firmware_protocol.spec import (
+    AGING_INTERVAL_MS,
+    DWELL_MS,
+    INTEGRATION_MS,
     MESSAGES_BY_ID,
     MESSAGES_BY_NAME,
+    PD_READS,
     PROTOCOL_VERSION,
     SPEC_HASH,
+    SPECTRUM_INTEGRATION_MS,
     ErrorCode,
     EventCode,
     Fault,
@@ -156,6 +161,7 @@ from firmware_protocol.spec import (
     SweepEnd,
     WatchdogPolicy,
 )
+from firmware_protocol.spec import MAX_SWEEP_POINTS as SPEC_MAX_SWEEP_POINTS
 from sim.faults import SATURATE_STRAY_A, FaultEvent, FaultPlan
 from sim.hardware import (
     ACCEL_J_CAP_A_M2,
@@ -195,13 +201,14 @@ DEFAULT_RING_DEPTH = 200_000
 SWEEP_RING_DEPTH = 20_000
 SPECTRUM_RING_DEPTH = 256
 MAX_AGING_CHANNELS = 32  # aging_active_mask is a u32
-MIN_AGING_INTERVAL_MS = 10
-MAX_AGING_INTERVAL_MS = 86_400_000
-MAX_SWEEP_POINTS = 2000  # forward program; the reverse scan may double it
-MAX_INTEGRATION_MS = 10_000.0
-MAX_DWELL_MS = 60_000.0
-MAX_SPECTRUM_INTEGRATION_MS = 60_000.0
-MAX_PD_READS = 1000
+# the ranges of the spec (firmware_protocol/spec.py), reported in capabilities
+MIN_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.lo)
+MAX_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.hi)
+MAX_SWEEP_POINTS = SPEC_MAX_SWEEP_POINTS  # forward program; the reverse scan may double it
+MAX_INTEGRATION_MS = INTEGRATION_MS.hi  # HardwareConfig.max_integration_ms may narrow it
+MAX_DWELL_MS = DWELL_MS.hi
+MAX_SPECTRUM_INTEGRATION_MS = SPECTRUM_INTEGRATION_MS.hi
+MAX_PD_READS = int(PD_READS.hi)
 MAX_SAMPLES_PER_ADVANCE = 50_000
 """Work budget per :meth:`Board.advance` call; beyond it the board stops short (the clock slips)."""
 
@@ -800,6 +807,10 @@ class Board:
             wavelength_cal=c.wavelength_cal, spectrum_kind=int(SpectrumKind.PHOTON_COUNTS),
             spectrometer_max_counts=c.spectrometer_max_counts, ring_depth=self.ring_depth,
             board_tick_us=c.board_tick_us,
+            max_integration_ms=c.max_integration_ms,
+            max_spectrum_integration_ms=MAX_SPECTRUM_INTEGRATION_MS, max_dwell_ms=MAX_DWELL_MS,
+            min_aging_interval_ms=MIN_AGING_INTERVAL_MS, max_aging_interval_ms=MAX_AGING_INTERVAL_MS,
+            max_sweep_points=MAX_SWEEP_POINTS, max_pd_reads=MAX_PD_READS,
         )
 
     # ------------------------------------------------------------------ watchdog ----------
@@ -1224,7 +1235,7 @@ class Board:
         if mode == SmuMode.SOURCE_I and m.compliance > self.cfg.max_voltage_v:
             raise CommandError(ErrorCode.LIMIT, f"compliance {m.compliance:g} V beyond max_voltage_v "
                                f"{self.cfg.max_voltage_v:g} V")
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if mode != self.smu.mode:
             self.smu.output_on = False
         self.smu.mode = mode
@@ -1319,7 +1330,7 @@ class Board:
         self._pixel_arg(m.pixel)
         if not 1 <= m.n <= MAX_PD_READS:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"n {m.n} out of range 1..{MAX_PD_READS}")
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         cost = round(m.n * m.integration_ms * 1000)
 
         def finish() -> tuple[BaseMessage, list[BaseMessage]]:
@@ -1402,7 +1413,7 @@ class Board:
             raise CommandError(ErrorCode.LIMIT, f"compliance_a {m.compliance_a:g} A beyond max_current_a "
                                f"{self.cfg.max_current_a:g} A")
         self._range_arg("dwell_ms", m.dwell_ms, 0.0, MAX_DWELL_MS, lo_open=False)
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if m.options & ~0x07:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"options 0x{m.options:02X}: bits 3-7 are reserved")
         self._gain_arg("pd_gain", m.pd_gain)
