@@ -442,6 +442,7 @@ typedef struct {
     uint32_t max_aging_interval_ms;  /* ms */
     uint16_t max_sweep_points;
     uint16_t max_pd_reads;
+    uint16_t aging_channels;
 } fp_capabilities_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *buf, size_t cap) {
@@ -502,6 +503,8 @@ static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *b
     fp_put_u16(buf + n, m->max_sweep_points); n += 2;
     if (n + 2 > cap) return FP_PACK_ERROR;
     fp_put_u16(buf + n, m->max_pd_reads); n += 2;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->aging_channels); n += 2;
     return n;
 }
 /* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
@@ -572,6 +575,9 @@ static inline int fp_capabilities_unpack(fp_capabilities_t *m, const uint8_t *bu
     if (n >= len) return 0;  /* extension field max_pd_reads absent */
     if (n + 2 > len) return -1;
     m->max_pd_reads = fp_get_u16(buf + n); n += 2;
+    if (n >= len) return 0;  /* extension field aging_channels absent */
+    if (n + 2 > len) return -1;
+    m->aging_channels = fp_get_u16(buf + n); n += 2;
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
@@ -668,6 +674,8 @@ typedef struct {
     uint32_t sweep_head_seq;
     uint32_t spectrum_head_seq;
     uint32_t aging_oldest_seq;
+    uint8_t aging_active[32];
+    uint16_t aging_active_count;
 } fp_status_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_status_pack(const fp_status_t *m, uint8_t *buf, size_t cap) {
@@ -697,6 +705,9 @@ static inline size_t fp_status_pack(const fp_status_t *m, uint8_t *buf, size_t c
     fp_put_u32(buf + n, m->spectrum_head_seq); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_u32(buf + n, m->aging_oldest_seq); n += 4;
+    { uint16_t i; if (m->aging_active_count > 32 || n + 2 + (size_t)m->aging_active_count * 1 > cap) return FP_PACK_ERROR;
+      fp_put_u16(buf + n, m->aging_active_count); n += 2;
+      for (i = 0; i < m->aging_active_count; i++) { fp_put_u8(buf + n, m->aging_active[i]); n += 1; } }
     return n;
 }
 /* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
@@ -729,6 +740,10 @@ static inline int fp_status_unpack(fp_status_t *m, const uint8_t *buf, size_t le
     m->spectrum_head_seq = fp_get_u32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->aging_oldest_seq = fp_get_u32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field aging_active absent */
+    { uint16_t i; if (n + 2 > len) return -1; m->aging_active_count = fp_get_u16(buf + n); n += 2;
+      if (m->aging_active_count > 32 || n + (size_t)m->aging_active_count * 1 > len) return -1;
+      for (i = 0; i < m->aging_active_count; i++) { m->aging_active[i] = fp_get_u8(buf + n); n += 1; } }
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
 }

@@ -136,6 +136,7 @@ class Capabilities(BaseMessage):
     max_aging_interval_ms: int = 0  # extension field: ms
     max_sweep_points: int = 0  # extension field
     max_pd_reads: int = 0  # extension field
+    aging_channels: int = 0  # extension field
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,6 +184,7 @@ class Status(BaseMessage):
     sweep_head_seq: int = 0
     spectrum_head_seq: int = 0
     aging_oldest_seq: int = 0
+    aging_active: tuple[int, ...] = ()  # extension field
 
 
 @dataclass(frozen=True, eq=False)

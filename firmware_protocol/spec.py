@@ -327,6 +327,8 @@ MESSAGES: tuple[Message, ...] = (
             F("max_sweep_points", "u16", doc="points of a forward sweep program",
               extension=True),
             F("max_pd_reads", "u16", doc="largest pd_read n", extension=True),
+            F("aging_channels", "u16", doc="aging channels, up to 256 (0: n_aging_channels)",
+              extension=True),
         ),
     ),
     Message(
@@ -358,6 +360,9 @@ MESSAGES: tuple[Message, ...] = (
             F("sweep_head_seq", "u32", doc="next seq the SWEEP stream will use"),
             F("spectrum_head_seq", "u32", doc="next seq the SPECTRUM stream will use"),
             F("aging_oldest_seq", "u32", doc="oldest AGING seq still in the ring buffer"),
+            F("aging_active", "u8[]", doc="the running aging channels of a board with any "
+              "number of them: bit k%8 of byte k/8 is channel k (empty: aging_active_mask "
+              "says)", max_len=32, extension=True),
         ),
     ),
     Message(

@@ -102,6 +102,7 @@ from numpy.typing import NDArray
 
 from firmware_protocol.base import BaseMessage
 from firmware_protocol.board import BoardEndpoint, Request, Resend
+from firmware_protocol.channels import channel_set_fields
 from firmware_protocol.codec import FrameError, encode_frame
 from firmware_protocol.messages import (
     AGING_SAMPLE_DTYPE,
@@ -200,7 +201,7 @@ FIRMWARE_VERSION = f"sim {SIM_VERSION}"
 DEFAULT_RING_DEPTH = 200_000
 SWEEP_RING_DEPTH = 20_000
 SPECTRUM_RING_DEPTH = 256
-MAX_AGING_CHANNELS = 32  # aging_active_mask is a u32
+MAX_AGING_CHANNELS = 256  # channel numbers are u8; status.aging_active carries any number
 # the ranges of the spec (firmware_protocol/spec.py), reported in capabilities
 MIN_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.lo)
 MAX_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.hi)
@@ -765,7 +766,11 @@ class Board:
         return int(f)
 
     def aging_mask(self) -> int:
-        return sum(1 << ch.index for ch in self.channels if ch is not None)
+        """The running channels among 0..31 (``status.aging_active_mask``)."""
+        return sum(1 << ch.index for ch in self.channels if ch is not None and ch.index < 32)
+
+    def active_channels(self) -> list[int]:
+        return [ch.index for ch in self.channels if ch is not None]
 
     def _substrate_power(self) -> NDArray[np.float64]:
         p = np.zeros(self.layout.n_substrates)
@@ -780,7 +785,8 @@ class Board:
             t_us=self.t_us, boot_id=self.boot_id, faults=self.faults(),
             interlock_closed=0 if self.interlock_open else 1,
             smu_output_on=int(self.smu.output_on), sweep_active=int(self.sweep is not None),
-            aging_active_mask=self.aging_mask(), temperatures_c=tuple(temps),
+            **channel_set_fields(self.active_channels(), self.n_channels),
+            temperatures_c=tuple(temps),
             aging_head_seq=self.aging_ring.head & SEQ_MASK,
             sweep_head_seq=self.sweep_ring.head & SEQ_MASK,
             spectrum_head_seq=self.spectrum_ring.head & SEQ_MASK,
@@ -796,7 +802,7 @@ class Board:
         return Capabilities(
             n_substrates=self.layout.n_substrates,
             pixels_per_substrate=self.layout.pixels_per_substrate,
-            n_aging_channels=self.n_channels,
+            n_aging_channels=min(self.n_channels, 255), aging_channels=self.n_channels,
             n_temperature_sensors=self.layout.n_substrates + 1,
             smu_voltage_ranges_v=c.smu_voltage_ranges_v,
             smu_current_ranges_a=c.smu_current_ranges_a,

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from firmware_protocol.channels import active_channels, aging_channel_count
 from firmware_protocol.messages import Capabilities
 from firmware_protocol.spec import MAX_SWEEP_POINTS as SPEC_MAX_SWEEP_POINTS
 from firmware_protocol.spec import Range, field_range
@@ -231,7 +232,7 @@ def board_ranges(caps: Capabilities | None) -> BoardRanges:
                                    caps.min_aging_interval_ms),
         pd_reads=narrowed(r["pd_reads"], caps.max_pd_reads),
         sweep_points=min(caps.max_sweep_points or SPEC_MAX_SWEEP_POINTS, SPEC_MAX_SWEEP_POINTS),
-        aging_channels=caps.n_aging_channels, source="the board's (its capabilities)")
+        aging_channels=aging_channel_count(caps), source="the board's (its capabilities)")
 
 
 def _sweep_points(sw: SweepSpec) -> int:
@@ -464,7 +465,7 @@ class JobManager:
             "interlock_closed": None if st is None else bool(st.interlock_closed),
             "faults": None if st is None else st.faults,
             "temperatures_c": None if st is None else list(st.temperatures_c),
-            "aging_channels_active": None if st is None else st.aging_active_mask,
+            "aging_channels_active": None if st is None else sorted(active_channels(st)),
             "jobs": {s: n for s, n in self.db.execute(
                 "SELECT state, count(*) FROM jobs GROUP BY state")},
             "running_jobs": [r[0] for r in self.db.execute(
