@@ -249,7 +249,10 @@ class BoardLink:
                     HandshakeRefused) as e:
                 reason = str(e) or type(e).__name__
                 self.failures += 1
-                log.warning("board link to %s: %s; retrying in %.1f s", self.url, reason, delay)
+                # an unplugged board: said once, then quietly retried until something changes
+                repeat = self.state == "down" and self.reason == reason
+                log.log(logging.DEBUG if repeat else logging.WARNING,
+                        "board link to %s: %s; retrying in %.1f s", self.url, reason, delay)
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
