@@ -50,7 +50,15 @@ from .messages import (
     Status,
     SweepPoints,
 )
-from .spec import MESSAGES_BY_ID, MESSAGES_BY_NAME, PROTOCOL_VERSION, SPEC_HASH, FrameFlags, Stream
+from .spec import (
+    MESSAGES_BY_ID,
+    MESSAGES_BY_NAME,
+    PROTOCOL_VERSION,
+    SPEC_HASH,
+    ErrorCode,
+    FrameFlags,
+    Stream,
+)
 
 # --- events -----------------------------------------------------------------------------------
 
@@ -62,7 +70,12 @@ class Handshaked:
 
 @dataclass(frozen=True)
 class HandshakeFailed:
+    """The handshake did not succeed. ``retryable``: the board answered ``hello`` with an
+    ``error`` other than VERSION_MISMATCH (e.g. BUSY: another host holds it), so trying again
+    later may work; a mismatch of protocol or spec never will."""
+
     reason: str
+    retryable: bool = False
 
 
 @dataclass(frozen=True)
@@ -692,8 +705,14 @@ class Connection:
     def _on_hello(self, p: _Pending, msg: BaseMessage) -> None:
         if not isinstance(msg, HelloReply):
             detail = msg.detail if isinstance(msg, Error) else msg.NAME
+            retryable = isinstance(msg, Error) and msg.code != ErrorCode.VERSION_MISMATCH
+            if isinstance(msg, Error):
+                try:
+                    detail = f"{ErrorCode(msg.code).name}: {detail}"
+                except ValueError:
+                    detail = f"error {msg.code}: {detail}"
             self._transition("hello_mismatch")
-            self._events.append(HandshakeFailed(f"board refused hello: {detail}"))
+            self._events.append(HandshakeFailed(f"board refused hello: {detail}", retryable))
             return
         if msg.spec_hash != self.spec_hash or msg.protocol_version != self.protocol_version:
             self._transition("hello_mismatch")

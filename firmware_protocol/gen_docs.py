@@ -26,7 +26,12 @@ def _field_rows(fields: tuple[Field, ...]) -> list[str]:
             t = f"str (≤{f.max_len} bytes)"
         elif f.is_array:
             t = f"{f.type[:-2]}[≤{f.max_len}]"
-        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {f.doc} |")
+        ext = "*extension field* (absent from older peers: default 0/empty). " if f.extension else ""
+        doc = f.doc
+        if f.range is not None:
+            unit = f" {f.unit}" if f.unit else ""
+            doc = (f"{doc}; " if doc else "") + f"range {f.range}{unit} (this board's: `capabilities`)"
+        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {ext}{doc} |")
     return rows
 
 
@@ -55,13 +60,22 @@ def generate() -> str:
     w(f"| {HEADER_SIZE} | n | payload (at most {MAX_PAYLOAD} bytes) |")
     w(f"| {HEADER_SIZE}+n | 4 | CRC-32 (IEEE, as zlib) over header and payload |")
     w("")
-    w("The CRC starts from a per-message seed (a CRC-32 of the message's definition, MAVLink's")
-    w("CRC_EXTRA idea), so a frame whose layout differs between two specs fails its CRC rather")
-    w("than decoding into wrong numbers. A frame that fails COBS, length, CRC, version or payload")
+    w("The CRC starts from a per-message seed (a CRC-32 of the message's wire definition: name,")
+    w("id, fields' names, types, units and lengths, record layouts — not the documentation;")
+    w("MAVLink's CRC_EXTRA idea), so a frame whose layout differs between two specs fails its CRC")
+    w("rather than decoding into wrong numbers; rewording the docs changes no seed and no spec")
+    w("hash. The frozen handshake (`hello`, `hello_reply`) keeps its pinned seeds, so any two")
+    w("specs can always handshake and say they differ. A frame that fails COBS, length, CRC, version or payload")
     w("checks is dropped and counted; the decoder resynchronises at the next `0x00`.")
     w("")
     w("Payload encodings: `str` is a u8 length and UTF-8 bytes (no NUL); `T[≤n]` is a u16 count and the")
     w("elements; `record[≤n]` is a u16 count and packed records.")
+    w("")
+    w("**Growing a message** (MAVLink v2's extension fields): a field added to a released message")
+    w("is marked *extension* and goes after all its other fields. It is in neither the CRC seed")
+    w("nor the spec hash, so peers built before and after it still talk: a receiver ignores bytes")
+    w("after the last field it knows, and reads an extension field the payload ends before as")
+    w("0 / empty. Frozen and stream messages and records take no extension fields.")
     w("")
     w("## Sessions")
     w("")

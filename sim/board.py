@@ -104,6 +104,7 @@ from numpy.typing import NDArray
 
 from firmware_protocol.base import BaseMessage
 from firmware_protocol.board import BoardEndpoint, Request, Resend
+from firmware_protocol.channels import channel_set_fields
 from firmware_protocol.codec import FrameError, StreamDecoder, encode_frame
 from firmware_protocol.messages import (
     AGING_SAMPLE_DTYPE,
@@ -143,10 +144,15 @@ from firmware_protocol.messages import (
     SweepStart,
 )
 from firmware_protocol.spec import (
+    AGING_INTERVAL_MS,
+    DWELL_MS,
+    INTEGRATION_MS,
     MESSAGES_BY_ID,
     MESSAGES_BY_NAME,
+    PD_READS,
     PROTOCOL_VERSION,
     SPEC_HASH,
+    SPECTRUM_INTEGRATION_MS,
     ErrorCode,
     EventCode,
     Fault,
@@ -158,6 +164,7 @@ from firmware_protocol.spec import (
     SweepEnd,
     WatchdogPolicy,
 )
+from firmware_protocol.spec import MAX_SWEEP_POINTS as SPEC_MAX_SWEEP_POINTS
 from sim.faults import SATURATE_STRAY_A, FaultEvent, FaultPlan
 from sim.hardware import (
     ACCEL_J_CAP_A_M2,
@@ -196,14 +203,15 @@ FIRMWARE_VERSION = f"sim {SIM_VERSION}"
 DEFAULT_RING_DEPTH = 200_000
 SWEEP_RING_DEPTH = 20_000
 SPECTRUM_RING_DEPTH = 256
-MAX_AGING_CHANNELS = 32  # aging_active_mask is a u32
-MIN_AGING_INTERVAL_MS = 10
-MAX_AGING_INTERVAL_MS = 86_400_000
-MAX_SWEEP_POINTS = 2000  # forward program; the reverse scan may double it
-MAX_INTEGRATION_MS = 10_000.0
-MAX_DWELL_MS = 60_000.0
-MAX_SPECTRUM_INTEGRATION_MS = 60_000.0
-MAX_PD_READS = 1000
+MAX_AGING_CHANNELS = 256  # channel numbers are u8; status.aging_active carries any number
+# the ranges of the spec (firmware_protocol/spec.py), reported in capabilities
+MIN_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.lo)
+MAX_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.hi)
+MAX_SWEEP_POINTS = SPEC_MAX_SWEEP_POINTS  # forward program; the reverse scan may double it
+MAX_INTEGRATION_MS = INTEGRATION_MS.hi  # HardwareConfig.max_integration_ms may narrow it
+MAX_DWELL_MS = DWELL_MS.hi
+MAX_SPECTRUM_INTEGRATION_MS = SPECTRUM_INTEGRATION_MS.hi
+MAX_PD_READS = int(PD_READS.hi)
 MAX_SAMPLES_PER_ADVANCE = 50_000
 """Work budget per :meth:`Board.advance` call; beyond it the board stops short (the clock slips)."""
 
@@ -504,6 +512,11 @@ class Board:
         self._reset_state()
         self._wall_now = 0.0
         self._last_heard_wall = 0.0
+        # as a board held by another host: the next ``hello_busy`` hellos are answered with
+        # error BUSY (the host retries with backoff); ``hello_spec_hash``: a firmware built from
+        # another spec (the host refuses it as a protocol mismatch)
+        self.hello_busy = 0
+        self.hello_spec_hash: int | None = None
 
     def warm_up(self) -> None:
         """Do the slow first-time work (colour tables, physics) before a host is served."""
@@ -788,7 +801,11 @@ class Board:
         return int(f)
 
     def aging_mask(self) -> int:
-        return sum(1 << ch.index for ch in self.channels if ch is not None)
+        """The running channels among 0..31 (``status.aging_active_mask``)."""
+        return sum(1 << ch.index for ch in self.channels if ch is not None and ch.index < 32)
+
+    def active_channels(self) -> list[int]:
+        return [ch.index for ch in self.channels if ch is not None]
 
     def _substrate_power(self) -> NDArray[np.float64]:
         p = np.zeros(self.layout.n_substrates)
@@ -803,7 +820,8 @@ class Board:
             t_us=self.clock_us(), boot_id=self.boot_id, faults=self.faults(),
             interlock_closed=0 if self.interlock_open else 1,
             smu_output_on=int(self.smu.output_on), sweep_active=int(self.sweep is not None),
-            aging_active_mask=self.aging_mask(), temperatures_c=tuple(temps),
+            **channel_set_fields(self.active_channels(), self.n_channels),
+            temperatures_c=tuple(temps),
             aging_head_seq=self.aging_ring.head & SEQ_MASK,
             sweep_head_seq=self.sweep_ring.head & SEQ_MASK,
             spectrum_head_seq=self.spectrum_ring.head & SEQ_MASK,
@@ -819,7 +837,7 @@ class Board:
         return Capabilities(
             n_substrates=self.layout.n_substrates,
             pixels_per_substrate=self.layout.pixels_per_substrate,
-            n_aging_channels=self.n_channels,
+            n_aging_channels=min(self.n_channels, 255), aging_channels=self.n_channels,
             n_temperature_sensors=self.layout.n_substrates + 1,
             smu_voltage_ranges_v=c.smu_voltage_ranges_v,
             smu_current_ranges_a=c.smu_current_ranges_a,
@@ -830,6 +848,10 @@ class Board:
             wavelength_cal=c.wavelength_cal, spectrum_kind=int(SpectrumKind.PHOTON_COUNTS),
             spectrometer_max_counts=c.spectrometer_max_counts, ring_depth=self.ring_depth,
             board_tick_us=c.board_tick_us,
+            max_integration_ms=c.max_integration_ms,
+            max_spectrum_integration_ms=MAX_SPECTRUM_INTEGRATION_MS, max_dwell_ms=MAX_DWELL_MS,
+            min_aging_interval_ms=MIN_AGING_INTERVAL_MS, max_aging_interval_ms=MAX_AGING_INTERVAL_MS,
+            max_sweep_points=MAX_SWEEP_POINTS, max_pd_reads=MAX_PD_READS,
         )
 
     # ------------------------------------------------------------------ watchdog ----------
@@ -1191,7 +1213,11 @@ class Board:
 
     # -- handlers -----------------------------------------------------------------------------
     def _h_hello(self, m: Hello) -> _Result:
-        reply = HelloReply(protocol_version=PROTOCOL_VERSION, spec_hash=SPEC_HASH, boot_id=self.boot_id,
+        if self.hello_busy > 0:
+            self.hello_busy -= 1
+            raise CommandError(ErrorCode.BUSY, "board is held by another host")
+        spec_hash = SPEC_HASH if self.hello_spec_hash is None else self.hello_spec_hash
+        reply = HelloReply(protocol_version=PROTOCOL_VERSION, spec_hash=spec_hash, boot_id=self.boot_id,
                            firmware_version=FIRMWARE_VERSION, serial_number=self.serial_number[:32])
         notices, self._boot_notices = self._boot_notices, []
         return reply, notices
@@ -1250,7 +1276,7 @@ class Board:
         if mode == SmuMode.SOURCE_I and m.compliance > self.cfg.max_voltage_v:
             raise CommandError(ErrorCode.LIMIT, f"compliance {m.compliance:g} V beyond max_voltage_v "
                                f"{self.cfg.max_voltage_v:g} V")
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if mode != self.smu.mode:
             self.smu.output_on = False
         self.smu.mode = mode
@@ -1345,7 +1371,7 @@ class Board:
         self._pixel_arg(m.pixel)
         if not 1 <= m.n <= MAX_PD_READS:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"n {m.n} out of range 1..{MAX_PD_READS}")
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         cost = round(m.n * m.integration_ms * 1000)
 
         def finish() -> tuple[BaseMessage, list[BaseMessage]]:
@@ -1428,7 +1454,7 @@ class Board:
             raise CommandError(ErrorCode.LIMIT, f"compliance_a {m.compliance_a:g} A beyond max_current_a "
                                f"{self.cfg.max_current_a:g} A")
         self._range_arg("dwell_ms", m.dwell_ms, 0.0, MAX_DWELL_MS, lo_open=False)
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if m.options & ~0x07:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"options 0x{m.options:02X}: bits 3-7 are reserved")
         self._gain_arg("pd_gain", m.pd_gain)

@@ -84,6 +84,11 @@ class MqttSection(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = None
+    control_username: str | None = Field(
+        None, description="the command server's own broker user (default: username). A broker "
+        "that ties client ids to users (use_username_as_clientid, deploy/mosquitto) allows one "
+        "connection per user: give the command server its own, e.g. <station id>-control")
+    control_password: str | None = Field(None, description="its password (default: password)")
     ca_file: str | None = None
     topic_prefix: str = "ledstation"
     aging_publish_hz: float = Field(1.0, gt=0)
@@ -98,7 +103,8 @@ class MqttSection(_Strict):
     health_interval_s: float = Field(10.0, gt=0, description="period of the retained health topic")
     poll_s: float = Field(0.2, gt=0, description="how often the sink looks for new rows")
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(5.0, gt=0, description="backoff cap: the sink and the command "
+                               "server are back at most this long after the broker")
     timeout_s: float = Field(10.0, gt=0, description="connect and PUBACK timeout")
     # -- remote control (station/control.py, docs/mqtt.md "Remote control") ---------------------
     command_max_age_s: float = Field(
@@ -142,7 +148,8 @@ class InfluxSection(_Strict):
         "how often the sink looks for new rows; a store commit wakes it sooner, but at most "
         "4 times a second"))
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(60.0, gt=0)
+    retry_max_s: float = Field(5.0, gt=0, description="backoff cap: the sink is back at most "
+                               "this long after the database")
     verify_tls: bool = True
     ca_file: str | None = None
     revisions: Literal["overwrite", "live_fields"] = Field("overwrite", description=(

@@ -42,17 +42,19 @@ from typing import Annotated, Any, Literal
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from station.config import MqttSection, StationConfig
 from station.jobs_api import JobControl, JobError
-from station.sinks.cursor import clean_json
+from station.sinks.cursor import Backoff, clean_json
 from station.sinks.mqtt import AckClient, broker_address, tls_context
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32  # objects/arrays nested deeper than this are refused (a job file needs ~4)
 VERBS = ("submit", "stop", "pause", "resume", "list", "get", "status")
 REPLY_EXPIRY_S = 300
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -83,6 +85,14 @@ class CommandRequest(BaseModel):
                             "de-duplication key (a replay gets the stored reply)")
     sent_at: float = Field(allow_inf_nan=False, description="Unix time (s) when the client sent it")
     client: str = Field("", max_length=200, description="who sends it, e.g. user@host")
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _integer_schema(cls, v: Any) -> Any:
+        # Literal[1] alone takes true and 1.0 (they equal 1 in Python): the envelope is strict
+        if type(v) is not int:
+            raise ValueError(f"must be the integer {SCHEMA_VERSION}, not a {type(v).__name__}")
+        return v
 
 
 class SubmitRequest(CommandRequest):
@@ -141,7 +151,7 @@ def describe_validation_error(e: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "(payload)"
         if loc == "schema_version":
             loc = "schema"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "missing":
@@ -155,6 +165,24 @@ def describe_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def json_depth(obj: Any, limit: int) -> int:
+    """How deeply ``obj``'s arrays and objects nest (a scalar: 0), counted without recursion
+    and only up to ``limit + 1``."""
+    depth, level = 0, [obj]
+    while level and depth <= limit:
+        nxt: list[Any] = []
+        for x in level:
+            if isinstance(x, dict):
+                nxt.extend(x.values())
+            elif isinstance(x, list):
+                nxt.extend(x)
+        if not any(isinstance(x, dict | list) for x in level):
+            break
+        depth += 1
+        level = nxt
+    return depth
+
+
 def parse_request(verb: str, payload: bytes) -> CommandRequest:
     """The validated request, or :class:`Refusal` naming what is wrong."""
     if verb not in REQUEST_MODELS:
@@ -166,6 +194,13 @@ def parse_request(verb: str, payload: bytes) -> CommandRequest:
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Refusal(E_BAD_JSON, f"payload is not valid JSON: {e}") from None
+    except RecursionError:
+        raise Refusal(E_BAD_JSON, f"payload is not acceptable JSON: nested deeper than the "
+                      f"parser allows (this station takes at most {MAX_JSON_DEPTH} levels)"
+                      ) from None
+    if (depth := json_depth(obj, MAX_JSON_DEPTH)) > MAX_JSON_DEPTH:
+        raise Refusal(E_BAD_REQUEST, f"payload nested more than {MAX_JSON_DEPTH} levels deep "
+                      f"(at least {depth})")
     if not isinstance(obj, dict):
         raise Refusal(E_BAD_REQUEST, f"payload must be a JSON object, not {type(obj).__name__}")
     rid = obj.get("request_id") if isinstance(obj.get("request_id"), str) else None
@@ -189,10 +224,14 @@ def json_properties() -> Properties:
 
 
 def mqtt_client(cfg: MqttSection, identifier: str, tls: Any, *, clean_start: bool = True,
-                session_expiry_s: int = 0) -> AckClient:
+                session_expiry_s: int = 0, username: str | None = None,
+                password: str | None = None) -> AckClient:
     """An :class:`AckClient` (MQTT 5) for ``cfg``: the same address, credentials and TLS as the
-    telemetry sink, with its own client identifier."""
+    telemetry sink (unless ``username``/``password`` are given), with its own client
+    identifier."""
     host, port = broker_address(cfg)
+    if username is not None:
+        cfg = cfg.model_copy(update={"username": username, "password": password})
     props = None
     if session_expiry_s > 0:
         props = Properties(PacketTypes.CONNECT)
@@ -255,26 +294,30 @@ class ControlServer:
         self._lock = asyncio.Lock()  # one command at a time, in arrival order
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AckClient | None = None
+        # the sinks' backoff: doubling from retry_min_s, jittered (many stations do not all
+        # knock at once when the broker comes back), capped at retry_max_s (5 s by default: back
+        # within seconds of the broker whatever the length of the outage)
+        self.backoff = Backoff(self.cfg.retry_min_s, self.cfg.retry_max_s)
 
     # -- connection -----------------------------------------------------------------------------
     async def run(self, stop_event: asyncio.Event) -> None:
         tls = await asyncio.to_thread(tls_context, self.cfg)
-        delay = self.cfg.retry_min_s
         try:
             while not stop_event.is_set():
                 try:
                     async with self._connected(tls) as client:
-                        delay = self.cfg.retry_min_s
+                        self.backoff.reset()
                         await self._serve(client, stop_event)
+                    delay = self.backoff.next_delay()
                 except aiomqtt.MqttError as e:
                     self.last_error = str(e)
+                    delay = self.backoff.next_delay()
                     log.warning("control: MQTT connection to %s failed: %s; retrying in %.1f s",
                                 self.cfg.url, e, delay)
                 if stop_event.is_set():
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_event.wait(), delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
         finally:
             await self._drain()
 
@@ -282,9 +325,16 @@ class ControlServer:
     async def _connected(self, tls: Any) -> AsyncIterator[AckClient]:
         expiry = self.cfg.command_session_expiry_s
         client = mqtt_client(self.cfg, self.identifier, tls, clean_start=expiry == 0,
-                             session_expiry_s=expiry)
+                             session_expiry_s=expiry, username=self.cfg.control_username,
+                             password=(self.cfg.control_password
+                                       if self.cfg.control_password is not None
+                                       else self.cfg.password))
         async with client:
-            await client.subscribe(f"{self.base}/cmd/#", qos=1)
+            # Retain As Published: a command published with the retain flag while we are
+            # subscribed keeps the flag (MQTT 5 clears it by default), so it is refused as
+            # retained like one delivered at subscription
+            await client.subscribe(f"{self.base}/cmd/#",
+                                   options=SubscribeOptions(qos=1, retainAsPublished=True))
             self._client = client
             self.last_error = None
             self.ready.set()
@@ -359,7 +409,7 @@ class ControlServer:
 
     async def _handle(self, inc: _Incoming) -> None:
         payload_client: str | None = None
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, RecursionError):
             obj = json.loads(inc.payload) if len(inc.payload) <= MAX_PAYLOAD_BYTES else None
             if isinstance(obj, dict) and isinstance(obj.get("client"), str):
                 payload_client = obj["client"][:200]

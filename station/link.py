@@ -66,6 +66,11 @@ class LinkDown(Exception):
     """The link went away while a request was outstanding; it is being re-established."""
 
 
+class HandshakeRefused(Exception):
+    """The board answered ``hello`` with an error other than a version mismatch (e.g. BUSY:
+    another host holds it). Retried with backoff."""
+
+
 class BoardError(Exception):
     """The board refused a request."""
 
@@ -139,6 +144,13 @@ class BoardLink:
         self._fatal: Exception | None = None
         self._handshake_fut: asyncio.Future[HelloReply] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # what the control plane reports (station status): connecting | up | down | failed,
+        # since when (Unix time) and why; ``failures``: attempts failed since the last success
+        self.state = "connecting"
+        self.state_since = time.time()
+        self.reason: str | None = None
+        self.failures = 0
+        self._lost_reason: str | None = None
 
     # -- consumers --------------------------------------------------------------------------
     def add_stream_consumer(self, fn: StreamConsumer) -> None:
@@ -153,13 +165,29 @@ class BoardLink:
     def is_up(self) -> bool:
         return self._up.is_set()
 
+    def describe(self) -> dict[str, Any]:
+        """The link for ``station status``: ``state`` (connecting, up, down, or failed: a
+        protocol mismatch, not retried), ``since`` (Unix time of the last change), ``reason``
+        (why it is not up), ``url`` and ``failures`` (connection attempts failed in a row)."""
+        return {"state": self.state, "since": self.state_since, "reason": self.reason,
+                "url": self.url, "failures": self.failures}
+
+    def _set_state(self, state: str, reason: str | None) -> None:
+        if state != self.state:
+            self.state, self.state_since = state, time.time()
+        self.reason = reason
+
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, connect_timeout_s: float | None = 10.0) -> None:
-        """Connect (retrying with backoff) and keep the link up in the background."""
+    async def start(self, connect_timeout_s: float | None = 10.0, *, wait: bool = True) -> None:
+        """Connect (retrying with backoff) and keep the link up in the background. With
+        ``wait=False`` return at once: the link comes up whenever the board answers (see
+        :meth:`describe` and :meth:`wait_up`)."""
         self._loop = asyncio.get_running_loop()
         self._supervisor = asyncio.create_task(self._supervise(), name="board-link")
         self._poller = asyncio.create_task(self._poll_loop(), name="board-link-timers")
         self._repairer = asyncio.create_task(self._repair_loop(), name="board-link-repair")
+        if not wait:
+            return
         try:
             await self.wait_up(connect_timeout_s)
         except BaseException:
@@ -180,6 +208,11 @@ class BoardLink:
         if not self._up.is_set():
             raise LinkError(f"could not connect to the board at {self.url} within {timeout_s} s "
                             f"(is it plugged in / is the simulator running?)")
+
+    async def wait_until_up(self) -> None:
+        """Wait, however long it takes, for the link to be up (a job waiting for its board; a
+        failed link, e.g. a protocol mismatch, keeps it waiting until the daemon restarts)."""
+        await self._up.wait()
 
     async def close(self) -> None:
         self._closing = True
@@ -208,18 +241,32 @@ class BoardLink:
                 await self._connect_once()
                 delay = self.reconnect_min_s
                 await self._lost.wait()
+                reason = self._lost_reason or "link lost"
             except LinkError as e:
                 self._fatal = e
+                self._set_state("failed", str(e))
                 log.error("%s", e)
+                self._notify(_LinkState(False, str(e)))
                 return
-            except (OSError, serial.SerialException, RequestTimeout, LinkDown, BoardError) as e:
-                log.warning("board link to %s: %s; retrying in %.1f s", self.url, e, delay)
+            except (OSError, serial.SerialException, RequestTimeout, LinkDown, BoardError,
+                    HandshakeRefused) as e:
+                reason = str(e) or type(e).__name__
+                self.failures += 1
+                # an unplugged board: said once, then quietly retried until something changes
+                repeat = self.state == "down" and self.reason == reason
+                log.log(logging.DEBUG if repeat else logging.WARNING,
+                        "board link to %s: %s; retrying in %.1f s", self.url, reason, delay)
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
             if self._up.is_set():
                 self._up.clear()
-            self._notify(_LinkState(False, "link lost"))
+            # one link_lost per outage (and one if the board is absent from the start), not one
+            # per failed attempt; the reason follows the latest attempt
+            changed = self.state != "down"
+            self._set_state("down", reason)
+            if changed:
+                self._notify(_LinkState(False, reason))
             if self._closing:
                 return
             await asyncio.sleep(delay)
@@ -254,6 +301,8 @@ class BoardLink:
             await self._replay(stream, first)
         self._dispatch()
         self._up.set()
+        self.failures = 0
+        self._set_state("up", None)
         log.info("board %s (%s, boot %d) up at %s", reply.serial_number, reply.firmware_version,
                  reply.boot_id, self.url)
         self._notify(_LinkState(True, "link up"))
@@ -330,6 +379,7 @@ class BoardLink:
             self.stats.disconnects += 1
         self._transport = None
         self._up.clear()
+        self._lost_reason = f"connection lost: {exc or 'closed by the board'}"
         self._lost.set()
         self._fail_all(LinkDown(f"link to {self.url} lost: {exc or 'closed'}"))
         if self._handshake_fut is not None and not self._handshake_fut.done():
@@ -364,7 +414,8 @@ class BoardLink:
                 if self._handshake_fut is not None and not self._handshake_fut.done():
                     self._handshake_fut.set_result(ev.reply)
             elif isinstance(ev, HandshakeFailed):
-                self._fail_handshake(LinkError(ev.reason))
+                self._fail_handshake(HandshakeRefused(ev.reason) if ev.retryable
+                                     else LinkError(ev.reason))
             elif isinstance(ev, StreamRecords | SpectrumReceived):
                 for fn in self._stream_consumers:
                     fn(ev)
@@ -495,4 +546,5 @@ class _LinkState:
 
 LinkState = _LinkState
 
-__all__ = ["BoardError", "BoardLink", "LinkDown", "LinkError", "LinkState", "RequestTimeout"]
+__all__ = ["BoardError", "BoardLink", "HandshakeRefused", "LinkDown", "LinkError", "LinkState",
+           "RequestTimeout"]

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from firmware_protocol.channels import aging_channel_count, channel_active
 from firmware_protocol.connection import Unsolicited
 from firmware_protocol.messages import (
     AgingStart,
@@ -846,9 +847,9 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
             params.duration_h()  # validates
         caps = link.caps
         channel = params.channel if params.channel is not None else pixel_no - 1
-        if caps is not None and not 0 <= channel < caps.n_aging_channels:
+        if caps is not None and not 0 <= channel < aging_channel_count(caps):
             raise LimitError(f"aging channel {channel} does not exist (board has "
-                             f"{caps.n_aging_channels})")
+                             f"{aging_channel_count(caps)})")
         if params.current_density_ma_cm2 is not None:
             current_a = aging_current_a(ctx, pixel, params.current_density_ma_cm2)
             target_l = None
@@ -910,7 +911,7 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                         store.update_run(run_id, status="paused")
                     continue
                 status: Status = await link.request(GetStatus(), Status)
-                active = bool(status.aging_active_mask & (1 << channel))
+                active = channel_active(status, channel)
                 if not active and status.interlock_closed and col.stop_reason is None:
                     if not paused:
                         log.warning("aging channel %d was stopped by the board (interlock, reboot,"

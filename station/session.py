@@ -29,10 +29,13 @@ T = TypeVar("T")
 @contextlib.asynccontextmanager
 async def open_station(config: StationConfig, *, url: str | None = None,
                        connect_timeout_s: float | None = 15.0,
-                       prepare: Callable[[StationContext], None] | None = None
-                       ) -> AsyncIterator[StationContext]:
+                       prepare: Callable[[StationContext], None] | None = None,
+                       wait_for_board: bool = True) -> AsyncIterator[StationContext]:
     """``prepare(ctx)`` runs before the link starts, so that records the board replays at once
-    (a restart after a crash) already find the procedures that own them."""
+    (a restart after a crash) already find the procedures that own them. With
+    ``wait_for_board=False`` the context is yielded at once, whether or not a board answers
+    (the daemon: its control plane runs while the board is unplugged; ``ctx.link.describe()``
+    says why the link is down, and requests wait for it)."""
     store = Store(config.store.path)
     b = config.board
     link = BoardLink(url or b.url, baudrate=b.baudrate, timeout_s=b.request_timeout_s,
@@ -56,7 +59,7 @@ async def open_station(config: StationConfig, *, url: str | None = None,
     try:
         if prepare is not None:
             prepare(ctx)
-        await link.start(connect_timeout_s)
+        await link.start(connect_timeout_s, wait=wait_for_board)
         await tables
     except BaseException:
         with contextlib.suppress(BaseException):

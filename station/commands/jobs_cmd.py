@@ -196,7 +196,7 @@ def _cell(v: Any, key: str = "") -> str:
         return "—"
     if isinstance(v, int | float) and key in ("created", "started", "ended", "ts", "updated",
                                               "created_at", "started_at", "ended_at",
-                                              "updated_at") and v > 1e8:
+                                              "updated_at", "since") and v > 1e8:
         return dt.datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S")
     if key == "faults" and isinstance(v, int) and not isinstance(v, bool):
         return fault_names(v)

@@ -143,7 +143,10 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
     stop = asyncio.Event()
     background: list[asyncio.Task[Any]] = []
-    async with open_station(cfg, prepare=prepare, connect_timeout_s=None) as ctx:
+    # the control plane, the sinks and the job queue run whatever the board does: unplugged,
+    # busy with another host or speaking another protocol, `station status` says so (and why)
+    async with open_station(cfg, prepare=prepare, connect_timeout_s=None,
+                            wait_for_board=False) as ctx:
         jm = holder["jm"]
         if cfg.mqtt.enabled or cfg.influxdb.enabled:
             background.append(asyncio.create_task(run_sinks(cfg, cfg.store.path, stop)))
