@@ -174,34 +174,87 @@ class InfluxSink(Sink):
                 after = db.cursor(self.name, table)
             q = _QUERIES[table]
             rows = db.rows_after(table, q.columns, after, self.cfg.batch_size)
-            lines: list[str] = []
-            prefixes: dict[tuple[Any, Any, Any], str] = {}
-            anchors: dict[Any, int] = {}
-            live_mode = self.cfg.revisions == "live_fields"
-            for row in rows:
-                live = live_mode and not row[q.rev_pos]
-                run_id, t, pixel, direction = row[1], row[2], row[3], row[4]
-                if t is None:  # no board time, no stable key: cannot be written idempotently
-                    self.skipped_no_time += 1
-                    continue
-                off = anchors.get(run_id)
-                if off is None:
-                    off = anchors[run_id] = db.anchor_us(run_id, int(t))
-                if row[-1]:  # a NULL or infinite field: the general path
-                    d = dict(zip(q.names, row[1:-1], strict=True))
-                    lines.append(line_of(table, self.station, db.run_meta(run_id), d, int(t) + off,
-                                         live))
-                    continue
-                key = (run_id, pixel, direction)
-                prefix = prefixes.get(key)
-                if prefix is None:
-                    meta = db.run_meta(run_id)
-                    prefix = prefixes[key] = (
-                        MEASUREMENTS[table]
-                        + tags_of(self.station, meta, pixel if pixel is not None else meta.pixel,
-                                  direction) + " ")
-                lines.append(f"{prefix}{(q.live_fields if live else q.fields)(row)} {t + off}")
+            lines = self._lines(table, rows)
             return after, (rows[-1][0] if rows else after), lines
+
+    def _lines(self, table: str, rows: list[tuple[Any, ...]]) -> list[str]:
+        """Line protocol for ``(id, *_QUERIES[table].columns)`` rows (call under _db_lock)."""
+        db: SinkDB = self.db
+        q = _QUERIES[table]
+        lines: list[str] = []
+        prefixes: dict[tuple[Any, Any, Any], str] = {}
+        anchors: dict[Any, int] = {}
+        live_mode = self.cfg.revisions == "live_fields"
+        for row in rows:
+            live = live_mode and not row[q.rev_pos]
+            run_id, t, pixel, direction = row[1], row[2], row[3], row[4]
+            if t is None:  # no board time, no stable key: cannot be written idempotently
+                self.skipped_no_time += 1
+                continue
+            off = anchors.get(run_id)
+            if off is None:
+                off = anchors[run_id] = db.anchor_us(run_id, int(t))
+            if row[-1]:  # a NULL or infinite field: the general path
+                d = dict(zip(q.names, row[1:-1], strict=True))
+                lines.append(line_of(table, self.station, db.run_meta(run_id), d, int(t) + off,
+                                     live))
+                continue
+            key = (run_id, pixel, direction)
+            prefix = prefixes.get(key)
+            if prefix is None:
+                meta = db.run_meta(run_id)
+                prefix = prefixes[key] = (
+                    MEASUREMENTS[table]
+                    + tags_of(self.station, meta, pixel if pixel is not None else meta.pixel,
+                              direction) + " ")
+            lines.append(f"{prefix}{(q.live_fields if live else q.fields)(row)} {t + off}")
+        return lines
+
+    def resend_ids(self, table: str, *, since_unix_us: int | None = None,
+                   runs: list[int] | None = None) -> list[int]:
+        """Ids of the rows of ``table`` a resend covers: those of ``runs``, or those whose point
+        time (board time + the run's anchor) is at or after ``since_unix_us`` (rows never
+        delivered have no anchor yet: the normal delivery sends them)."""
+        db = self.db.db
+        if runs:
+            marks = ",".join("?" * len(runs))
+            return [r[0] for r in db.execute(
+                f"SELECT id FROM {table} WHERE run_id IN ({marks}) ORDER BY id", runs)]
+        return [r[0] for r in db.execute(
+            f"SELECT t.id FROM {table} t JOIN sink_time_anchors a "
+            "ON a.run_key = coalesce(t.run_id, 0) WHERE t.t_us + a.offset_us >= ? ORDER BY t.id",
+            (since_unix_us or 0,))]
+
+    async def resend(self, *, since_unix_us: int | None = None, runs: list[int] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+        """Write the selected rows again (``station sinks resend``): the same points (same
+        measurement, tags, timestamp and values), so a database restored from a backup or one
+        that lost its last seconds gets them back, and one that has them is unchanged. Does
+        not touch the sink's cursor. Returns the number of points written."""
+        work = {t: await asyncio.to_thread(self.resend_ids, t, since_unix_us=since_unix_us,
+                                           runs=runs) for t in self.tables}
+        total, done = sum(len(v) for v in work.values()), 0
+        async with self.connect() as api:
+            for table, ids in work.items():
+                q = _QUERIES[table]
+                for k in range(0, len(ids), self.cfg.batch_size):
+                    chunk = ids[k:k + self.cfg.batch_size]
+
+                    def build(chunk: list[int] = chunk, table: str = table,
+                              q: _Query = q) -> list[str]:
+                        with self._db_lock:
+                            rows = self.db.db.execute(
+                                f"SELECT id, {', '.join(q.columns)} FROM {table} WHERE id IN "
+                                f"({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+                            return self._lines(table, rows)
+
+                    lines = await asyncio.to_thread(build)
+                    if lines:
+                        await asyncio.to_thread(self._write, api, lines)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+        return total
 
     def _write(self, api: WriteApi, lines: Iterable[str]) -> None:
         api.write(bucket=self.cfg.bucket, org=self.cfg.org, record="\n".join(lines).encode(),
