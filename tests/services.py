@@ -330,6 +330,14 @@ def aging_row(seq: int, run_id: int | None, pixel: int, *, t0_us: int = 7_000_00
     return tuple(d[c] for c in AGING_COLUMNS)
 
 
+def on_schedule(t_us: list[int], hz: float, interval_us: int) -> list[int]:
+    """Indices an aging run sampled every ``interval_us`` keeps at ``hz`` (docs/mqtt.md): those
+    whose 1/hz board-time bucket differs from the bucket one interval earlier."""
+    import math
+    return [i for i, t in enumerate(t_us) if interval_us * hz >= 1e6
+            or math.floor(t * hz / 1e6) != math.floor((t - interval_us) * hz / 1e6)]
+
+
 def decimated(t_us: list[int], hz: float) -> list[int]:
     """Indices an aging stream keeps at ``hz``: the first sample of each 1/hz board-time bucket."""
     import math

@@ -131,6 +131,7 @@ class SinkDB:
         ensure_sink_schema(self.db)
         self._runs: dict[int, RunMeta] = {}
         self._anchors: dict[int, int] = {}
+        self._intervals: dict[int, int | None] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -213,6 +214,22 @@ class SinkDB:
             else:
                 self._runs.pop(run_id, None)
         return meta
+
+    def run_interval_us(self, run_id: int | None) -> int | None:
+        """The run's sample interval (its parameters' ``interval_s``), µs; None if unknown."""
+        if run_id is None:
+            return None
+        if run_id not in self._intervals:
+            row = self.db.execute("SELECT params FROM runs WHERE id = ?", (run_id,)).fetchone()
+            iv = None
+            if row is not None and row[0]:
+                try:
+                    v = json.loads(row[0]).get("interval_s")
+                    iv = round(float(v) * 1e6) if v else None
+                except (ValueError, TypeError, AttributeError):
+                    iv = None
+            self._intervals[run_id] = iv
+        return self._intervals[run_id]
 
     def anchor_us(self, run_id: int | None, t_us: int) -> int:
         """Offset to add to a board time of this run to get Unix µs; persisted once per run."""
