@@ -188,6 +188,13 @@ async def test_a_reset_that_loses_the_rings_keeps_every_later_sample_and_counts_
         assert by_epoch[0] + lost + unsent == old[Stream.AGING]
         assert by_epoch[1] == server.board.counters.produced[Stream.AGING] - old[Stream.AGING]
         assert sum(x["count"] for x in losses if x["stream"] == "aging") == lost
+        # each loss is also an alert for the sinks (event/alert/records_lost on MQTT)
+        import json
+        has_events = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+        alerts = [json.loads(p) for p, in db.execute(
+            "SELECT payload FROM events WHERE kind = 'alert/records_lost'")] if has_events else []
+        assert sum(a["count"] for a in alerts if a["stream"] == "aging") == lost
+        assert all(a["reason"] == "board_reset" and a["epoch"] == 0 for a in alerts)
         # one time axis: monotonic board time, the run's samples every 60 s but for the outage
         t = np.array([r[0] for r in db.execute(
             "SELECT t_us FROM aging_samples WHERE run_id = ? ORDER BY seq", (ag.run_id,))])
@@ -201,3 +208,30 @@ async def test_a_reset_that_loses_the_rings_keeps_every_later_sample_and_counts_
         # the samples of the run after the reset are in the store and in its analysis
         summary = ctx.store.run(ag.run_id)["summary"]
         assert summary["n_samples"] == len(t) and summary["records_lost"] == lost
+
+
+async def test_records_the_ring_overwrote_during_an_outage_are_declared_lost_once(tmp_path):
+    """A ring of 100 records and a 10 h outage at a sample a minute: the board overwrites what
+    the host has not got. On reconnection the replay's answer says so; the loss is counted
+    exactly once (stored + lost = produced), raised as alert/records_lost, and passed: no
+    endless repair, the acknowledgement moves on and the run ends normally."""
+    import json
+
+    async with sim_station(tmp_path, ["dbsa"], speed=1e5, faults="disconnect=10h+10h",
+                           ring_depth=100, seed=13) as (server, ctx):
+        ag = await run_aging(ctx, 1, AgingParams(current_density_ma_cm2=1.0, until="30h"))
+        assert ag.reason == "duration"
+        ctx.acq.flush()
+        db = ctx.store.db
+        stored = db.execute("SELECT count(*) FROM aging_samples").fetchone()[0]
+        losses = ctx.store.records_lost(stream="aging")
+        lost = sum(r["count"] for r in losses)
+        assert lost > 300 and all(r["reason"] == "ring_overwritten" for r in losses)
+        assert stored + lost == server.board.counters.produced[Stream.AGING]
+        alerts = [json.loads(p) for p, in db.execute(
+            "SELECT payload FROM events WHERE kind = 'alert/records_lost'")]
+        assert sum(a["count"] for a in alerts) == lost and len(alerts) == len(losses)
+        assert all(a["t_from_us"] < a["t_to_us"] for a in alerts)
+        assert not ctx.link.conn.trackers[Stream.AGING].missing
+        assert ctx.link.stats.replays_requested < 20
+        assert ctx.store.run(ag.run_id)["summary"]["records_lost"] == lost
