@@ -37,6 +37,7 @@ def run_spectra(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
         if s is not None:
             d = s.to_dict()
             d["seq"] = row["seq"]
+            d["used"] = not row["probe"]  # auto-exposure probes: recorded, not analysed
             out.append(d)
     return out
 

@@ -60,6 +60,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE sweep_points ADD COLUMN epoch INTEGER DEFAULT 0",
         "ALTER TABLE aging_samples ADD COLUMN epoch INTEGER DEFAULT 0",
         "ALTER TABLE spectra ADD COLUMN epoch INTEGER DEFAULT 0",
+        "ALTER TABLE spectra ADD COLUMN probe INTEGER DEFAULT 0",
         "ALTER TABLE sweep_points ADD COLUMN rev INTEGER DEFAULT 0",
         "ALTER TABLE aging_samples ADD COLUMN rev INTEGER DEFAULT 0",
         "ALTER TABLE stream_state ADD COLUMN base INTEGER NOT NULL DEFAULT 0",
@@ -123,7 +124,8 @@ CREATE TABLE IF NOT EXISTS spectra (
     t_us INTEGER, sweep_id INTEGER, idx INTEGER, pixel INTEGER, flags INTEGER,
     voltage_v REAL, current_a REAL, integration_ms REAL, dark_counts REAL,
     counts BLOB NOT NULL,
-    epoch INTEGER DEFAULT 0
+    epoch INTEGER DEFAULT 0,
+    probe INTEGER DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS stream_state (
     stream INTEGER PRIMARY KEY,
@@ -410,14 +412,21 @@ class Store:
 
     def spectra_of(self, run_id: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            f"SELECT {', '.join(SPECTRUM_COLUMNS)} FROM spectra WHERE run_id = ? ORDER BY seq",
+            f"SELECT {', '.join(SPECTRUM_COLUMNS)}, probe FROM spectra WHERE run_id = ? "
+            "ORDER BY seq",
             (run_id,)).fetchall()
         out = []
         for r in rows:
-            d = dict(zip(SPECTRUM_COLUMNS, r, strict=True))
+            d = dict(zip(SPECTRUM_COLUMNS, r[:-1], strict=True))
             d["counts"] = np.frombuffer(d["counts"], dtype="<u2").astype(float)
+            d["probe"] = bool(r[-1])
             out.append(d)
         return out
+
+    def mark_probe_spectra(self, seqs: Iterable[int]) -> None:
+        """Auto-exposure probes: kept with their run, but no analysis uses them."""
+        self.flush()
+        self.db.executemany("UPDATE spectra SET probe = 1 WHERE seq = ?", [(int(s),) for s in seqs])
 
     def assign_spectra(self, seqs: Iterable[int], run_id: int) -> None:
         self.flush()
