@@ -141,6 +141,25 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
     background: list[asyncio.Task[Any]] = []
     async with open_station(cfg, prepare=prepare, connect_timeout_s=None) as ctx:
         jm = holder["jm"]
+        web = None
+        if cfg.web.enabled:
+            from station.web.server import WebError, WebServer
+
+            web = WebServer(cfg, jm, ctx, sink_health=sink_health)
+            try:
+                print(f"web: serving {await web.start()}", flush=True)
+            except WebError as e:
+                print(f"station run: {e}", file=sys.stderr)
+                await jm.shutdown()
+                return EX_CONFIG
+            prev_commit = ctx.acq.on_commit
+
+            def on_commit() -> None:
+                if prev_commit is not None:
+                    prev_commit()
+                web.notify()
+
+            ctx.acq.on_commit = on_commit
         if cfg.mqtt.enabled or cfg.influxdb.enabled:
             background.append(asyncio.create_task(run_sinks(cfg, cfg.store.path, stop)))
         if cfg.mqtt.enabled:
@@ -160,6 +179,8 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
                 if exit_when_idle and not jm.tasks:
                     break
         finally:
+            if web is not None:
+                await web.stop()
             await jm.shutdown()
             ctx.acq.flush()
             stop.set()
