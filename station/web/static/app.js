@@ -240,23 +240,29 @@ async function syncAging(runIds) {
   if (changed) drawAging(true);
 }
 async function loadAging(id) {
-  const r = await api(`/runs/${id}/data?max_points=3000`);
+  // the history from the API; samples pushed meanwhile (seq above the history's last) are kept
   const cur = state.aging.get(id);
-  if (!r.ok || !cur) return;
+  if (!cur) return;
+  cur.pend = [];
+  const r = await api(`/runs/${id}/data?max_points=3000`);
+  if (!r.ok || state.aging.get(id) !== cur) return;
   const d = r.body;
-  const pending = cur.loading ? {t: cur.t, l: cur.l, v: cur.v, seq: cur.seqs || []} : null;
+  const pend = cur.pend;
+  cur.pend = null;
   cur.pixel = d.pixel;
   cur.t = d.t_s.map((x) => x / 3600);
   cur.l = d.l_rel; cur.v = d.voltage_v;
   cur.lastSeq = d.last_seq === null ? -1 : d.last_seq;
   cur.lifetime = d.lifetime;
-  cur.loading = false;
-  if (pending) {  // samples pushed while the history loaded
-    for (let i = 0; i < pending.t.length; i++) if ((pending.seq[i] ?? -1) > cur.lastSeq) {
-      cur.t.push(pending.t[i]); cur.l.push(pending.l[i]); cur.v.push(pending.v[i]);
-    }
+  for (const [seq, t, l, v] of pend) if (seq > cur.lastSeq) {
+    cur.t.push(t); cur.l.push(l); cur.v.push(v); cur.lastSeq = seq;
   }
-  drawAging(true);
+  const first = cur.loading;
+  cur.loading = false;
+  drawAging(first);
+}
+function reloadAging() {  // after (re)connecting the push channel: fill what it did not carry
+  for (const id of state.aging.keys()) loadAging(id);
 }
 async function refreshLifetimes() {
   const active = new Set(((state.status && state.status.pixels) || [])
@@ -273,11 +279,11 @@ function onAging(msg) {
   for (const [rid, d] of Object.entries(msg.runs)) {
     const cur = state.aging.get(Number(rid));
     if (!cur) continue;
-    if (cur.loading) { cur.seqs = cur.seqs || []; }
     for (let i = 0; i < d.seq.length; i++) {
-      if (!cur.loading && d.seq[i] <= cur.lastSeq) continue;
-      cur.t.push(d.t_s[i] / 3600); cur.l.push(d.l_rel[i]); cur.v.push(d.voltage_v[i]);
-      if (cur.loading) cur.seqs.push(d.seq[i]); else cur.lastSeq = d.seq[i];
+      const row = [d.seq[i], d.t_s[i] / 3600, d.l_rel[i], d.voltage_v[i]];
+      if (cur.pend) cur.pend.push(row);
+      if (cur.loading || d.seq[i] <= cur.lastSeq) continue;
+      cur.t.push(row[1]); cur.l.push(row[2]); cur.v.push(row[3]); cur.lastSeq = row[0];
       n++;
     }
   }
@@ -383,14 +389,17 @@ function drawSweep() {
   // efficiencies against J (sorted)
   const idx = fwd.filter((i) => d.current_density_ma_cm2[i] > 0).sort((a, b) =>
     d.current_density_ma_cm2[a] - d.current_density_ma_cm2[b]);
+  const thr = (d.summary && d.summary.threshold_cd_m2) || 1.0;
   const at = (a) => idx.map((i) => a[i]);
+  const lit = (a) => idx.map((i) => (d.luminance_cd_m2[i] !== null && d.luminance_cd_m2[i] >= thr ? a[i] : null));
   mkPlot("eff", "eff-plot", {
-    scales: {x: {time: false, distr: 3}, e: {}, c: {}},
+    scales: {x: {time: false, distr: 3}, e: {range: (u, lo, hi) => [0, hi > 0 ? hi * 1.05 : 1]},
+             c: {range: (u, lo, hi) => [0, hi > 0 ? hi * 1.05 : 1]}},
     axes: [{label: "J (mA/cm²)", values: logTicks}, {scale: "e", label: "EQE (%)"}, {scale: "c", side: 1, label: "CE (cd/A), PE (lm/W)", grid: {show: false}}],
     series: [{label: "J"}, {label: "EQE %", scale: "e", stroke: COLORS[2], width: 1.5, spanGaps: true},
              {label: "CE cd/A", scale: "c", stroke: COLORS[1], width: 1.5, spanGaps: true},
              {label: "PE lm/W", scale: "c", stroke: COLORS[4], width: 1.5, dash: [4, 3], spanGaps: true}],
-  }, [at(d.current_density_ma_cm2), at(d.eqe_pct), at(d.ce_cd_a), at(d.pe_lm_w)]);
+  }, [at(d.current_density_ma_cm2), lit(d.eqe_pct), lit(d.ce_cd_a), lit(d.pe_lm_w)]);
   const specs = (d.spectra || []).filter((s) => s.wavelength_nm);
   if (specs.length) {
     const tables = specs.map((s) => [s.wavelength_nm, s.relative]);
@@ -526,7 +535,8 @@ async function live() {
   setTimeout(() => { if (state.live === ctl) { refreshAll(); live(); } }, 2000);
 }
 function handle(ev, msg) {
-  if (ev === "status") renderStatus(msg);
+  if (ev === "hello") reloadAging();
+  else if (ev === "status") renderStatus(msg);
   else if (ev === "aging") onAging(msg);
   else if (ev === "sweep") onSweep(msg);
   else if (ev === "event") {
