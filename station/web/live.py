@@ -93,6 +93,10 @@ class Live:
         self._wake.set()
 
     def subscribe(self, name: str) -> Subscriber:
+        if not self.subscribers:
+            # nobody watched: start from what is in the store now (the page reads history
+            # from the API)
+            self.cursor = {t: _max_id(self.db, t) for t in self.cursor}
         sub = Subscriber(name)
         self.subscribers.add(sub)
         return sub
@@ -116,16 +120,15 @@ class Live:
     async def run(self) -> None:
         next_status = 0.0
         while True:
-            now = time.monotonic()
+            timeout = (max(next_status - time.monotonic(), 0.0) + 0.001 if self.subscribers
+                       else self.status_interval_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(next_status - now, 0.0) + 0.001)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             commit_ts, self._commit_ts = self._commit_ts, None
             try:
                 if not self.subscribers:
-                    # nobody watches: skip what was committed meanwhile
-                    self.cursor = {t: _max_id(self.db, t) for t in self.cursor}
-                    continue
+                    continue  # nobody watches: subscribe() skips what was committed meanwhile
                 self._push_rows(commit_ts)
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + self.status_interval_s
