@@ -182,6 +182,29 @@ def test_the_page_and_its_scripts_are_served(station):
         assert http("GET", station.url(asset))[0] == 200, asset
 
 
+def test_https_with_viewing_only_by_key(tmp_path):
+    import ssl
+    import urllib.error
+
+    from .services import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    extra = (f'tls_cert = "{certs.server_cert}"\ntls_key = "{certs.server_key}"\n'
+             'open_viewing = "nobody"\n')
+    with running_station(tmp_path, extra_web=extra) as st:
+        assert st.base.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(certs.ca))
+        code, body, _ = http("GET", st.url("/api/v1/status"), context=ctx)
+        assert code == 401 and "needs an API key to view" in body["error"]["message"]
+        code, body, _ = http("GET", st.url("/api/v1/status"), key=VIEWER_KEY, context=ctx)
+        assert code == 200 and body["station"] == "webtest"
+        code, body, _ = http("GET", st.url("/api/v1/whoami"), key=VIEWER_KEY, context=ctx)
+        assert body == {"name": "wall", "role": "viewer", "can_operate": False}
+        assert http("GET", st.url("/"), context=ctx)[0] == 200  # the page itself holds no data
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            http("GET", st.url("/api/v1/status"), key=VIEWER_KEY)  # not trusted without the CA
+
+
 def test_listening_on_a_network_address_without_keys_is_refused(tmp_path):
     cfg = tmp_path / "station.toml"
     cfg.write_text(config_text("socket://127.0.0.1:9", tmp_path / "s.db", free_port())

@@ -91,7 +91,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_station(tmp: Path, *, speed: float = 2000.0) -> Iterator[Station]:
+def running_station(tmp: Path, *, speed: float = 2000.0, extra_web: str = "") -> Iterator[Station]:
     """``station sim`` (the board) and ``station run`` (the daemon with its web server)."""
     sim = subprocess.Popen([sys.executable, "-m", "station", "sim", "--preset", ",".join(PRESETS),
                             "--speed", str(speed), "--seed", "5"], cwd=tmp, env=_env(),
@@ -101,7 +101,7 @@ def running_station(tmp: Path, *, speed: float = 2000.0) -> Iterator[Station]:
         board = _first_line(sim, "station sim")
         cfg = tmp / "station.toml"
         db = tmp / "station.db"
-        cfg.write_text(config_text(board, db, free_port()))
+        cfg.write_text(config_text(board, db, free_port(), extra_web))
         log = tmp / "daemon.log"
         daemon = subprocess.Popen([sys.executable, "-m", "station", "-v", "run", "--config", str(cfg)],
                                   cwd=tmp, env=_env(), stdout=subprocess.PIPE,
@@ -115,7 +115,7 @@ def running_station(tmp: Path, *, speed: float = 2000.0) -> Iterator[Station]:
 
 
 def http(method: str, url: str, body: bytes | str | None = None, *, key: str | None = None,
-         content_type: str | None = None) -> tuple[int, Any, dict[str, str]]:
+         content_type: str | None = None, context: Any = None) -> tuple[int, Any, dict[str, str]]:
     """(status, parsed JSON or bytes, headers): what curl would show."""
     data = body.encode() if isinstance(body, str) else body
     req = urllib.request.Request(url, data=data, method=method)
@@ -124,7 +124,7 @@ def http(method: str, url: str, body: bytes | str | None = None, *, key: str | N
     if content_type:
         req.add_header("Content-Type", content_type)
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=60, context=context) as r:
             status, raw, headers = r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         status, raw, headers = e.code, e.read(), dict(e.headers)
