@@ -205,6 +205,45 @@ def test_https_with_viewing_only_by_key(tmp_path):
             http("GET", st.url("/api/v1/status"), key=VIEWER_KEY)  # not trusted without the CA
 
 
+def test_the_page_is_served_while_the_board_is_unreachable_and_commands_wait(tmp_path):
+    port = free_port()
+    cfg = tmp_path / "station.toml"
+    cfg.write_text(config_text(f"socket://127.0.0.1:{free_port()}", tmp_path / "s.db", port))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "station", "run", "--config", str(cfg)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline().decode()
+        assert line.startswith("web: serving http://127.0.0.1:")
+        base = line.split("web: serving ", 1)[1].strip()
+        code, st, _ = http("GET", base + "/api/v1/status")
+        assert code == 200 and st["link_up"] is False and st["board"] is None
+        assert len(st["pixels"]) == 4
+        code, body, _ = http("POST", base + "/api/v1/jobs", AGING_JOB, key=OPERATOR_KEY)
+        assert code == 503 and body["error"]["code"] == "unavailable"
+        assert http("GET", base + "/api/v1/jobs")[1]["jobs"] == []
+    finally:
+        p.terminate()
+        p.wait(60)
+
+
+def test_a_port_in_use_stops_the_daemon_before_anything_runs(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "station.toml"
+        cfg.write_text(config_text("socket://127.0.0.1:9", tmp_path / "s.db", port))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        p = subprocess.run([sys.executable, "-m", "station", "run", "--config", str(cfg)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 78 and f"cannot listen on 127.0.0.1:{port}" in p.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_listening_on_a_network_address_without_keys_is_refused(tmp_path):
     cfg = tmp_path / "station.toml"
     cfg.write_text(config_text("socket://127.0.0.1:9", tmp_path / "s.db", free_port())

@@ -107,7 +107,17 @@ def running_station(tmp: Path, *, speed: float = 2000.0, extra_web: str = "") ->
                                   cwd=tmp, env=_env(), stdout=subprocess.PIPE,
                                   stderr=log.open("wb"))
         line = _first_line(daemon, "station run", "web: serving ")
-        yield Station(line.split("web: serving ", 1)[1], db, log, daemon)
+        st = Station(line.split("web: serving ", 1)[1], db, log, daemon)
+        ctx = None
+        if "tls_cert" in extra_web:  # the caller checks TLS itself; trust anything for the wait
+            import ssl
+
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        wait_for(lambda: (lambda s: s.get("link_up") and s["web"]["commands_open"])(
+            http("GET", st.url("/api/v1/status"), key=VIEWER_KEY, context=ctx)[1]),
+            "the station to connect to its board and take commands")
+        yield st
     finally:
         if daemon is not None:
             _stop(daemon)

@@ -22,6 +22,7 @@ import io
 import ipaddress
 import json
 import logging
+import socket
 import ssl
 import tempfile
 import time
@@ -35,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import StationConfig, split_listen
+from ..config import StationConfig, WebSection, split_listen
 from ..control import (
     E_BAD_REQUEST,
     E_INTERNAL,
@@ -101,13 +102,44 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
+@dataclass
+class Bound:
+    """A listening socket and the TLS context for it (:func:`bind`)."""
+
+    sock: socket.socket
+    ssl: ssl.SSLContext | None
+
+
+def bind(web_cfg: WebSection) -> Bound:
+    """Open the listening socket and load the TLS files now, before the daemon connects to the
+    board, so that a port in use or an unreadable key stops ``station run`` at once (exit 78)
+    and the page is served while the board is still unreachable. Raises :class:`WebError`."""
+    host, port = split_listen(web_cfg.listen)
+    ssl_ctx = None
+    if web_cfg.tls_cert and web_cfg.tls_key:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_ctx.load_cert_chain(web_cfg.tls_cert, web_cfg.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise WebError(f"web: cannot load web.tls_cert/web.tls_key: {e}") from None
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=128)
+    except (OSError, socket.gaierror) as e:
+        raise WebError(f"web: cannot listen on {web_cfg.listen}: {e}") from None
+    sock.setblocking(False)
+    return Bound(sock, ssl_ctx)
+
+
 class WebServer:
     """``server = WebServer(cfg, jobs, ctx); url = await server.start(); ...; await
     server.stop()``. ``jobs`` is the daemon's :class:`station.jobs.JobManager` (any
-    :class:`station.jobs_api.JobControl` with a ``status()``), ``ctx`` its StationContext."""
+    :class:`station.jobs_api.JobControl` with a ``status()``), ``ctx`` its StationContext;
+    ``bound``: a socket from :func:`bind` (else :meth:`start` binds ``web.listen`` itself)."""
 
     def __init__(self, config: StationConfig, jobs: Any, ctx: Any, *,
-                 sink_health: Callable[[], dict[str, Any]] | None = None) -> None:
+                 sink_health: Callable[[], dict[str, Any]] | None = None,
+                 bound: Bound | None = None) -> None:
         self.cfg = config
         self.web = config.web
         self.jobs = jobs
@@ -123,39 +155,35 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._live_task: asyncio.Task[None] | None = None
         self.url: str | None = None
+        self.bound = bound
+        self.commands_open = True
+        """False while the daemon is still connecting to its board: commands get 503."""
         self.app = self._make_app()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> str:
-        host, port = split_listen(self.web.listen)
-        ssl_ctx = None
-        if self.web.tls_cert and self.web.tls_key:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                ssl_ctx.load_cert_chain(self.web.tls_cert, self.web.tls_key)
-            except (OSError, ssl.SSLError) as e:
-                raise WebError(f"web: cannot load web.tls_cert/web.tls_key: {e}") from None
+        host, _ = split_listen(self.web.listen)
+        bound = self.bound or bind(self.web)
+        self.bound = None
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                      shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx)
+        site = web.SockSite(self._runner, bound.sock, ssl_context=bound.ssl)
         try:
             await site.start()
         except OSError as e:
             await self._runner.cleanup()
-            raise WebError(f"web: cannot listen on {self.web.listen}: {e}") from None
-        server: Any = site._server
-        sock = server.sockets[0] if server is not None and server.sockets else None
-        real_port = sock.getsockname()[1] if sock is not None else port
+            raise WebError(f"web: cannot serve on {self.web.listen}: {e}") from None
+        real_port = bound.sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"{'https' if ssl_ctx else 'http'}://{shown}:{real_port}"
+        self.url = f"{'https' if bound.ssl else 'http'}://{shown}:{real_port}"
         self._live_task = asyncio.create_task(self.live.run(), name="web-live")
         if hasattr(self.ctx, "link") and hasattr(self.ctx.link, "add_listener"):
             self.ctx.link.add_listener(self._on_link)
         self._link_up = bool(getattr(self.ctx.link, "is_up", False))
         log.info("web: serving %s (open viewing: %s, %d keys%s)", self.url,
-                 self.web.open_viewing, len(self._keys), ", TLS" if ssl_ctx else "")
-        if ssl_ctx is None and not data_loopback(host):
+                 self.web.open_viewing, len(self._keys), ", TLS" if bound.ssl else "")
+        if bound.ssl is None and not data_loopback(host):
             log.warning("web: serving plain HTTP on %s: API keys cross the network in clear; "
                         "set web.tls_cert and web.tls_key", self.web.listen)
         return self.url
@@ -273,7 +301,8 @@ class WebServer:
         st["link_since"] = self.link_since
         st["sinks"] = self.sink_health()
         st["pixels"] = data.pixels(self.db, self.cfg)
-        st["web"] = {"viewers": len(self.live.subscribers), "started": self.started_at}
+        st["web"] = {"viewers": len(self.live.subscribers), "started": self.started_at,
+                     "commands_open": self.commands_open}
         st["station_description"] = self.cfg.station.description
         st["ts"] = time.time()
         return st
@@ -401,6 +430,10 @@ class WebServer:
     async def _command(self, request: web.Request, verb: str, fields: dict[str, Any],
                        p: Principal) -> web.Response:
         client = self.who(request, p)
+        if not self.commands_open:
+            log.info("web: refused %s from %s: the station is not running jobs yet", verb, client)
+            return error_response("unavailable", "the station is still connecting to its board: "
+                                  "commands are taken once it is up", 503)
         rid = str(uuid.uuid4())
         try:
             payload = json.dumps(request_payload(rid, client, fields)).encode()
