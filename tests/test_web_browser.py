@@ -123,7 +123,7 @@ def test_stop_from_the_page_needs_an_operator_key(station, browser):
     stop = f'button[data-action="stop"][data-job="{job_id}"]'
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, stop), "the stop button")
     assert _errors(browser) == []
-    browser.find_element(By.CSS_SELECTOR, stop).click()
+    wait_for(lambda: _try_click(browser, stop), "a click on stop")
     wait_for(lambda: "refused" in browser.find_element(By.ID, "message").text, "the refusal")
     assert "401" in browser.find_element(By.ID, "message").text
     assert "operator" in browser.find_element(By.ID, "message").text

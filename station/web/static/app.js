@@ -541,7 +541,13 @@ function handle(ev, msg) {
   else if (ev === "sweep") onSweep(msg);
   else if (ev === "event") {
     if (msg.kind.startsWith("job/")) refreshSoon();
-    if (msg.kind.startsWith("alert/")) say(`alert ${msg.kind.slice(6)}: ${JSON.stringify(msg.payload)}`, "error");
+    if (msg.kind.startsWith("alert/")) {
+      const p = msg.payload || {};
+      const what = Object.entries(p).filter(([k]) => !["job", "name", "state"].includes(k))
+        .map(([k, v]) => `${k} ${typeof v === "number" ? fmt(v) : v}`).join(", ");
+      $("alerts").textContent = `${new Date(msg.ts * 1000).toLocaleTimeString()} alert ` +
+        `${msg.kind.slice(6)}${p.name ? ` (${p.name})` : ""}: ${what}`;
+    }
   }
   window.stationLastMessage = {ev, at: Date.now(), msg};
 }
