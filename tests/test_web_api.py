@@ -254,3 +254,46 @@ def test_listening_on_a_network_address_without_keys_is_refused(tmp_path):
     assert p.returncode == 78, p.stderr
     assert "requires authentication" in p.stderr and "web.keys" in p.stderr
     assert not (tmp_path / "s.db").exists()  # nothing was started
+
+
+def test_a_job_submitted_over_mqtt_is_stopped_from_the_web_on_the_same_path(tmp_path):
+    """Both control planes in one daemon: the MQTT command server and the web API execute through
+    control.execute_command, so the job and its events name each plane's client; the page's
+    status shows the MQTT sink's health."""
+    import asyncio
+    import tomllib
+
+    from station.config import load_config
+    from station.remote import RemoteStation
+
+    from .test_control import AnonymousMosquitto
+
+    broker = AnonymousMosquitto(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        mqtt = f'\n[mqtt]\nenabled = true\nurl = "{broker.url}"\ntopic_prefix = "webtest"\n'
+        with running_station(tmp_path, extra_toml=mqtt) as st:
+            wait_for(lambda: (http("GET", st.url("/api/v1/status"))[1]["sinks"].get("mqtt") or {})
+                     .get("connected"), "the MQTT sink's health on the status")
+            cfg = load_config(st.config)
+
+            async def over_mqtt(verb: str, fields: dict) -> dict:
+                async with RemoteStation(cfg, client_name="bob@bench") as r:
+                    return await r.call(verb, fields, timeout_s=30)
+
+            job = asyncio.run(over_mqtt("submit", {"job": tomllib.loads(AGING_JOB)}))
+            assert job["client"] == "bob@bench"
+            code, reply, _ = http("POST", st.url(f"/api/v1/jobs/{job['id']}/stop"), key=OPERATOR_KEY)
+            assert code == 200 and reply["result"]["state"] == "stopped"
+            again = asyncio.run(over_mqtt("get", {"job_id": job["id"]}))
+            assert again["state"] == "stopped" and again["client"] == "bob@bench"
+            con = sqlite3.connect(st.db)
+            who = {k: json.loads(p).get("client") for k, p in con.execute(
+                "SELECT kind, payload FROM events WHERE kind IN ('job/submitted', 'job/stopped')")}
+            assert who["job/submitted"] == "bob@bench"
+            assert who["job/stopped"].startswith("alice (web, 127.0.0.1")
+            log = st.log.read_text()
+            assert "control: submit request_id=" in log and "from bob@bench done" in log
+            assert "control: stop request_id=" in log and "from alice (web, 127.0.0.1) done" in log
+    finally:
+        broker.stop()

@@ -29,6 +29,7 @@ PRESETS = ["dbsa", "otac", "oled", "dbsa"]
 class Station:
     base: str  # http://127.0.0.1:PORT
     db: Path
+    config: Path
     log: Path
     daemon: subprocess.Popen[bytes]
 
@@ -91,7 +92,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_station(tmp: Path, *, speed: float = 2000.0, extra_web: str = "") -> Iterator[Station]:
+def running_station(tmp: Path, *, speed: float = 2000.0, extra_web: str = "",
+                    extra_toml: str = "") -> Iterator[Station]:
     """``station sim`` (the board) and ``station run`` (the daemon with its web server)."""
     sim = subprocess.Popen([sys.executable, "-m", "station", "sim", "--preset", ",".join(PRESETS),
                             "--speed", str(speed), "--seed", "5"], cwd=tmp, env=_env(),
@@ -101,13 +103,13 @@ def running_station(tmp: Path, *, speed: float = 2000.0, extra_web: str = "") ->
         board = _first_line(sim, "station sim")
         cfg = tmp / "station.toml"
         db = tmp / "station.db"
-        cfg.write_text(config_text(board, db, free_port(), extra_web))
+        cfg.write_text(config_text(board, db, free_port(), extra_web) + extra_toml)
         log = tmp / "daemon.log"
         daemon = subprocess.Popen([sys.executable, "-m", "station", "-v", "run", "--config", str(cfg)],
                                   cwd=tmp, env=_env(), stdout=subprocess.PIPE,
                                   stderr=log.open("wb"))
         line = _first_line(daemon, "station run", "web: serving ")
-        st = Station(line.split("web: serving ", 1)[1], db, log, daemon)
+        st = Station(line.split("web: serving ", 1)[1], db, cfg, log, daemon)
         ctx = None
         if "tls_cert" in extra_web:  # the caller checks TLS itself; trust anything for the wait
             import ssl
