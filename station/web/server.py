@@ -72,10 +72,6 @@ class Principal:
     role: str  # "operator" | "viewer" | "anonymous"
 
     @property
-    def can_view(self) -> bool:
-        return True
-
-    @property
     def can_operate(self) -> bool:
         return self.role == "operator"
 
