@@ -35,6 +35,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -249,6 +250,74 @@ def user_property(props: Properties | None, name: str) -> str | None:
     return None
 
 
+# -- execution: the one path of every command, over MQTT or HTTP (station/web) -----------------
+_EXEC_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _exec_lock(jobs: JobControl) -> asyncio.Lock:
+    lock = _EXEC_LOCKS.get(jobs)
+    if lock is None:
+        lock = _EXEC_LOCKS[jobs] = asyncio.Lock()
+    return lock
+
+
+async def execute_command(jobs: JobControl, verb: str, req: CommandRequest, client: str, *,
+                          station: str) -> CommandReply:
+    """Execute a validated request (:func:`parse_request`) on ``jobs`` and return the reply.
+
+    Both control planes call this, the MQTT :class:`ControlServer` and the web API, so a
+    command gets the same validation (the job manager's schema and safety limits), the same
+    refusals (:class:`JobError` codes) and the same audit trail: the job manager records the
+    ``client`` in the job and in its events, and this logs the request and its outcome. Commands
+    run one at a time per job manager, in arrival order, whichever plane they came by."""
+    rid = req.request_id
+    async with _exec_lock(jobs):
+        reply = await _execute(jobs, verb, req, client, station)
+    if reply.ok:
+        log.info("control: %s request_id=%s from %s done", verb, rid, client)
+    else:
+        assert reply.error is not None
+        log.info("control: %s request_id=%s from %s refused: %s (%s)", verb, rid, client,
+                 reply.error.message, reply.error.code)
+    return reply
+
+
+async def _execute(jobs: JobControl, verb: str, req: CommandRequest, client: str,
+                   station: str) -> CommandReply:
+    rid = req.request_id
+
+    def reply(result: Any = None, error: tuple[str, str] | None = None) -> CommandReply:
+        return CommandReply(station=station, verb=verb, request_id=rid, ok=error is None,
+                            result=result if error is None else None,
+                            error=ErrorInfo(code=error[0], message=error[1]) if error else None,
+                            ts=time.time())
+
+    try:
+        result: Any
+        if isinstance(req, SubmitRequest):
+            result = await jobs.submit(req.job, client)
+        elif isinstance(req, JobRequest):
+            if verb == "stop":
+                result = await jobs.stop(req.job_id, client)
+            elif verb == "pause":
+                result = await jobs.pause(req.job_id, client)
+            elif verb == "resume":
+                result = await jobs.resume(req.job_id, client)
+            else:
+                result = jobs.get(req.job_id)
+        elif verb == "list":
+            result = {"jobs": jobs.list()}
+        else:
+            result = jobs.status()
+        json.dumps(clean_json(result), allow_nan=False, default=str)  # fail here, not later
+    except JobError as e:
+        return reply(error=(e.code, str(e)))
+    except Exception as e:
+        log.exception("control: %s request_id=%s failed", verb, rid)
+        return reply(error=(E_INTERNAL, f"{type(e).__name__}: {e}"))
+    return reply(result)
+
+
 # -- the server ---------------------------------------------------------------------------------
 @dataclass
 class _Seen:
@@ -291,7 +360,6 @@ class ControlServer:
         self.refused = 0  # requests refused before execution
         self.last_error: str | None = None
         self._seen: collections.OrderedDict[str, _Seen] = collections.OrderedDict()
-        self._lock = asyncio.Lock()  # one command at a time, in arrival order
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AckClient | None = None
         # the sinks' backoff: doubling from retry_min_s, jittered (many stations do not all
@@ -462,44 +530,13 @@ class ControlServer:
         log.info("control: %s request_id=%s from %s, reply to %s%s", inc.verb, req.request_id,
                  whom, inc.response_topic or "(none)",
                  f", expiry {inc.expiry_s} s" if inc.expiry_s is not None else "")
-        async with self._lock:
-            reply = await self._execute(inc.verb, req, who)
+        reply = await self._execute(inc.verb, req, who)
         fut.set_result(reply)
-        if reply.ok:
-            log.info("control: %s request_id=%s done", inc.verb, req.request_id)
-        else:
-            assert reply.error is not None
-            log.info("control: %s request_id=%s refused by the job manager: %s (%s)", inc.verb,
-                     req.request_id, reply.error.message, reply.error.code)
         await self._send(inc, reply)
 
     async def _execute(self, verb: str, req: CommandRequest, client: str) -> CommandReply:
         self.executed += 1
-        rid = req.request_id
-        try:
-            result: Any
-            if isinstance(req, SubmitRequest):
-                result = await self.jobs.submit(req.job, client)
-            elif isinstance(req, JobRequest):
-                if verb == "stop":
-                    result = await self.jobs.stop(req.job_id, client)
-                elif verb == "pause":
-                    result = await self.jobs.pause(req.job_id, client)
-                elif verb == "resume":
-                    result = await self.jobs.resume(req.job_id, client)
-                else:
-                    result = self.jobs.get(req.job_id)
-            elif verb == "list":
-                result = {"jobs": self.jobs.list()}
-            else:
-                result = self.jobs.status()
-            json.dumps(clean_json(result), allow_nan=False, default=str)  # fail here, not later
-        except JobError as e:
-            return self._reply(verb, rid, error=(e.code, str(e)))
-        except Exception as e:
-            log.exception("control: %s request_id=%s failed", verb, rid)
-            return self._reply(verb, rid, error=(E_INTERNAL, f"{type(e).__name__}: {e}"))
-        return self._reply(verb, rid, result=result)
+        return await execute_command(self.jobs, verb, req, client, station=self.station)
 
     async def _send(self, inc: _Incoming, reply: CommandReply) -> None:
         if inc.response_topic is None:
