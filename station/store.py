@@ -411,17 +411,7 @@ class Store:
         return out
 
     def spectra_of(self, run_id: int) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            f"SELECT {', '.join(SPECTRUM_COLUMNS)}, probe FROM spectra WHERE run_id = ? "
-            "ORDER BY seq",
-            (run_id,)).fetchall()
-        out = []
-        for r in rows:
-            d = dict(zip(SPECTRUM_COLUMNS, r[:-1], strict=True))
-            d["counts"] = np.frombuffer(d["counts"], dtype="<u2").astype(float)
-            d["probe"] = bool(r[-1])
-            out.append(d)
-        return out
+        return spectra_of(self.db, run_id)
 
     def mark_probe_spectra(self, seqs: Iterable[int]) -> None:
         """Auto-exposure probes: kept with their run, but no analysis uses them."""
@@ -432,3 +422,18 @@ class Store:
         self.flush()
         self.db.executemany("UPDATE spectra SET run_id = ? WHERE seq = ?",
                             [(run_id, s) for s in seqs])
+
+
+def spectra_of(db: sqlite3.Connection, run_id: int) -> list[dict[str, Any]]:
+    """A run's spectra, oldest first: the table's columns, ``counts`` as floats, and ``probe``
+    (an auto-exposure probe, not analysed). Any connection to the store file will do."""
+    rows = db.execute(
+        f"SELECT {', '.join(SPECTRUM_COLUMNS)}, probe FROM spectra WHERE run_id = ? ORDER BY seq",
+        (run_id,)).fetchall()
+    out = []
+    for r in rows:
+        d = dict(zip(SPECTRUM_COLUMNS, r[:-1], strict=True))
+        d["counts"] = np.frombuffer(d["counts"], dtype="<u2").astype(float)
+        d["probe"] = bool(r[-1])
+        out.append(d)
+    return out

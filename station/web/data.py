@@ -209,18 +209,11 @@ def sweep_data(store_db: sqlite3.Connection, run: dict[str, Any]) -> dict[str, A
 
 def _spectra(db: sqlite3.Connection, run: dict[str, Any]) -> list[dict[str, Any]]:
     from ..export import run_spectra
+    from ..store import spectra_of
 
     class _S:  # run_spectra wants a Store; it only calls spectra_of
         def spectra_of(self, run_id: int) -> list[dict[str, Any]]:
-            from ..store import SPECTRUM_COLUMNS
-
-            out = []
-            for r in db.execute(f"SELECT {', '.join(SPECTRUM_COLUMNS)} FROM spectra "
-                                "WHERE run_id = ? ORDER BY seq", (run_id,)):
-                d = dict(zip(SPECTRUM_COLUMNS, r, strict=True))
-                d["counts"] = np.frombuffer(d["counts"], dtype="<u2").astype(float)
-                out.append(d)
-            return out
+            return spectra_of(db, run_id)
 
     try:
         specs = run_spectra(_S(), run)  # type: ignore[arg-type]
