@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -455,6 +456,36 @@ def check_sweep_limits(ctx: StationContext, pixel: PixelConfig, params: SweepPar
     return j / MA_CM2_PER_A_M2 * area
 
 
+MAX_SWEEP_SPECTRA = 16
+"""Spectra one sweep_start can ask for (the message's spectrum_at_v holds 16)."""
+
+
+def default_spectrum_voltages(program: list[float], turn_on_v: float | None) -> list[float]:
+    """Where a sweep takes its spectra unless told: 16 voltages evenly from turn-on to the top
+    of the sweep, so the efficiency maxima just above turn-on have spectra around them (each
+    point's spectrum is interpolated between the two around it). Turn-on is the pixel's last
+    measured V_on (less 0.1 V) if the store has one, else 30 % of the way up the sweep; spectra
+    taken where the pixel does not emit yet are dropped. The board takes each at the forward
+    point nearest its voltage."""
+    lo, hi = min(program), max(program)
+    start = lo + 0.3 * (hi - lo) if turn_on_v is None else min(max(turn_on_v - 0.1, lo), hi)
+    return [float(v) for v in np.linspace(start, hi, MAX_SWEEP_SPECTRA)]
+
+
+def last_turn_on_v(store: Store, pixel_no: int) -> float | None:
+    """V_on of the pixel's latest completed sweep in this store, if any."""
+    row = store.db.execute(
+        "SELECT summary FROM runs WHERE kind = 'sweep' AND pixel = ? AND status = 'completed' "
+        "AND summary IS NOT NULL ORDER BY id DESC LIMIT 1", (pixel_no,)).fetchone()
+    if row is None:
+        return None
+    try:
+        v = json.loads(row[0]).get("von_v")
+    except (ValueError, AttributeError):
+        return None
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
 async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
                     job_id: str | None = None, progress: Callable[[int, int, dict[str, float]], None]
                     | None = None) -> SweepOutcome:
@@ -465,8 +496,7 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
     n_expected = len(prog) * (2 if params.reverse else 1)
     spec_v = params.spectrum_at_v
     if spec_v is None:
-        lo, hi = min(prog), max(prog)
-        spec_v = [float(v) for v in np.linspace(lo + 0.45 * (hi - lo), hi, 8)]
+        spec_v = default_spectrum_voltages(prog, last_turn_on_v(store, pixel_no))
     area = pixel.area_mm2 * 1e-6
     cal = calibration_for(ctx.config, area)
     async with ctx.instrument_lock:
@@ -494,7 +524,8 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
                 step_v=params.step_v, voltages_v=tuple(params.voltages_v or ()),
                 dwell_ms=params.dwell_ms, integration_ms=params.integration_ms,
                 compliance_a=compliance_a, options=options, pd_gain=params.pd_gain,
-                spectrum_at_v=tuple(spec_v[:16]), spectrum_integration_ms=params.spectrum_integration_ms,
+                spectrum_at_v=tuple(spec_v[:MAX_SWEEP_SPECTRA]),
+                spectrum_integration_ms=params.spectrum_integration_ms,
                 breakdown_v_drop=params.breakdown_v_drop))
             status = await _wait_sweep_end(link, col)
             await sync_stream(link, Stream.SWEEP, status.sweep_head_seq)
