@@ -1,7 +1,11 @@
 """Export a stored run: a CSV of its points or samples and a JSON sidecar (``station.exportfmt``).
 
 The sidecar holds the summary, the calibration (pixel area, photodiode responsivity table,
-geometry) and the spectra used, so anyone can recompute every figure (``station analyze``).
+geometry) and every spectrum the board sent for the run: processed (wavelength, power
+density) where it carries light, always with its raw counts, dark level, integration time,
+flags and whether the analysis used it (auto-exposure probes and spectra without emission are
+recorded but not used); the spectrometer's wavelength calibration is in ``params``. So anyone
+can recompute every figure from the export alone (``station analyze``).
 """
 
 from __future__ import annotations
@@ -34,11 +38,18 @@ def run_spectra(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
         s = board_spectrum(row["counts"], row["dark_counts"], row["flags"], spec["wavelength_cal"],
                            spec["spectrum_kind"], voltage_v=row["voltage_v"] if t_s is None else None,
                            t_s=t_s)
+        # what the board sent, so the spectrum can be processed again from the export alone
+        raw = {"seq": row["seq"], "raw_counts": [int(c) for c in row["counts"]],
+               "dark_counts": row["dark_counts"], "integration_ms": row["integration_ms"],
+               "flags": row["flags"], "board_voltage_v": row["voltage_v"],
+               "board_current_a": row["current_a"], "t_us": row["t_us"]}
         if s is not None:
-            d = s.to_dict()
-            d["seq"] = row["seq"]
+            d = s.to_dict() | raw
             d["used"] = not row["probe"]  # auto-exposure probes: recorded, not analysed
-            out.append(d)
+        else:  # no emission above the detector's noise: recorded, not analysed
+            d = raw | {"used": False, "voltage_v": row["voltage_v"] if t_s is None else None,
+                       "t_s": t_s}
+        out.append(d)
     return out
 
 

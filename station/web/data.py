@@ -221,6 +221,8 @@ def _spectra(db: sqlite3.Connection, run: dict[str, Any]) -> list[dict[str, Any]
         return [{"error": f"{type(e).__name__}: {e}"}]
     out = []
     for s in specs:
+        if "counts_or_power" not in s or s.get("used") is False:
+            continue  # a probe, or no emission: recorded in the export, not shown
         v = np.asarray(s["counts_or_power"], dtype=float)
         peak = float(np.nanmax(v)) if v.size else 0.0
         out.append({"voltage_v": s.get("voltage_v"), "t_s": s.get("t_s"), "kind": s["kind"],
