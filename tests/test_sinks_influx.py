@@ -205,3 +205,23 @@ def test_resend_gives_a_restored_database_the_points_back_idempotently(tmp_path,
             assert samples(restored, name, "inf-rs") == pts, name
     r = resend("--run", "999")
     assert r.returncode == 0 and r.stdout.startswith("0 points")
+
+
+async def test_health_stays_current_while_the_sink_waits_to_retry(tmp_path):
+    """The database is unreachable and the sink waits 30 s between attempts: rows that arrive
+    meanwhile show in health's rows_behind within a health period, without a new attempt
+    (the issue: rows_behind stayed at 133,654 for over 40 s of an outage while rows came in)."""
+    store = Store(tmp_path / "s.db")
+    run = store.create_run(kind="aging", station="inf-h", pixel=1, area_m2=4e-6)
+    store.add_rows("aging_samples", AGING_COLUMNS, [aging_row(i, run, 1) for i in range(10)])
+    store.flush()
+    sink = InfluxSink(store.path, influx_cfg(f"http://127.0.0.1:{free_port()}", retry_min_s=30.0,
+                                             retry_max_s=30.0), "inf-h")
+    async with running(sink):
+        await wait_until(lambda: sink.failures >= 1 and sink.health()["rows_behind"] == 10,
+                         what="the first failure, 10 rows behind")
+        failures = sink.failures
+        store.add_rows("aging_samples", AGING_COLUMNS, [aging_row(i, run, 1) for i in range(10, 25)])
+        store.flush()
+        await wait_until(lambda: sink.health()["rows_behind"] == 25, what="health follows the store")
+        assert sink.failures == failures and sink.state == "retrying"  # still the same wait
