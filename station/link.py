@@ -80,6 +80,48 @@ class RequestTimeout(Exception):
     pass
 
 
+# pyserial's URL handlers (serial.protocol_handler_packages), plus tcp:// as the simulator and
+# most people write a TCP port
+_SERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
+
+
+def serial_url(url: str) -> str:
+    """The pyserial URL for a board URL: ``tcp://HOST:PORT`` is ``socket://HOST:PORT``; a device
+    path or another pyserial URL is used as it is. :class:`LinkError` for an unknown scheme or a
+    TCP URL without host or port."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if not url:
+            raise LinkError("no board URL (give --port or the config's board.url)")
+        return url  # a device path
+    scheme = scheme.lower()
+    if scheme in ("tcp", "socket"):
+        host, _, port = rest.partition("/")[0].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise LinkError(f"board URL {url!r}: expected {scheme}://HOST:PORT")
+        return "socket://" + rest
+    if scheme not in _SERIAL_SCHEMES:
+        raise LinkError(f"board URL {url!r}: unknown scheme {scheme!r} (expected a device path, "
+                        "tcp://HOST:PORT, socket://HOST:PORT or rfc2217://HOST:PORT)")
+    return url
+
+
+def _refusal(url: str, e: BaseException) -> str | None:
+    """Why opening ``url`` failed, when retrying cannot help a one-shot command: nothing listens
+    at a TCP port, no such device, no permission. None for anything else."""
+    errno_ = getattr(e, "errno", None)
+    text = str(e)
+    if isinstance(e, ConnectionRefusedError) or errno_ == 111 or "Connection refused" in text:
+        return f"connection refused by {url}: nothing listens there (is the simulator running?)"
+    if isinstance(e, FileNotFoundError) or errno_ == 2 or "No such file or directory" in text:
+        return f"no such device: {url} (is the board plugged in? see /dev/serial/by-id/)"
+    if isinstance(e, PermissionError) or errno_ == 13 or "Permission denied" in text:
+        return f"permission denied opening {url} (add the user to the dialout group)"
+    if isinstance(e, OSError) and errno_ in (-2, -3, -5):  # socket.gaierror: unknown host
+        return f"cannot resolve the host of {url}: {e}"
+    return None
+
+
 @dataclass
 class LinkStats:
     connects: int = 0
@@ -110,6 +152,7 @@ class BoardLink:
                  watchdog_s: float = 10.0, watchdog_policy: str = "keep_aging",
                  exclusive: bool = True) -> None:
         self.url = url
+        self.serial_url = serial_url(url)
         self.baudrate = baudrate
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
@@ -136,6 +179,8 @@ class BoardLink:
         self._fatal: Exception | None = None
         self._handshake_fut: asyncio.Future[HelloReply] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fail_fast = False
+        self._last_error: str | None = None
 
     # -- consumers --------------------------------------------------------------------------
     def add_stream_consumer(self, fn: StreamConsumer) -> None:
@@ -151,8 +196,13 @@ class BoardLink:
         return self._up.is_set()
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, connect_timeout_s: float | None = 10.0) -> None:
-        """Connect (retrying with backoff) and keep the link up in the background."""
+    async def start(self, connect_timeout_s: float | None = 10.0, *, fail_fast: bool = False) -> None:
+        """Connect (retrying with backoff) and keep the link up in the background.
+
+        ``fail_fast``: a first attempt that cannot succeed by retrying (connection refused, no
+        such device, permission denied) raises :class:`LinkError` at once instead of retrying
+        until ``connect_timeout_s``; a one-shot command wants that, a daemon does not."""
+        self._fail_fast = fail_fast
         self._loop = asyncio.get_running_loop()
         self._supervisor = asyncio.create_task(self._supervise(), name="board-link")
         self._poller = asyncio.create_task(self._poll_loop(), name="board-link-timers")
@@ -174,12 +224,18 @@ class BoardLink:
             waiter.cancel()
         if self._fatal is not None:
             raise self._fatal
+        if sup is not None and sup.done() and not sup.cancelled() and sup.exception() is not None:
+            raise LinkError(f"board link to {self.url}: {sup.exception()}")
         if not self._up.is_set():
+            if self._last_error is not None:
+                raise LinkError(f"no board at {self.url} after {timeout_s:g} s: {self._last_error}")
             raise LinkError(f"could not connect to the board at {self.url} within {timeout_s} s "
                             f"(is it plugged in / is the simulator running?)")
 
     async def close(self) -> None:
         self._closing = True
+        if self._handshake_fut is not None:
+            self._handshake_fut.cancel()
         for t in (self._supervisor, self._poller, self._repairer):
             if t is not None:
                 t.cancel()
@@ -210,6 +266,11 @@ class BoardLink:
                 log.error("%s", e)
                 return
             except (OSError, serial.SerialException, RequestTimeout, LinkDown, BoardError) as e:
+                why = _refusal(self.url, e) if not self.stats.connects else None
+                if why is not None and self._fail_fast:
+                    self._fatal = LinkError(why)
+                    return
+                self._last_error = why or str(e)
                 log.warning("board link to %s: %s; retrying in %.1f s", self.url, e, delay)
             if self._transport is not None:
                 self._transport.close()
@@ -226,10 +287,10 @@ class BoardLink:
         loop = asyncio.get_running_loop()
         self._lost.clear()
         kwargs: dict[str, Any] = {"baudrate": self.baudrate}
-        if self.exclusive and not self.url.startswith(("socket://", "rfc2217://", "loop://")):
+        if self.exclusive and "://" not in self.serial_url:
             kwargs["exclusive"] = True
         transport, _ = await serial_asyncio_fast.create_serial_connection(
-            loop, lambda: _Proto(self), self.url, **kwargs)
+            loop, lambda: _Proto(self), self.serial_url, **kwargs)
         self._transport = transport
         self._handshake_fut = loop.create_future()
         self._write(self.conn.start_handshake(time.monotonic()))
@@ -237,7 +298,10 @@ class BoardLink:
             reply = await asyncio.wait_for(asyncio.shield(self._handshake_fut),
                                            self.conn.timeout_s * 8)
         except TimeoutError:
-            raise RequestTimeout("no answer to hello") from None
+            self._handshake_fut.cancel()
+            raise RequestTimeout(f"the connection was accepted but the board did not "
+                                 f"answer (no reply to hello within {self.conn.timeout_s * 8:g} s:"
+                                 " a LED station board with this firmware?)") from None
         self.board = reply
         self.stats.connects += 1
         self.caps = await self._request_raw(GetCapabilities(), Capabilities)
@@ -358,7 +422,10 @@ class BoardLink:
                 entry = self._futures.pop(ev.seq, None)
                 if entry is None:
                     if isinstance(ev, RequestTimedOut) and ev.request == "hello":
-                        self._fail_handshake(RequestTimeout("no answer to hello"))
+                        self._fail_handshake(RequestTimeout(
+                            "the connection was accepted but the board did not answer "
+                            f"(no reply to hello after {ev.attempts} attempts: a LED station "
+                            "board with this firmware?)"))
                     continue
                 fut, name = entry
                 if fut.done():
@@ -469,4 +536,5 @@ class _LinkState:
 
 LinkState = _LinkState
 
-__all__ = ["BoardError", "BoardLink", "LinkDown", "LinkError", "LinkState", "RequestTimeout"]
+__all__ = ["BoardError", "BoardLink", "LinkDown", "LinkError", "LinkState", "RequestTimeout",
+           "serial_url"]

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from .acquisition import Acquisition
 from .analysis.photometry import load_reference_tables
 from .config import StationConfig
-from .link import BoardLink
+from .link import BoardLink, serial_url
 from .procedures import StationContext, all_outputs_off
 from .store import Store
 
@@ -31,9 +31,14 @@ async def open_station(config: StationConfig, *, url: str | None = None,
                        prepare: Callable[[StationContext], None] | None = None
                        ) -> AsyncIterator[StationContext]:
     """``prepare(ctx)`` runs before the link starts, so that records the board replays at once
-    (a restart after a crash) already find the procedures that own them."""
-    store = Store(config.store.path)
+    (a restart after a crash) already find the procedures that own them.
+
+    With a ``connect_timeout_s`` (a one-shot command) a board that cannot be reached by retrying
+    (connection refused, no such device) fails at once; without one (the daemon) the link keeps
+    retrying."""
     b = config.board
+    serial_url(url or b.url)  # a malformed URL fails before the store is created
+    store = Store(config.store.path)
     link = BoardLink(url or b.url, baudrate=b.baudrate, timeout_s=b.request_timeout_s,
                      max_attempts=b.max_attempts, reconnect_min_s=b.reconnect_min_s,
                      reconnect_max_s=b.reconnect_max_s, watchdog_s=b.watchdog_s,
@@ -47,7 +52,7 @@ async def open_station(config: StationConfig, *, url: str | None = None,
     try:
         if prepare is not None:
             prepare(ctx)
-        await link.start(connect_timeout_s)
+        await link.start(connect_timeout_s, fail_fast=connect_timeout_s is not None)
         await tables
     except BaseException:
         with contextlib.suppress(BaseException):

@@ -38,6 +38,8 @@ def guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[a
 
         try:
             return func(args)
+        except BrokenPipeError:
+            raise  # our reader went away: the CLI ends quietly
         except (CommandError, ExportError, ValueError, OSError) as exc:
             print(f"station {name}: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
