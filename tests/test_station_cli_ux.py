@@ -221,3 +221,43 @@ def test_every_command_survives_a_closed_pipe(tmp_path, sim) -> None:
         p.wait(60)
         no_traceback(err)
         assert "BrokenPipe" not in err and p.returncode in (0, 141), (args, p.returncode, err)
+
+
+# -- readable output --------------------------------------------------------------------------
+
+COMMANDS = ("demo", "run", "sweep", "age", "export", "runs", "analyze", "import", "lifetime",
+            "report", "sim", "jobs", "status", "config", "bench")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommands_help_has_examples(command) -> None:
+    r = station(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "examples:" in r.stdout, r.stdout
+    assert "--list " not in r.stdout and "--list)" not in r.stdout  # export --help had one
+
+
+def test_daemon_says_what_it_started(tmp_path, sim) -> None:
+    s = sim("--preset", "dbsa,otac", "--speed", "100")
+    cfg = tmp_path / "station.toml"
+    cfg.write_text(f'[station]\nid = "lab-x"\n[board]\nurl = "{s.tcp}"\n'
+                   f'[store]\npath = "{tmp_path / "st.db"}"\n')
+    r = station("run", "--config", str(cfg), "--exit-when-idle")
+    assert r.returncode == 0, r.stderr
+    err = r.stderr
+    assert f"configuration {cfg} (--config); station id lab-x" in err
+    assert f"board URL {s.tcp}: board SIM-" in err and "2 pixels" in err
+    assert "MQTT off" in err and "InfluxDB off" in err
+    assert f"store {tmp_path / 'st.db'}" in err
+    no_traceback(err)
+
+
+def test_runs_prints_a_header(tmp_path, sim) -> None:
+    s = sim("--preset", "dbsa", "--speed", "100")
+    r = station("sweep", "--port", s.tcp, "--pixel", "1", "--start", "2", "--stop", "4.5",
+                "--step", "0.1", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    r = station("runs", "--store", str(tmp_path / "r" / "station.db"))
+    head, first = r.stdout.splitlines()[:2]
+    assert head.split() == ["RUN", "KIND", "PIXEL", "DEVICE", "STATUS", "ENDED", "BY"]
+    assert first.split()[:3] == ["1", "sweep", "1"] and "completed" in first

@@ -25,9 +25,9 @@ from .common import (
 )
 
 EPILOG = """examples:
-  station age --port socket://127.0.0.1:7000 --pixel 1 --current-density 10 --out age1
+  station age --port tcp://127.0.0.1:7000 --pixel 1 --current-density 10 --out age1
   station age --port /dev/ttyACM0 --pixel 2 --initial-luminance 1000 --until t90 --out age2
-  station age --port socket://127.0.0.1:7000 --pixel 1 --current-density 5 --until 300h \\
+  station age --port tcp://127.0.0.1:7000 --pixel 1 --current-density 5 --until 300h \\
       --interval 30 --interim-sweep-every 24 --out age3 --json
 
 --until takes t95, t90, t80 or t50 (relative to L0, default t50) or a duration such as 300h,
@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "brightening, T95/T90/T80/T50 (from L0 and from the peak) and the "
                        "stretched-exponential extrapolation.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", metavar="URL", help="board: device path or pyserial URL "
-                   "(default: the config's board.url)")
+    p.add_argument("--port", metavar="URL", help="board: device path, tcp://HOST:PORT (the simulator) "
+                   "or another pyserial URL; default: the config's board.url")
     p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--current-density", type=float, metavar="MA_CM2",

@@ -114,6 +114,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "confidence interval. A pixel that has not reached the level uses its fit's extrapolation. "
         "With one run (or fewer than 3 distinct L0 and no --n) each run's lifetimes are reported "
         "without the acceleration law.",
+        epilog="""examples:
+  station lifetime age1                                   # one run: its L0, T95..T50, fit
+  station lifetime age1 age2 age3 --reference-luminance 100   # n fitted from three L0
+  station lifetime age1 age2 --n 1.8 --metric t90_h --json    # n given
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument(

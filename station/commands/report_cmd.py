@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="write a self-contained HTML report of an export",
         description="Write an HTML report (summary table, figures embedded) of a sweep or aging export.",
+        epilog="""examples:
+  station report run1                         # run1/report.html
+  station report age1 --out age1.html --figures age1-figs   # and each figure as PNG + SVG
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/report.html")

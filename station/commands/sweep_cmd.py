@@ -25,7 +25,7 @@ from .common import (
 )
 
 EPILOG = """examples:
-  station sweep --port socket://127.0.0.1:7000 --pixel 1 --start 0 --stop 6 --step 0.05 --out run1
+  station sweep --port tcp://127.0.0.1:7000 --pixel 1 --start 0 --stop 6 --step 0.05 --out run1
   station sweep --port /dev/serial/by-id/usb-LEDboard-if00 --pixel 3 --start 2 --stop 5 \\
       --step 0.1 --reverse --spectrum-at 3,4,5 --out run2 --json
 """
@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "CE and PE for every point as it arrives, print the pixel's Table S1 "
                        "summary and write the export (CSV + JSON sidecar) to --out.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", metavar="URL", help="board: device path or pyserial URL "
-                   "(socket://HOST:PORT); default: the config's board.url")
+    p.add_argument("--port", metavar="URL", help="board: device path, tcp://HOST:PORT (the simulator) "
+                   "or another pyserial URL; default: the config's board.url")
     p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
     p.add_argument("--start", type=float, default=0.0, help="start voltage, V (default 0)")
     p.add_argument("--stop", type=float, required=True, help="stop voltage, V")
