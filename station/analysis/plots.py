@@ -77,8 +77,12 @@ def _branches(points: np.ndarray) -> list[tuple[str | None, np.ndarray]]:
 
 
 def _style(branch: str | None) -> dict[str, Any]:
+    """Reverse: larger open markers underneath, so that a reverse branch lying on the forward
+    one (no hysteresis) still shows both."""
     st = _BRANCH_STYLE.get(branch or "forward", _BRANCH_STYLE["forward"])
-    return {"ls": st["ls"], **({"mfc": st["mfc"]} if st["mfc"] else {})}
+    rev = branch == "reverse"
+    return {"ls": st["ls"], "ms": 5.5 if rev else 3, "zorder": 2 if rev else 3,
+            **({"mfc": st["mfc"]} if st["mfc"] else {})}
 
 
 def _label(what: str, branch: str | None, n_branches: int) -> str:
@@ -100,15 +104,15 @@ def jvl_figure(points: np.ndarray, title: str | None = None, log_j: bool = True,
         j = np.asarray(points["current_density_ma_cm2"][sel], dtype=float)
         st = _style(branch)
         if log_j:
-            ax.semilogy(v, _positive(np.abs(j)), marker="o", ms=3, lw=1.2, color="tab:blue",
+            ax.semilogy(v, _positive(np.abs(j)), marker="o", lw=1.2, color="tab:blue",
                         label=_label("|J|", branch, len(branches)), **st)
         else:
-            ax.plot(v, j, marker="o", ms=3, lw=1.2, color="tab:blue",
+            ax.plot(v, j, marker="o", lw=1.2, color="tab:blue",
                     label=_label("J", branch, len(branches)), **st)
         lum = _positive(lum_all[sel])
         if floor is not None:
             lum = np.where(lum >= floor, lum, np.nan)
-        ax2.semilogy(v, lum, marker="s", ms=3, lw=1.2, color="tab:red",
+        ax2.semilogy(v, lum, marker="s", lw=1.2, color="tab:red",
                      label=_label("L", branch, len(branches)), **st)
     if floor is not None:
         ax2.axhline(floor, color="tab:red", lw=0.8, ls=":", alpha=0.7,
@@ -156,7 +160,7 @@ def efficiency_figure(points: np.ndarray, title: str | None = None, threshold_cd
             y = np.asarray(points[col][m], dtype=float)
             if y.size:
                 top = max(top, float(np.nanmax(y)) if np.isfinite(y).any() else 0.0)
-            ax.semilogx(j, y, marker="o", ms=3, lw=1.2, color=colour,
+            ax.semilogx(j, y, marker="o", lw=1.2, color=colour,
                         label=_label(label.split(" (")[0], branch, len(branches)), **_style(branch))
         ax.set_ylabel(label, color=colour)
         ax.tick_params(axis="y", labelcolor=colour)
