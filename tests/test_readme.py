@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,36 @@ def test_readme_using_it_block_runs_as_written(tmp_path) -> None:
     assert "n =" in stdout or "acceleration" in stdout, log
     # the schedule ran to its end on the daemon
     assert re.search(r"(completed|finished)", stdout), log
+
+
+def _numbers(line: str) -> list[float]:
+    """The figures of a table line, "—" (none) as NaN."""
+    return [float("nan") if x == "—" else float(x)
+            for x in re.findall(r"—|-?\d+(?:\.\d+)?(?:e-?\d+)?", line.split(None, 1)[1])]
+
+
+def test_readme_demo_table_is_what_the_demo_prints(tmp_path) -> None:
+    """Same lines, same labels, the seed's and the model's figures exactly; the measured ones
+    within the few per cent the simulator's noise and the channels' start times move them."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("```\nTable S1, measured"):]
+    readme = block[4:block.index("```", 4)].strip().splitlines()
+    r = subprocess.run([sys.executable, "-m", "station", "demo", "--out", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    start = out.index(readme[0])
+    printed = out[start:start + len(readme)]
+    assert [ln.split()[:1] for ln in printed] == [ln.split()[:1] for ln in readme]
+    for mine, theirs in zip(readme, printed, strict=True):
+        if not re.match(r"^[a-z]\w*_", mine):  # titles and the header: verbatim
+            assert mine == theirs
+            continue
+        a, b = _numbers(mine), _numbers(theirs)
+        assert len(a) == len(b), (mine, theirs)
+        measured = {0, 3} if "[" in mine else {0, 2}  # "m [seed] / model" or "m / model"
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            if k in measured:
+                assert x == pytest.approx(y, rel=0.05, abs=0.05), (mine, theirs)
+            else:
+                assert x == pytest.approx(y, rel=1e-3, nan_ok=True), (mine, theirs)
