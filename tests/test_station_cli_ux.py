@@ -261,3 +261,49 @@ def test_runs_prints_a_header(tmp_path, sim) -> None:
     head, first = r.stdout.splitlines()[:2]
     assert head.split() == ["RUN", "KIND", "PIXEL", "DEVICE", "STATUS", "ENDED", "BY"]
     assert first.split()[:3] == ["1", "sweep", "1"] and "completed" in first
+
+
+def test_status_and_jobs_list_survive_a_closed_pipe(tmp_path, sim) -> None:
+    """`station status | head -1` and `station jobs list | head -1` against a running daemon
+    and a real Mosquitto: no traceback, the shell's pipe status 141 (or 0)."""
+    import shutil
+    import socket
+
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        pytest.skip("mosquitto is not installed (scripts/bootstrap.sh --test installs it)")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    (tmp_path / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    broker = subprocess.Popen([mosquitto, "-c", str(tmp_path / "m.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s = sim("--preset", "dbsa", "--speed", "100")
+    cfg = tmp_path / "station.toml"
+    cfg.write_text(f'[station]\nid = "pipe-1"\n[board]\nurl = "{s.tcp}"\n[store]\n'
+                   f'path = "{tmp_path / "st.db"}"\n[mqtt]\nenabled = true\n'
+                   f'url = "mqtt://127.0.0.1:{port}"\n')
+    daemon = subprocess.Popen([sys.executable, "-m", "station", "run", "--config", str(cfg)],
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while station("status", "--config", str(cfg), "--timeout", "2").returncode != 0:
+            assert daemon.poll() is None, daemon.communicate()
+        # `| true`: the reader is gone before anything is written (a closed pipe for certain)
+        for cmd, reader in (("status", "head -1"), ("jobs list", "head -1"),
+                            ("status --json", "head -1"), ("status", "true"),
+                            ("jobs list", "true")):
+            r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m station {cmd} "
+                                f"--config {cfg} | {reader}"], capture_output=True, text=True,
+                               env=ENV, timeout=60)
+            assert r.returncode in (0, 141), (cmd, r.returncode, r.stderr)
+            assert len(r.stdout.splitlines()) == (1 if reader == "head -1" else 0)
+            no_traceback(r.stderr)
+            assert "BrokenPipe" not in r.stderr
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        broker.terminate()
+        broker.wait(10)
