@@ -37,6 +37,7 @@ def run_spectra(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
         if s is not None:
             d = s.to_dict()
             d["seq"] = row["seq"]
+            d["used"] = not row["probe"]  # auto-exposure probes: recorded, not analysed
             out.append(d)
     return out
 
@@ -70,7 +71,7 @@ def export_run(store: Store, run_id: int, out_dir: str | Path) -> Path:
         cols = {c: d[c] for c in ("seq", "direction", "voltage_set_v", "voltage_v", "current_a",
                                   "current_density_ma_cm2", "photodiode_a", "dark_a",
                                   "luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w", "flags",
-                                  "pd_gain", "t_us")}
+                                  "pd_gain", "t_us", "epoch")}
         cols["direction"] = np.asarray(d["direction"], dtype=str)
     else:
         d = store.fetch("aging_samples", run_id)
@@ -79,6 +80,13 @@ def export_run(store: Store, run_id: int, out_dir: str | Path) -> Path:
         cols = {"seq": d["seq"], "t_s": t_s}
         cols |= {c: d[c] for c in ("current_a", "voltage_v", "photodiode_a", "dark_a",
                                    "luminance_cd_m2", "l_rel", "eqe_pct", "temperature_c", "flags",
-                                   "channel", "t_us")}
+                                   "channel", "t_us", "epoch")}
     cols["seq"] = np.asarray(cols["seq"], dtype=np.int64)
+    cols["epoch"] = np.nan_to_num(np.asarray(cols["epoch"], dtype=float)).astype(np.int64)
+    ts = d["t_us"][np.isfinite(d["t_us"])]
+    meta["records_lost"] = [] if not len(ts) else [
+        {k: r[k] for k in ("stream", "epoch", "from_seq", "to_seq", "count", "reason",
+                           "t_from_us", "t_to_us")}
+        for r in store.records_lost(int(ts.min()), int(ts.max()),
+                                    "sweep" if kind == "sweep" else "aging")]
     return write_export(out_dir, meta, table_from_columns(cols))

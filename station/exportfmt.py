@@ -98,7 +98,7 @@ COLUMN_ORDER: dict[str, tuple[str, ...]] = {
         "temperature_c",
     ),
 }
-INT_COLUMNS = frozenset({"seq"})
+INT_COLUMNS = frozenset({"seq", "epoch"})
 TEXT_COLUMNS = frozenset({"direction"})
 _NAN_TEXT = frozenset({"", "nan", "NaN", "NAN"})
 
@@ -323,11 +323,14 @@ def read_export(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], np.n
 
 
 def spectra_from_meta(meta: Mapping[str, Any], where: str = "run.json") -> list[Any]:
-    """The sidecar's spectra as :class:`~station.analysis.photometry.Spectrum` objects."""
+    """The sidecar's spectra the run's analysis used (``used`` not false), as
+    :class:`~station.analysis.photometry.Spectrum` objects."""
     from station.analysis.photometry import Spectrum
 
     out = []
     for i, s in enumerate(meta.get("spectra") or []):
+        if isinstance(s, Mapping) and s.get("used") is False:
+            continue  # recorded but not analysed (an auto-exposure probe)
         try:
             out.append(Spectrum.from_dict(s))
         except ValueError as exc:

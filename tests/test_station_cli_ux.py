@@ -242,7 +242,10 @@ def test_daemon_says_what_it_started(tmp_path, sim) -> None:
     cfg = tmp_path / "station.toml"
     cfg.write_text(f'[station]\nid = "lab-x"\n[board]\nurl = "{s.tcp}"\n'
                    f'[store]\npath = "{tmp_path / "st.db"}"\n')
-    r = station("run", "--config", str(cfg), "--exit-when-idle")
+    job = tmp_path / "job.toml"  # a job, so that the daemon stays until its board has answered
+    job.write_text('name = "quick"\nkind = "sweep"\npixels = [1]\n[sweep]\nstart_v = 2.0\n'
+                   'stop_v = 3.0\nstep_v = 0.5\n')
+    r = station("run", "--config", str(cfg), "--job", str(job), "--exit-when-idle")
     assert r.returncode == 0, r.stderr
     err = r.stderr
     assert f"configuration {cfg} (--config); station id lab-x" in err

@@ -18,15 +18,32 @@ def announce_config(path: Path | None, how: str, cfg: Any) -> None:
     _say(f"configuration {where}; station id {cfg.station.id}")
 
 
+def _board_line(link: Any) -> str:
+    b, caps = link.board, link.caps
+    line = (f"board URL {link.url}: board {b.serial_number} (firmware {b.firmware_version}, "
+            f"boot id {b.boot_id})")
+    if caps is not None:
+        line += (f": {caps.n_substrates * caps.pixels_per_substrate} pixels, "
+                 f"{caps.n_aging_channels} aging channels")
+    return line
+
+
 def announce_started(cfg: Any, ctx: Any, jm: Any) -> None:
     link = ctx.link
-    b, caps = link.board, link.caps
-    board = (f"board {b.serial_number} (firmware {b.firmware_version}, boot id {b.boot_id})"
-             if b is not None else "no board answered yet")
-    if caps is not None:
-        board += (f": {caps.n_substrates * caps.pixels_per_substrate} pixels, "
-                  f"{caps.n_aging_channels} aging channels")
-    _say(f"board URL {link.url}: {board}")
+    if link.is_up and link.board is not None:
+        _say(_board_line(link))
+    else:
+        # the daemon runs without its board; say who answers when it does (once)
+        _say(f"board URL {link.url}: connecting (no board has answered yet)")
+        said = False
+
+        def on_link(ev: Any) -> None:
+            nonlocal said
+            if not said and getattr(ev, "up", False) and link.board is not None:
+                said = True
+                _say(_board_line(link))
+
+        link.add_listener(on_link)
     _say(f"MQTT broker {cfg.mqtt.url} (topics ledstation/{cfg.station.id}/...)"
          if cfg.mqtt.enabled else "MQTT off (mqtt.enabled = false): no remote control, no live data")
     i = cfg.influxdb
