@@ -147,7 +147,7 @@ def _numbers(line: str) -> list[float]:
 
 def test_readme_demo_table_is_what_the_demo_prints(tmp_path) -> None:
     """Same lines, same labels, the seed's and the model's figures exactly; the measured ones
-    within the few per cent the simulator's noise and the channels' start times move them."""
+    within the 10 % the simulator's noise and the channels' start times move them."""
     text = (ROOT / "README.md").read_text()
     block = text[text.index("```\nTable S1, measured"):]
     readme = block[4:block.index("```", 4)].strip().splitlines()
@@ -167,6 +167,6 @@ def test_readme_demo_table_is_what_the_demo_prints(tmp_path) -> None:
         measured = {0, 3} if "[" in mine else {0, 2}  # "m [seed] / model" or "m / model"
         for k, (x, y) in enumerate(zip(a, b, strict=True)):
             if k in measured:
-                assert x == pytest.approx(y, rel=0.05, abs=0.05), (mine, theirs)
+                assert x == pytest.approx(y, rel=0.1, abs=0.05), (mine, theirs)
             else:
                 assert x == pytest.approx(y, rel=1e-3, nan_ok=True), (mine, theirs)
