@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_example_config_validates():
     cfg = load_config(ROOT / "examples" / "sim-station.toml")
     assert cfg.station.id == "sim-station-1"
-    assert [p.number for _, p in cfg.all_pixels()] == [1, 2, 3, 4]
-    assert cfg.pixel(2)[1].device == "otac"
+    assert [p.number for _, p in cfg.all_pixels()] == list(range(1, 9))
+    assert cfg.pixel(2)[1].device == "dbsa" and cfg.pixel(5)[1].device == "otac"
 
 
 def test_environment_overrides_the_file(monkeypatch):
