@@ -16,8 +16,7 @@ import sys
 
 from . import __version__
 
-# Subcommand modules, in the order --help lists them. A module that is missing (a feature not
-# yet built) is skipped rather than breaking the whole CLI.
+# Subcommand modules, in the order --help lists them (each has ``register(subparsers)``).
 COMMAND_MODULES = (
     "station.commands.demo",
     "station.commands.run_cmd",
@@ -33,7 +32,6 @@ COMMAND_MODULES = (
     "station.commands.config_cmd",
     "station.commands.sinks_cmd",
     "station.commands.bench_cmd",
-    "station.commands.protocol_cmd",
 )
 
 
@@ -47,13 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(name).register(sub)
     return p
 
 
