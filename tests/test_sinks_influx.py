@@ -157,13 +157,12 @@ def test_batch_lines_leave_out_missing_and_infinite_fields_and_rows_without_boar
     ]
 
 
-def test_resend_gives_a_restored_database_the_points_back_idempotently(tmp_path, victoria,
-                                                                       victoria_factory):
+async def test_resend_gives_a_restored_database_the_points_back_idempotently(
+        tmp_path, victoria, victoria_factory):
     """`station sinks resend influx`: the daemon's sink delivered everything to one database;
     a second one (a restore from an old backup: empty) gets every point of the last 10 days,
     then of one run, with the same timestamps and values; resending twice changes nothing; a
     selection that matches nothing writes nothing; bad arguments write nothing and say why."""
-    import asyncio
     import subprocess
     import sys
 
@@ -172,11 +171,8 @@ def test_resend_gives_a_restored_database_the_points_back_idempotently(tmp_path,
     store.close()
     sink = InfluxSink(tmp_path / "s.db", influx_cfg(victoria.url), "inf-rs")
 
-    async def deliver() -> None:
-        async with running(sink):
-            await wait_until(caught_up(sink), what="cursor at head")
-
-    asyncio.run(deliver())
+    async with running(sink):
+        await wait_until(caught_up(sink), what="cursor at head")
     first = {n: samples(victoria, n, "inf-rs") for n in ("sweep_point_luminance_cd_m2",
                                                         "aging_sample_l_rel", "aging_sample_seq")}
     restored = victoria_factory()
@@ -195,13 +191,17 @@ def test_resend_gives_a_restored_database_the_points_back_idempotently(tmp_path,
     r = resend("--run", str(aging_run))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("40 points written again")
-    assert samples(restored, "aging_sample_l_rel", "inf-rs") == first["aging_sample_l_rel"]
+    # (a series new to VictoriaMetrics can take a moment to be searchable: wait for it)
+    await wait_until(lambda: samples(restored, "aging_sample_l_rel", "inf-rs")
+                     == first["aging_sample_l_rel"], what="the aging run's points")
     assert samples(restored, "sweep_point_luminance_cd_m2", "inf-rs") == []
     for _ in range(2):  # twice: the same points, nothing added
         r = resend("--since", "10d")
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("65 points written again")
         for name, pts in first.items():
+            await wait_until(lambda name=name, pts=pts: samples(restored, name, "inf-rs") == pts,
+                             what=name)
             assert samples(restored, name, "inf-rs") == pts, name
     r = resend("--run", "999")
     assert r.returncode == 0 and r.stdout.startswith("0 points")
