@@ -6,10 +6,15 @@ from .spec import (
     CRC_SEEDS,
     ENUMS,
     HEADER_SIZE,
+    MAX_DWELL_MS,
+    MAX_INTEGRATION_MS,
     MAX_PAYLOAD,
+    MAX_PD_READS,
+    MAX_SPECTRUM_INTEGRATION_MS,
     MESSAGES,
     PROTOCOL_VERSION,
     RECORDS,
+    REQUEST_COSTS,
     SPEC_HASH,
     Field,
     max_payload_size,
@@ -76,6 +81,40 @@ def generate() -> str:
     w("   the board's timestamp. The board keeps them in a ring buffer until the host's")
     w("   `stream_ack`; after a gap, a reconnect or a restart the host asks `stream_replay`.")
     w("4. The watchdog (`set_watchdog`) decides what the board does when the host goes silent.")
+    w("")
+    w("## Timing")
+    w("")
+    w("What a host may assume of the board's time (not on the wire, so not part of the spec hash).")
+    w("The board runs requests one at a time, in arrival order. These take time to execute:")
+    w("")
+    w("| request | execution time |")
+    w("|---|---|")
+    for name, cost in REQUEST_COSTS.items():
+        w(f"| `{name}` | {cost} |")
+    w("")
+    w("Every other request is answered as soon as it is its turn (`sweep_start` at once: its")
+    w("program then runs on the board and ends with `sweep_done`). A reply is due after the")
+    w("execution times of the requests queued ahead of it and its own, plus the link's round trip:")
+    w("the host waits that long plus its margin (`board.request_timeout_s`) before it retries,")
+    w("then retries with linear backoff. A retry of a request still queued or running is ignored")
+    w("(its one reply is on the way) and one already answered gets the cached reply: nothing is")
+    w("ever executed twice.")
+    w("")
+    w("| limit | value |")
+    w("|---|---|")
+    w(f"| SMU, sweep and photodiode integration | ≤ {MAX_INTEGRATION_MS:g} ms |")
+    w(f"| spectrometer integration | ≤ {MAX_SPECTRUM_INTEGRATION_MS:g} ms |")
+    w(f"| sweep dwell | ≤ {MAX_DWELL_MS:g} ms |")
+    w(f"| `pd_read` n | ≤ {MAX_PD_READS} |")
+    w("")
+    w("Auto-exposure (the host's rule, `station.procedures.acquire_spectrum`): the first spectrum")
+    w("is taken at 200 ms; a saturated one is retaken at 0.3 × its integration; one whose peak")
+    w("(dark subtracted) is below 30 % of the detector's range is retaken at the integration that")
+    w("puts it at 60 % (at most 50 × longer), and so on up to six spectra. The integration never")
+    w("exceeds the host's longest allowed integration (`AUTO_EXPOSURE_MAX_MS`, 10 s; at most the")
+    w("board's limit above). A pixel too dim to reach 30 % there gets a spectrum")
+    w("at that longest integration flagged *low signal*: used when its line stands clear of the")
+    w("noise, retried later when it does not; never a failure of the run.")
     w("")
     w("## Messages")
     w("")

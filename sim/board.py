@@ -141,6 +141,10 @@ from firmware_protocol.messages import (
     SweepStart,
 )
 from firmware_protocol.spec import (
+    MAX_DWELL_MS,
+    MAX_INTEGRATION_MS,
+    MAX_PD_READS,
+    MAX_SPECTRUM_INTEGRATION_MS,
     MESSAGES_BY_ID,
     MESSAGES_BY_NAME,
     PROTOCOL_VERSION,
@@ -198,10 +202,8 @@ MAX_AGING_CHANNELS = 32  # aging_active_mask is a u32
 MIN_AGING_INTERVAL_MS = 10
 MAX_AGING_INTERVAL_MS = 86_400_000
 MAX_SWEEP_POINTS = 2000  # forward program; the reverse scan may double it
-MAX_INTEGRATION_MS = 10_000.0
-MAX_DWELL_MS = 60_000.0
-MAX_SPECTRUM_INTEGRATION_MS = 60_000.0
-MAX_PD_READS = 1000
+# MAX_INTEGRATION_MS, MAX_DWELL_MS, MAX_SPECTRUM_INTEGRATION_MS, MAX_PD_READS: the contract's
+# (firmware_protocol.spec), which the host's request deadlines are derived from
 MAX_SAMPLES_PER_ADVANCE = 50_000
 """Work budget per :meth:`Board.advance` call; beyond it the board stops short (the clock slips)."""
 

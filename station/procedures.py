@@ -41,7 +41,7 @@ from firmware_protocol.messages import (
     SweepStart,
 )
 from firmware_protocol.messages import Spectrum as SpectrumMsg
-from firmware_protocol.spec import SampleFlags, SmuMode, Stream, SweepEnd
+from firmware_protocol.spec import MAX_SPECTRUM_INTEGRATION_MS, SampleFlags, SmuMode, Stream, SweepEnd
 
 from .acquisition import Acquisition, empty_rows
 from .analysis.lifetime import analyze_lifetime
@@ -254,19 +254,42 @@ def board_spectrum(counts: np.ndarray, dark_counts: float, flags: int,
                     voltage_v=voltage_v, t_s=t_s)
 
 
+AUTO_EXPOSURE_START_MS = 200.0
+AUTO_EXPOSURE_MAX_MS = 10_000.0
+"""The longest integration auto-exposure asks for (the board allows up to
+``MAX_SPECTRUM_INTEGRATION_MS``): a pixel too dim to fill 30 % of the detector's range in this
+time gets its spectrum at this integration, flagged low signal (docs/protocol.md, Timing)."""
+AUTO_EXPOSURE_LOW = 0.3
+AUTO_EXPOSURE_TARGET = 0.6
+
+
+class SpectrumResult(NamedTuple):
+    spectrum: Spectrum | None
+    """Spectral density per nm; None when unusable (saturated, or no line above the noise)."""
+    msg: SpectrumMsg
+    low_signal: bool
+    """The peak stayed below 30 % of the range at the longest allowed integration."""
+
+
 async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | None = None,
-                           start_ms: float = 200.0, max_ms: float = 60000.0,
-                           t0_us: int | None = None) -> tuple[Spectrum | None, SpectrumMsg]:
+                           start_ms: float = AUTO_EXPOSURE_START_MS,
+                           max_ms: float = AUTO_EXPOSURE_MAX_MS,
+                           t0_us: int | None = None) -> SpectrumResult:
     """One spectrum of a pixel at its present operating point, with auto-exposure.
 
-    The integration time is scaled until the peak uses 30-80 % of the detector's range (or the
-    longest allowed integration is reached); a saturated reading is retaken shorter. With
-    ``t0_us`` the spectrum is tagged with its time since t0 (aging), else with ``t_s``.
+    The integration time is scaled until the peak uses 30-80 % of the detector's range, never
+    beyond ``max_ms`` (capped at the board's ``MAX_SPECTRUM_INTEGRATION_MS``); a saturated
+    reading is retaken shorter. A dim pixel ends at ``max_ms`` with ``low_signal`` set (its
+    spectrum is still used when its line stands above the noise). With ``t0_us`` the spectrum is
+    tagged with its time since t0 (aging), else with ``t_s``. Each request's reply deadline
+    follows from its integration (the link derives it), so a long exposure is waited for.
     """
     caps = ctx.link.caps
     full = float(caps.spectrometer_max_counts) if caps else 65535.0
-    integ = start_ms
+    max_ms = min(max_ms, MAX_SPECTRUM_INTEGRATION_MS)
+    integ = min(start_ms, max_ms)
     msg: SpectrumMsg | None = None
+    low = False
     for _ in range(6):
         ok = await ctx.link.request(SpectrumAcquire(pixel=pixel_no, integration_ms=integ))
         fut = ctx.acq.wait_spectrum(ok.value)
@@ -278,13 +301,17 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
         if got.flags & 0x01:
             integ = max(integ * 0.3, 1.0)
             continue
-        if peak >= 0.3 * room or integ >= max_ms:
+        low = peak < AUTO_EXPOSURE_LOW * room
+        if not low or integ >= max_ms:
             break
-        integ = min(max_ms, integ * min(0.6 * room / max(peak, 1.0), 50.0))
+        integ = min(max_ms, integ * min(AUTO_EXPOSURE_TARGET * room / max(peak, 1.0), 50.0))
     assert msg is not None
     if t0_us is not None:
         t_s = (msg.t_us - t0_us) / 1e6
-    return ctx.board_spectrum(msg, t_s=t_s), msg
+    if low:
+        log.info("pixel %d: spectrum at the longest integration (%g ms) is low signal",
+                 pixel_no, msg.integration_ms)
+    return SpectrumResult(ctx.board_spectrum(msg, t_s=t_s), msg, low)
 
 
 async def all_outputs_off(link: BoardLink) -> None:
@@ -788,7 +815,7 @@ async def find_current_for_luminance(ctx: StationContext, pixel_no: int, pixel: 
             for _ in range(10):
                 await link.request(SmuOutput(enable=1, level=i))
                 if prep is None:
-                    s, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+                    s = (await acquire_spectrum(ctx, pixel_no, t_s=0.0)).spectrum
                     if s is not None:
                         prep = prepare_spectra([s], cal, "t_s")
                 r: SmuReading = await link.request(SmuMeasure(), SmuReading)
@@ -886,7 +913,7 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
             await link.request(start_msg)
             # the spectrum at switch-on (t = 0), before the first sample
             async with ctx.instrument_lock:
-                s0, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+                s0 = (await acquire_spectrum(ctx, pixel_no, t_s=0.0)).spectrum
             if s0 is not None:
                 col.add_spectrum(s0)
                 next_spectrum_h = params.spectrum_every_h
@@ -917,7 +944,7 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                     continue
                 if active and t_h >= next_spectrum_h:
                     async with ctx.instrument_lock:
-                        s, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0, t0_us=col.t0_us)
+                        s = (await acquire_spectrum(ctx, pixel_no, t_s=0.0, t0_us=col.t0_us)).spectrum
                     if s is not None:
                         col.add_spectrum(s)
                         next_spectrum_h = t_h + params.spectrum_every_h
