@@ -394,7 +394,7 @@ class JobManager:
                 UNFINISHED).fetchall():
             for run_id, pixel in self.db.execute(
                     "SELECT id, pixel FROM runs WHERE job_id = ? AND kind = 'aging' AND "
-                    "status IN ('running', 'paused')", (job_id,)).fetchall():
+                    "status IN ('running', 'paused', 'interrupted')", (job_id,)).fetchall():
                 self._resumed[(job_id, int(pixel))] = rebuild_aging_collector(ctx, int(run_id))
                 log.info("job %s: will resume aging run %d of pixel %d", job_id, run_id, pixel)
             # sweeps cut by the crash are run again
@@ -414,6 +414,7 @@ class JobManager:
     async def shutdown(self) -> None:
         """Stop the tasks (outputs off via their cleanup) but keep the jobs unfinished, so the
         next start resumes them."""
+        self.ctx.shutting_down = True  # the runs cut now end 'interrupted', resumable
         tasks = list(self.tasks.values())
         for t in tasks:
             t.cancel()

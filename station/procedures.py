@@ -23,6 +23,7 @@ import numpy as np
 
 from firmware_protocol.connection import Unsolicited
 from firmware_protocol.messages import (
+    AgingSet,
     AgingStart,
     AgingStop,
     AllOff,
@@ -144,6 +145,8 @@ class StationContext:
     _sweep_id: int = 0
     _darks: dict[tuple[int, int, float], _TakenDark] = field(default_factory=dict)
     last_spectra: dict[int, list[Spectrum]] = field(default_factory=dict)
+    shutting_down: bool = False
+    """Set when the station stops (SIGTERM): runs cancelled now are interrupted, not ended."""
 
     async def dark_reading(self, pixel_no: int, n: int, integration_ms: float,
                            max_age_s: float) -> DarkReading:
@@ -534,7 +537,9 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
             if col is not None:
                 with contextlib.suppress(ValueError):
                     link._listeners.remove(col.on_event)
-            if reason == "error":
+            if reason == "error" and ctx.shutting_down:
+                store.finish_run(run_id, "interrupted", "station stopped; taken again at its next start")
+            elif reason == "error":
                 store.finish_run(run_id, "failed", "error")
     assert col is not None
     ctx.acq.flush()
@@ -676,11 +681,51 @@ class AgingCollector:
         self.paused_flag = False
         self.on_alert: Callable[[str, dict[str, Any]], None] | None = None
         self._alerted: set[float] = set()
+        self.last_t_us: int | None = None
+        """Board time of the newest sample."""
+        self.last_mono: float | None = None
+        """Host monotonic time the newest sample arrived (None: none in this process yet)."""
 
     def add_spectrum(self, s: Spectrum) -> None:
         self.spectra.append(s)
         self.prepared = prepare_spectra(self.spectra, self.calibration, "t_s")
         self._factors = point_factors(self.calibration, self.prepared)
+
+    def backfill(self) -> int:
+        """Luminance, EQE and l_rel for the samples stored before the run's first spectrum.
+
+        At 1× the spectrum at switch-on takes seconds (longer when pixels queue for the
+        spectrometer), and the board samples meanwhile: those samples get their photometry now,
+        in the store, and count for L0 and the stop conditions as if the spectrum had been there
+        from the start. Only empty (NULL) values are filled. Returns the number of samples."""
+        if self.prepared is None or self._factors is None or self.t0_us is None or not self.n:
+            return 0
+        self.ctx.acq.flush()
+        store = self.ctx.store
+        d = store.fetch("aging_samples", self.run_id)
+        todo = ~np.isfinite(d["luminance_cd_m2"])
+        if not todo.any():
+            return 0
+        t_s = (d["t_us"] - self.t0_us) / 1e6
+        lum, eqe = luminance_and_eqe(d["photodiode_a"] - self.dark_a, d["current_a"], self._factors,
+                                     self.prepared.nearest(t_s))
+        live = (d["flags"].astype(np.int64) & int(SampleFlags.STOPPED)) == 0
+        if self.l0 is None:
+            self._l0_buf = [(t, lv) for t, lv, ok in zip(t_s.tolist(), lum.tolist(), live.tolist(),
+                                                         strict=True) if ok]
+            if len(self._l0_buf) >= 3:
+                t_arr = np.array([x[0] for x in self._l0_buf])
+                n = max(int(np.searchsorted(t_arr, t_arr[0] + 60.0, side="right")), 3)
+                self.l0 = float(np.median([x[1] for x in self._l0_buf[:n]]))
+        l_rel = lum / self.l0 if self.l0 else np.full(len(lum), np.nan)
+        idx = np.flatnonzero(todo)
+        store.db.executemany(
+            "UPDATE aging_samples SET luminance_cd_m2=?, eqe_pct=?, l_rel=? WHERE seq=? AND "
+            "luminance_cd_m2 IS NULL",
+            [(_finite(lum[i]), _finite(eqe[i]), _finite(l_rel[i]), int(d["seq"][i])) for i in idx])
+        store.db.commit()
+        self._check_stop(d, {"l_rel": l_rel}, t_s)  # type: ignore[arg-type]
+        return len(idx)
 
     def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
         return self.run_id
@@ -714,6 +759,8 @@ class AgingCollector:
             self.v0 = float(rec["voltage_v"][0])
         self.n += len(rec)
         self.last_t_s = float(t_s[-1])
+        self.last_t_us = int(rec["t_us"][-1])
+        self.last_mono = time.monotonic()
         self._check_stop(rec, rows, t_s)
         if self.progress is not None:
             self.progress(self.last_t_s / 3600.0, {
@@ -783,6 +830,11 @@ class AgingCollector:
                 log.exception("alert callback failed")
 
 
+def _finite(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
 def aging_current_a(ctx: StationContext, pixel: PixelConfig, j_ma_cm2: float) -> float:
     lim = ctx.config.limits
     if j_ma_cm2 <= 0:
@@ -840,6 +892,98 @@ async def find_current_for_luminance(ctx: StationContext, pixel_no: int, pixel: 
                              f"(last: {hist[-1][1]:.4g} cd/m² at {hist[-1][0] * 1e3:.4g} mA)")
         finally:
             await _safe(link, SmuOutput(enable=0, level=0.0), MuxSelect(pixel=0))
+
+
+WATCHDOG_INTERVALS = 3.0
+"""An aging run is stalled when no sample came for this many intervals of board time..."""
+WATCHDOG_MIN_S = 5.0
+"""... and for at least this long on the host's clock (samples reach the host in batches, and a
+fast simulator's board time races ahead of the host's)."""
+WATCHDOG_RECOVERIES = 2
+"""Recoveries (replay, re-arm) tried on a stalled run before it is ended with reason 'stalled'."""
+BOARD_SILENT_ALERT_S = 30.0
+"""The board not answering a run's status requests for this long raises board_not_answering."""
+
+
+class AgingWatchdog:
+    """No run is ever stuck: the per-run watchdog of :func:`run_aging`.
+
+    Each monitor round compares the board's time (its status) with the newest sample's: a run
+    with no sample for ``WATCHDOG_INTERVALS`` intervals of board time and ``WATCHDOG_MIN_S`` of
+    host time is stalled. A stalled run raises ``alert/aging_stalled`` and is recovered — the
+    records the board holds and the host lacks are fetched again, or, when there are none, the
+    channel is re-armed (``aging_set`` restarts its schedule) — at most ``WATCHDOG_RECOVERIES``
+    times without a sample in between; then the run ends with reason ``stalled``. A board that
+    does not answer for ``BOARD_SILENT_ALERT_S`` raises ``alert/board_not_answering`` (the run
+    waits: the board keeps aging and buffering, and the link replays what it missed)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_us = max(interval_s, 0.0) * 1e6
+        self.ref_t_us: int | None = None  # board time the watch (re)started, before any sample
+        self.ref_mono = time.monotonic()
+        self.recoveries = 0
+        self.seen_n = -1
+        self.last_answer = time.monotonic()
+        self.silent_alerted = False
+
+    def rearm(self) -> None:
+        """The channel was (re)started or paused: watch afresh."""
+        self.ref_t_us = None
+        self.ref_mono = time.monotonic()
+
+    def answered(self) -> None:
+        self.last_answer = time.monotonic()
+        self.silent_alerted = False
+
+    def silent_s(self, now: float) -> float:
+        return now - self.last_answer
+
+    def not_answering(self, now: float) -> bool:
+        """True once per silence, when it has lasted BOARD_SILENT_ALERT_S."""
+        if self.silent_alerted or self.silent_s(now) < BOARD_SILENT_ALERT_S:
+            return False
+        self.silent_alerted = True
+        return True
+
+    def stalled(self, col: AgingCollector, board_t_us: int, now: float) -> tuple[bool, float]:
+        """(stalled?, host seconds since the newest sample or the watch's start)."""
+        if col.n != self.seen_n:  # a new sample: progress, the recoveries start over
+            self.seen_n = col.n
+            self.recoveries = 0
+        if self.ref_t_us is None:
+            self.ref_t_us = board_t_us
+        last_t = self.ref_t_us if col.last_t_us is None else max(col.last_t_us, self.ref_t_us)
+        last_mono = self.ref_mono if col.last_mono is None else max(col.last_mono, self.ref_mono)
+        age_s = now - last_mono
+        late = board_t_us - last_t > WATCHDOG_INTERVALS * self.interval_us
+        return late and age_s > WATCHDOG_MIN_S, age_s
+
+
+async def _watch_aging(ctx: StationContext, col: AgingCollector, wd: AgingWatchdog, status: Status,
+                       start_msg: AgingStart) -> None:
+    """One watchdog round of a running channel: recover or end a stalled run."""
+    stalled, age_s = wd.stalled(col, int(status.t_us), time.monotonic())
+    if not stalled:
+        return
+    link = ctx.link
+    info = {"channel": col.channel, "last_sample_age_s": round(age_s, 3),
+            "interval_s": col.params.interval_s}
+    if wd.recoveries >= WATCHDOG_RECOVERIES:
+        col._alert("aging_stalled", {**info, "action": "ended", "recoveries": wd.recoveries})
+        col._stop("stalled", col.last_t_s)
+        return
+    wd.recoveries += 1
+    missing = link.missing_before(Stream.AGING, status.aging_head_seq)
+    if missing > 0:
+        action = f"fetching {missing} records the board holds"
+        link.note_head(Stream.AGING, status.aging_head_seq)
+    else:
+        action = "re-armed the channel"
+        await link.request(AgingSet(channel=col.channel, current_a=start_msg.current_a,
+                                    interval_ms=start_msg.interval_ms))
+    log.warning("aging pixel %d: no sample for %.1f s; %s", col.pixel, age_s, action)
+    col._alert("aging_stalled", {**info, "action": action, "recovery": wd.recoveries})
+    wd.rearm()
 
 
 async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
@@ -908,29 +1052,75 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
     next_spectrum_h = t_h0 + params.spectrum_every_h if col.spectra else 0.0
     next_sweep_h = (t_h0 + params.interim_sweep_every_h) if params.interim_sweep_every_h else None
     paused = False
+    wd = AgingWatchdog(params.interval_s)
+    spec_task: asyncio.Task[SpectrumResult] | None = None
+    low_signal_alerted = False
+
+    def start_spectrum(first: bool) -> asyncio.Task[SpectrumResult]:
+        async def take() -> SpectrumResult:
+            async with ctx.instrument_lock:
+                if first:  # the spectrum at switch-on is the run's t = 0 spectrum
+                    return await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+                return await acquire_spectrum(ctx, pixel_no, t_s=0.0, t0_us=col.t0_us)
+        return asyncio.create_task(take(), name=f"spectrum-pixel-{pixel_no}")
+
     try:
         if resume is None:
             await link.request(start_msg)
-            # the spectrum at switch-on (t = 0), before the first sample
-            async with ctx.instrument_lock:
-                s0 = (await acquire_spectrum(ctx, pixel_no, t_s=0.0)).spectrum
-            if s0 is not None:
-                col.add_spectrum(s0)
-                next_spectrum_h = params.spectrum_every_h
+            # the spectrum at switch-on, taken beside the monitor (at 1x it lasts seconds, and a
+            # queue of pixels waiting for the spectrometer must not stop the watchdog)
+            spec_task = start_spectrum(first=True)
+            next_spectrum_h = math.inf
+        elif run["status"] != "running":
+            store.update_run(run_id, status="running", end_reason=None, ended_at=None)
         while not col.stopped.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(col.stopped.wait(), 0.5)
+            stop_wait = asyncio.ensure_future(col.stopped.wait())
+            try:  # a round every 0.5 s, and at once when the spectrum is in
+                await asyncio.wait({stop_wait, *([spec_task] if spec_task else [])}, timeout=0.5,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
             if col.stopped.is_set():
                 break
             t_h = col.last_t_s / 3600.0
+            if spec_task is not None and spec_task.done():
+                done, spec_task = spec_task, None
+                try:
+                    res = done.result()
+                except (LinkDown, RequestTimeout, BoardError, TimeoutError) as e:
+                    log.info("aging pixel %d: spectrum not taken (%s); trying again", pixel_no, e)
+                    res = None
+                if res is not None and res.spectrum is not None:
+                    col.add_spectrum(res.spectrum)
+                    if len(col.spectra) == 1:
+                        col.backfill()
+                    next_spectrum_h = t_h + params.spectrum_every_h
+                else:
+                    # no usable spectrum: soon again while the run has none, else in 0.1 h
+                    next_spectrum_h = t_h + (0.1 if col.spectra else
+                                             min(0.1, 10 * params.interval_s / 3600.0))
+                if res is not None and res.low_signal and not low_signal_alerted:
+                    low_signal_alerted = True
+                    col._alert("spectrum_low_signal", {
+                        "integration_ms": res.msg.integration_ms, "usable": res.spectrum is not None,
+                        "t_h": t_h})
             try:
                 if running is not None and not running.is_set():
                     if not paused:
                         await link.request(AgingStop(channel=channel))
                         paused = True
                         store.update_run(run_id, status="paused")
+                    wd.rearm()
                     continue
-                status: Status = await link.request(GetStatus(), Status)
+                try:
+                    status: Status = await link.request(GetStatus(), Status)
+                except RequestTimeout:
+                    if wd.not_answering(time.monotonic()):
+                        col._alert("board_not_answering", {
+                            "channel": channel, "since_s": wd.silent_s(time.monotonic()),
+                            "action": "asking again (the board keeps aging and buffering)"})
+                    raise
+                wd.answered()
                 active = bool(status.aging_active_mask & (1 << channel))
                 if not active and status.interlock_closed and col.stop_reason is None:
                     if not paused:
@@ -941,22 +1131,26 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                         store.update_run(run_id, status="running")
                     paused = False
                     col.paused_flag = False
+                    wd.rearm()
                     continue
-                if active and t_h >= next_spectrum_h:
-                    async with ctx.instrument_lock:
-                        s = (await acquire_spectrum(ctx, pixel_no, t_s=0.0, t0_us=col.t0_us)).spectrum
-                    if s is not None:
-                        col.add_spectrum(s)
-                        next_spectrum_h = t_h + params.spectrum_every_h
-                    else:
-                        next_spectrum_h = t_h + 0.1
+                if active:
+                    await _watch_aging(ctx, col, wd, status, start_msg)
+                    if col.stopped.is_set():
+                        break
+                if active and t_h >= next_spectrum_h and spec_task is None:
+                    spec_task = start_spectrum(first=False)
+                    next_spectrum_h = math.inf
                 if next_sweep_h is not None and active and t_h >= next_sweep_h:
+                    if spec_task is not None:
+                        with contextlib.suppress(Exception):
+                            await spec_task
                     await link.request(AgingStop(channel=channel))
                     try:
                         await run_sweep(ctx, pixel_no, params.interim_sweep or SweepParams(),
                                         job_id=job_id)
                     finally:
                         await link.request(start_msg)
+                        wd.rearm()
                     next_sweep_h = t_h + (params.interim_sweep_every_h or math.inf)
             except (LinkDown, RequestTimeout) as e:
                 log.info("aging monitor: %s (the board keeps aging; waiting)", e)
@@ -964,9 +1158,15 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                 log.warning("aging monitor: %s", e)
         reason = col.stop_reason or "stopped"
     except asyncio.CancelledError:
-        reason = "cancelled"
+        # the daemon stopping (SIGTERM) interrupts the run, which its next start resumes;
+        # anything else cancelling it (a job stopped, Ctrl-C of `station age`) ends it
+        reason = "interrupted" if ctx.shutting_down else "cancelled"
         raise
     finally:
+        if spec_task is not None:
+            spec_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await spec_task
         await _safe(link, AgingStop(channel=channel))
         with contextlib.suppress(Exception):
             status = await asyncio.wait_for(link.request(GetStatus(), Status, wait_up_s=5.0), 10.0)
@@ -974,7 +1174,9 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
         ctx.acq.flush()
         if ctx.acq.aging.get(channel) is col:
             ctx.acq.aging.pop(channel, None)
-        if reason in ("error", "cancelled"):
+        if reason == "interrupted":
+            store.finish_run(run_id, "interrupted", "station stopped; resumes at its next start")
+        elif reason in ("error", "cancelled"):
             store.finish_run(run_id, "failed" if reason == "error" else "cancelled", reason)
     summary = finalize_aging(ctx, run_id, col)
     summary["end_reason"] = reason
@@ -1011,6 +1213,7 @@ def rebuild_aging_collector(ctx: StationContext, run_id: int) -> tuple[AgingColl
     if col.n and col.t0_us is not None:
         t_s = (d["t_us"] - col.t0_us) / 1e6
         col.last_t_s = float(t_s[-1])
+        col.last_t_us = int(d["t_us"][-1])
         col.v0 = float(d["voltage_v"][0])
         if col.prepared is not None:
             pts = compute_points(d["voltage_v"], d["current_a"], d["photodiode_a"], cal,
