@@ -375,7 +375,23 @@ class JobManager:
             "running_jobs": [r[0] for r in self.db.execute(
                 "SELECT id FROM jobs WHERE state IN ('running', 'paused', 'queued')")],
             "link_stats": asdict(link.stats),
+            "aging_runs": self._aging_runs(),
         }
+
+    def _aging_runs(self) -> dict[str, dict[str, Any]]:
+        """Each aging run this station is collecting: its pixel, samples and the age of its
+        newest sample (seconds on this host since it arrived; None before the first one of this
+        session) — a run that stopped producing shows here, and raises alert/aging_stalled."""
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for ch, col in sorted(self.ctx.acq.aging.items()):
+            last = getattr(col, "last_mono", None)
+            run_id = getattr(col, "run_id", None)
+            out[f"run {run_id}"] = {
+                "pixel": getattr(col, "pixel", None), "channel": ch,
+                "samples": getattr(col, "n", None),
+                "last_sample_age_s": None if last is None else round(now - last, 2)}
+        return out
 
     async def wait(self, job_id: str) -> dict[str, Any]:
         task = self.tasks.get(job_id)

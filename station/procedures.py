@@ -406,6 +406,8 @@ class SweepCollector:
         self.done = asyncio.Event()
         self.done_msg: SweepDone | None = None
         self.last_flags = 0
+        self.spectrum_after_sweep: dict[str, Any] | None = None
+        """Set when the sweep's own spectra were all too dim (see _spectrum_after_sweep)."""
 
     def _prep(self) -> PreparedSpectra | None:
         if self.prepared is None:
@@ -524,11 +526,12 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
             status = await _wait_sweep_end(link, col)
             await sync_stream(link, Stream.SWEEP, status.sweep_head_seq)
             await sync_stream(link, Stream.SPECTRUM, status.spectrum_head_seq)
-            if col.done_msg is not None:
-                reason = SweepEnd(col.done_msg.reason).name.lower()
-            else:
-                # sweep_done was lost with the link; the points tell how the sweep ended
-                reason = col.inferred_end()
+            end_reason = (SweepEnd(col.done_msg.reason).name.lower() if col.done_msg is not None
+                          # sweep_done was lost with the link; the points tell how it ended
+                          else col.inferred_end())
+            if not col.spectra and not ctx.last_spectra.get(pixel_no):
+                await _spectrum_after_sweep(ctx, col, pixel_no, compliance_a)
+            reason = end_reason
         finally:
             if reason == "error":
                 await _safe(link, SweepAbort())
@@ -545,6 +548,8 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
     ctx.acq.flush()
     summary = finalize_sweep(ctx, run_id, col, dark_std_a=dark.std_a, threshold=params.threshold_cd_m2,
                              adc_step_a=ctx.pd_adc_step_a(dark.gain_index))
+    if col.spectrum_after_sweep is not None:
+        summary["spectrum_after_sweep"] = col.spectrum_after_sweep
     summary["dark_age_s"] = dark.age_s
     summary["dark_pd_gain"] = dark.gain_index
     summary["end_reason"] = reason
@@ -552,6 +557,40 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
     if col.spectra:
         ctx.last_spectra[pixel_no] = col.spectra
     return SweepOutcome(run_id, summary, reason, col.n_points)
+
+
+async def _spectrum_after_sweep(ctx: StationContext, col: SweepCollector, pixel_no: int,
+                                compliance_a: float) -> bool | None:
+    """A dim pixel: none of the sweep's spectra (taken at its fixed integration) stood above
+    the noise. Take one with auto-exposure (up to the longest allowed integration) at the
+    brightest point of the sweep, the SMU holding that voltage; the sweep's photometry uses it.
+    Returns whether it is low signal (None: no point to take it at, or nothing usable)."""
+    link = ctx.link
+    ctx.acq.flush()
+    d = ctx.store.fetch("sweep_points", col.run_id)
+    ok = (d["direction"] == "forward") & ((d["flags"].astype(np.int64)
+                                           & int(SampleFlags.COMPLIANCE)) == 0)
+    if not ok.any():
+        return None
+    i = int(np.flatnonzero(ok)[np.argmax(d["photodiode_a"][ok])])
+    v = float(d["voltage_set_v"][i])
+    await link.request(MuxSelect(pixel=pixel_no))  # the sweep program ended with the mux open
+    await link.request(SmuConfigure(mode=int(SmuMode.SOURCE_V), range_index=0xFF,
+                                    compliance=compliance_a, integration_ms=20.0))
+    try:
+        await link.request(SmuOutput(enable=1, level=v))
+        res = await acquire_spectrum(ctx, pixel_no)
+    finally:
+        await _safe(link, SmuOutput(enable=0, level=0.0))
+    if res.spectrum is None:
+        log.warning("pixel %d: no usable spectrum even at %g ms and %g V", pixel_no,
+                    res.msg.integration_ms, v)
+        return None
+    col.spectra.append(res.spectrum)
+    col.prepared = None
+    col.spectrum_after_sweep = {"voltage_v": v, "integration_ms": res.msg.integration_ms,
+                                "low_signal": res.low_signal}
+    return res.low_signal
 
 
 async def _wait_sweep_end(link: BoardLink, col: SweepCollector) -> Status:
@@ -1156,6 +1195,14 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                 log.info("aging monitor: %s (the board keeps aging; waiting)", e)
             except BoardError as e:
                 log.warning("aging monitor: %s", e)
+        if spec_task is not None and not col.spectra:
+            # the run ended while its first spectrum was being taken (a short run, pixels
+            # queued at the spectrometer): its samples need it
+            with contextlib.suppress(LinkDown, RequestTimeout, BoardError, TimeoutError):
+                res = await spec_task
+                if res.spectrum is not None:
+                    col.add_spectrum(res.spectrum)
+            spec_task = None
         reason = col.stop_reason or "stopped"
     except asyncio.CancelledError:
         # the daemon stopping (SIGTERM) interrupts the run, which its next start resumes;

@@ -197,7 +197,9 @@ def _initial_guess(t: FloatArray, y: FloatArray) -> tuple[float, float, float]:
             slope, icept = np.polyfit(lt, z, 1)
             if math.isfinite(slope) and slope > 0:
                 beta0 = float(np.clip(slope, 0.1, 3.0))
-                tau0 = float(math.exp(-icept / slope))
+                # a nearly flat record (a run of seconds) gives a tiny slope: exp() would
+                # overflow; the clip below bounds tau0 anyway
+                tau0 = float(math.exp(min(-icept / slope, 700.0)))
     if not (math.isfinite(tau0) and tau0 > 0):
         tau0 = max(float(t[-1]), 1e-6)
     tau0 = float(np.clip(tau0, 1e-6, 1e9))
