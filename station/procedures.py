@@ -1195,9 +1195,12 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                 log.info("aging monitor: %s (the board keeps aging; waiting)", e)
             except BoardError as e:
                 log.warning("aging monitor: %s", e)
+        lit = not (col.stop_reason or "").startswith(("failure", "voltage", "stalled"))
+        if spec_task is None and not col.spectra and lit:
+            spec_task = start_spectrum(first=col.t0_us is None)  # the channel is still on
         if spec_task is not None and not col.spectra:
-            # the run ended while its first spectrum was being taken (a short run, pixels
-            # queued at the spectrometer): its samples need it
+            # the run ended before it had a spectrum (a short run, pixels queued at the
+            # spectrometer, a resumed run): its samples need one
             with contextlib.suppress(LinkDown, RequestTimeout, BoardError, TimeoutError):
                 res = await spec_task
                 if res.spectrum is not None:

@@ -121,7 +121,7 @@ async def test_sigterm_during_a_5_s_spectrum_stops_cleanly_and_the_runs_resume(t
         cfg = _config(tmp_path, url, 2)
         job = tmp_path / "job.toml"
         job.write_text('kind = "aging"\npixels = [1, 2]\n[aging]\ncurrent_density_ma_cm2 = 1.0\n'
-                       'until = "10s"\ninterval_s = 0.5\n')
+                       'until = "15s"\ninterval_s = 0.5\n')
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         p1 = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "station", "run", "--config", str(cfg), "--job", str(job),
