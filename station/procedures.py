@@ -259,9 +259,10 @@ def board_spectrum(counts: np.ndarray, dark_counts: float, flags: int,
 
 AUTO_EXPOSURE_START_MS = 200.0
 AUTO_EXPOSURE_MAX_MS = 10_000.0
-"""The longest integration auto-exposure asks for (the board allows up to
-``MAX_SPECTRUM_INTEGRATION_MS``): a pixel too dim to fill 30 % of the detector's range in this
-time gets its spectrum at this integration, flagged low signal (docs/protocol.md, Timing)."""
+"""The longest integration auto-exposure asks for while the spectrum shows its line: a pixel too
+dim to fill 30 % of the detector's range in this time gets its spectrum at this integration,
+flagged low signal; only a pixel with no line above the noise here goes on to the board's
+``MAX_SPECTRUM_INTEGRATION_MS`` (docs/protocol.md, Timing)."""
 AUTO_EXPOSURE_LOW = 0.3
 AUTO_EXPOSURE_TARGET = 0.6
 
@@ -281,9 +282,10 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
     """One spectrum of a pixel at its present operating point, with auto-exposure.
 
     The integration time is scaled until the peak uses 30-80 % of the detector's range, never
-    beyond ``max_ms`` (capped at the board's ``MAX_SPECTRUM_INTEGRATION_MS``); a saturated
-    reading is retaken shorter. A dim pixel ends at ``max_ms`` with ``low_signal`` set (its
-    spectrum is still used when its line stands above the noise). With ``t0_us`` the spectrum is
+    beyond ``max_ms``; a saturated reading is retaken shorter. A dim pixel ends at ``max_ms``
+    with ``low_signal`` set when its line stands above the noise there; one with no line at
+    ``max_ms`` goes on up to the board's ``MAX_SPECTRUM_INTEGRATION_MS`` (and is still low
+    signal, or unusable). With ``t0_us`` the spectrum is
     tagged with its time since t0 (aging), else with ``t_s``. Each request's reply deadline
     follows from its integration (the link derives it), so a long exposure is waited for.
     """
@@ -305,9 +307,13 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
             integ = max(integ * 0.3, 1.0)
             continue
         low = peak < AUTO_EXPOSURE_LOW * room
-        if not low or integ >= max_ms:
+        if not low or integ >= MAX_SPECTRUM_INTEGRATION_MS:
             break
-        integ = min(max_ms, integ * min(AUTO_EXPOSURE_TARGET * room / max(peak, 1.0), 50.0))
+        if integ >= max_ms and ctx.board_spectrum(got) is not None:
+            break  # low signal, but its line stands above the noise: good enough
+        # up to max_ms; beyond it (to the board's limit) only while there is no line at all
+        cap = max_ms if integ < max_ms else MAX_SPECTRUM_INTEGRATION_MS
+        integ = min(cap, integ * min(AUTO_EXPOSURE_TARGET * room / max(peak, 1.0), 50.0))
     assert msg is not None
     if t0_us is not None:
         t_s = (msg.t_us - t0_us) / 1e6
@@ -730,13 +736,27 @@ class AgingCollector:
         self.prepared = prepare_spectra(self.spectra, self.calibration, "t_s")
         self._factors = point_factors(self.calibration, self.prepared)
 
+    def _l0_from_buf(self) -> float | None:
+        """L0 by the final analysis' rule (:func:`~station.analysis.lifetime.l0_of`), so that
+        the stop level the run applies live is the one its summary reports."""
+        from .analysis.lifetime import l0_of
+
+        t_arr = np.array([x[0] for x in self._l0_buf])
+        lum = np.array([x[1] for x in self._l0_buf])
+        ok = np.isfinite(lum)
+        if ok.sum() < 3:
+            return None  # wait for more samples
+        return l0_of(t_arr[ok], lum[ok])
+
     def backfill(self) -> int:
         """Luminance, EQE and l_rel for the samples stored before the run's first spectrum.
 
         At 1× the spectrum at switch-on takes seconds (longer when pixels queue for the
         spectrometer), and the board samples meanwhile: those samples get their photometry now,
         in the store, and count for L0 and the stop conditions as if the spectrum had been there
-        from the start. Only empty (NULL) values are filled. Returns the number of samples."""
+        from the start. Only empty (NULL) values are filled. Returns the number of samples.
+        The caller flushes the acquisition before :meth:`add_spectrum`, so no sample that came
+        before the spectrum is routed after it (it would set L0 from a later sample)."""
         if self.prepared is None or self._factors is None or self.t0_us is None or not self.n:
             return 0
         self.ctx.acq.flush()
@@ -753,9 +773,7 @@ class AgingCollector:
             self._l0_buf = [(t, lv) for t, lv, ok in zip(t_s.tolist(), lum.tolist(), live.tolist(),
                                                          strict=True) if ok]
             if len(self._l0_buf) >= 3:
-                t_arr = np.array([x[0] for x in self._l0_buf])
-                n = max(int(np.searchsorted(t_arr, t_arr[0] + 60.0, side="right")), 3)
-                self.l0 = float(np.median([x[1] for x in self._l0_buf[:n]]))
+                self.l0 = self._l0_from_buf()
         l_rel = lum / self.l0 if self.l0 else np.full(len(lum), np.nan)
         idx = np.flatnonzero(todo)
         store.db.executemany(
@@ -789,9 +807,7 @@ class AgingCollector:
                     if ok:
                         self._l0_buf.append((t, lv))
                 if len(self._l0_buf) >= 3 and self._l0_buf[-1][0] - self._l0_buf[0][0] >= 0:
-                    t_arr = np.array([x[0] for x in self._l0_buf])
-                    n = max(int(np.searchsorted(t_arr, t_arr[0] + 60.0, side="right")), 3)
-                    self.l0 = float(np.median([x[1] for x in self._l0_buf[:n]]))
+                    self.l0 = self._l0_from_buf()
             if self.l0 is not None and self.l0 > 0:
                 rows["l_rel"] = lum / self.l0
         if self.v0 is None and len(rec):
@@ -1130,8 +1146,11 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                     log.info("aging pixel %d: spectrum not taken (%s); trying again", pixel_no, e)
                     res = None
                 if res is not None and res.spectrum is not None:
+                    first = not col.spectra
+                    if first:  # store what came before it as it came: backfill() computes it
+                        ctx.acq.flush()
                     col.add_spectrum(res.spectrum)
-                    if len(col.spectra) == 1:
+                    if first:
                         col.backfill()
                     next_spectrum_h = t_h + params.spectrum_every_h
                 else:
@@ -1204,6 +1223,7 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
             with contextlib.suppress(LinkDown, RequestTimeout, BoardError, TimeoutError):
                 res = await spec_task
                 if res.spectrum is not None:
+                    ctx.acq.flush()
                     col.add_spectrum(res.spectrum)
             spec_task = None
         reason = col.stop_reason or "stopped"

@@ -67,7 +67,7 @@ def stretched_exponential(t: npt.ArrayLike, a: float, tau: float, beta: float) -
 def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = 60.0, min_samples: int = 3) -> float:
     """Initial luminance, the luminance at switch-on (the first sample's time).
 
-    A robust straight line (Theil-Sen: the median of pairwise slopes, scipy.stats.theilslopes)
+    A robust straight line (Theil-Sen: the median of pairwise slopes, as scipy.stats.theilslopes)
     through the samples of the first ``window_s`` seconds after the first sample - or the first
     ``min_samples`` samples if fewer fall in the window - evaluated at the first sample's time.
     Robust to a spike or dropout in the window like a median, but without a median's bias when
@@ -77,10 +77,14 @@ def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = 60.0, min_samples:
     n = min(max(in_window, min(min_samples, t_s.size)), 200)
     if n < 3 or np.ptp(t_s[:n]) <= 0:
         return float(np.median(lum[:n]))
-    from scipy.stats import theilslopes
-
     x = t_s[:n] - t_s[0]
-    slope = float(theilslopes(lum[:n], x).slope)
+    # Theil-Sen slope as scipy.stats.theilslopes computes it (the median of the slopes of all
+    # pairs with distinct times), in numpy: the aging procedure calls this live, and importing
+    # scipy.stats there would stall the event loop for half a second
+    dx = x[:, None] - x[None, :]
+    dy = lum[:n][:, None] - lum[:n][None, :]
+    pos = dx > 0
+    slope = float(np.median(dy[pos] / dx[pos]))
     return float(np.median(lum[:n] - slope * x))
 
 
