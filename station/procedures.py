@@ -776,11 +776,13 @@ class AgingCollector:
                 self.l0 = self._l0_from_buf()
         l_rel = lum / self.l0 if self.l0 else np.full(len(lum), np.nan)
         idx = np.flatnonzero(todo)
-        store.db.executemany(
-            "UPDATE aging_samples SET luminance_cd_m2=?, eqe_pct=?, l_rel=? WHERE seq=? AND "
-            "luminance_cd_m2 IS NULL",
-            [(_finite(lum[i]), _finite(eqe[i]), _finite(l_rel[i]), int(d["seq"][i])) for i in idx])
-        store.db.commit()
+        with store.db:  # one transaction
+            store.db.execute("BEGIN")
+            store.db.executemany(
+                "UPDATE aging_samples SET luminance_cd_m2=?, eqe_pct=?, l_rel=? WHERE seq=? AND "
+                "luminance_cd_m2 IS NULL",
+                [(_finite(lum[i]), _finite(eqe[i]), _finite(l_rel[i]), int(d["seq"][i]))
+                 for i in idx])
         self._check_stop(d, {"l_rel": l_rel}, t_s)  # type: ignore[arg-type]
         return len(idx)
 
