@@ -23,6 +23,7 @@ from firmware_protocol.spec import SampleFlags
 from sim.presets import get_preset
 from sim.server import SimServer
 from sim.truth import lifetime_truth, sweep_truth
+from station.jobs import JobManager
 from station.procedures import AgingParams, SweepParams, run_aging, run_sweep
 
 from .stationkit import sim_station
@@ -84,6 +85,31 @@ async def test_a_sweep_of_a_dim_pixel_at_1x_gets_its_spectrum_at_the_longest_int
         assert server.board.counters.executed["spectrum_acquire"] >= 2  # 200 ms, then the longest
         st = server.board.status()
         assert not st.smu_output_on
+
+
+async def test_eight_pixels_aged_by_one_job_at_1x_all_keep_sampling(tmp_path):
+    """A daemon's job ages 8 pixels at once at 12.5 samples/s each (two at 1 mA/cm², whose
+    first spectra take 6-7 s, six at 10): the pixels queue at the spectrometer, and every run
+    still gets a sample every interval, luminance on every sample, and no watchdog alert."""
+    events: list[tuple[str, dict]] = []
+    async with sim_station(tmp_path, ["dbsa"] * 8, speed=1.0, seed=12) as (server, ctx):
+        jm = JobManager(ctx, publish=lambda k, p: events.append((k, p)))
+        info = await jm.submit({"kind": "aging", "pixels": list(range(1, 9)), "aging": {
+            "current_density_ma_cm2": [1.0, 1.0] + [10.0] * 6, "until": "15s",
+            "interval_s": 0.08}}, "tester")
+        final = await jm.wait(info["id"])
+        assert final["state"] == "completed", final
+        assert [(r["pixel"], r["status"], r["end_reason"]) for r in final["runs"]] == [
+            (px, "completed", "duration") for px in range(1, 9)]
+        for r in final["runs"]:
+            d = ctx.store.fetch("aging_samples", r["id"])
+            live = (d["flags"].astype(np.int64) & int(SampleFlags.STOPPED)) == 0
+            t_us = d["t_us"][live].astype(np.int64)
+            assert np.all(np.diff(t_us) == 80_000), r  # every interval
+            assert (t_us[-1] - t_us[0]) / 1e6 >= 15.0
+            assert np.all(np.isfinite(d["luminance_cd_m2"][live])), r
+        assert not [k for k, _ in events if k.startswith("alert/")], events
+        assert not server.board.status().aging_active_mask
 
 
 def _config(tmp_path: Path, url: str, n: int) -> Path:
