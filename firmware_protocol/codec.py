@@ -57,15 +57,19 @@ class EncodeError(ProtocolError):
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """How to (de)serialise one message: runs of scalars become one struct each."""
+class Plan:
+    """How to (de)serialise one message's fields: runs of scalars become one struct each;
+    every extension field is a step of its own, from step ``n_base`` on."""
 
     steps: tuple[tuple[str, Any, tuple[Field, ...]], ...]
+    n_base: int
 
 
-def _make_plan(fields: tuple[Field, ...]) -> _Plan:
+def make_plan(fields: tuple[Field, ...]) -> Plan:
+    """The plan of a field list (of this spec's messages, or of another version of one)."""
     steps: list[tuple[str, Any, tuple[Field, ...]]] = []
     run: list[Field] = []
+    n_base: int | None = None
 
     def flush() -> None:
         if run:
@@ -74,8 +78,13 @@ def _make_plan(fields: tuple[Field, ...]) -> _Plan:
             run.clear()
 
     for f in fields:
+        if f.extension and n_base is None:
+            flush()
+            n_base = len(steps)
         if f.is_scalar:
             run.append(f)
+            if f.extension:
+                flush()
             continue
         flush()
         if f.type == "str":
@@ -85,16 +94,21 @@ def _make_plan(fields: tuple[Field, ...]) -> _Plan:
         else:
             steps.append(("array", np.dtype("<" + SCALAR_TYPES[f.elem_type][0]), (f,)))
     flush()
-    return _Plan(tuple(steps))
+    return Plan(tuple(steps), len(steps) if n_base is None else n_base)
 
 
-_PLANS: dict[int, _Plan] = {mid: _make_plan(m.fields) for mid, m in MESSAGES_BY_ID.items()}
+_PLANS: dict[int, Plan] = {mid: make_plan(m.fields) for mid, m in MESSAGES_BY_ID.items()}
 _U16 = struct.Struct("<H")
 
 
 def encode_payload(msg: BaseMessage) -> bytes:
     """Serialise a message's fields. Raises :class:`EncodeError` on out-of-range values."""
-    plan = _PLANS[msg.MSG_ID]
+    return encode_fields(_PLANS[msg.MSG_ID], msg, msg.NAME)
+
+
+def encode_fields(plan: Plan, msg: Any, name: str) -> bytes:
+    """Serialise the fields of ``plan`` taken from the attributes of ``msg`` (every field,
+    extensions included: a peer that does not know them skips them)."""
     parts: list[bytes] = []
     for kind, codec, fields in plan.steps:
         try:
@@ -106,26 +120,26 @@ def encode_payload(msg: BaseMessage) -> bytes:
             if kind == "str":
                 raw = value.encode("utf-8")
                 if b"\x00" in raw:
-                    raise EncodeError(f"{msg.NAME}.{f.name}: strings may not contain NUL")
+                    raise EncodeError(f"{name}.{f.name}: strings may not contain NUL")
                 if len(raw) > f.max_len:
-                    raise EncodeError(f"{msg.NAME}.{f.name}: {len(raw)} bytes > max {f.max_len}")
+                    raise EncodeError(f"{name}.{f.name}: {len(raw)} bytes > max {f.max_len}")
                 parts.append(bytes([len(raw)]) + raw)
             elif kind == "records":
                 arr = np.asarray(value)
                 if arr.dtype != codec:
-                    arr = _coerce_records(arr, codec, f"{msg.NAME}.{f.name}")
+                    arr = _coerce_records(arr, codec, f"{name}.{f.name}")
                 if arr.ndim != 1 or len(arr) > f.max_len:
-                    raise EncodeError(f"{msg.NAME}.{f.name}: {len(arr)} records > max {f.max_len}")
+                    raise EncodeError(f"{name}.{f.name}: {len(arr)} records > max {f.max_len}")
                 parts.append(_U16.pack(len(arr)) + arr.tobytes())
             else:
                 arr = np.asarray(value, dtype=codec)
                 if arr.ndim != 1 or len(arr) > f.max_len:
-                    raise EncodeError(f"{msg.NAME}.{f.name}: {len(arr)} items > max {f.max_len}")
+                    raise EncodeError(f"{name}.{f.name}: {len(arr)} items > max {f.max_len}")
                 if codec.kind in "iu" and len(value) and any(int(v) != v for v in value):
-                    raise EncodeError(f"{msg.NAME}.{f.name}: integers required")
+                    raise EncodeError(f"{name}.{f.name}: integers required")
                 parts.append(_U16.pack(len(arr)) + arr.tobytes())
         except (struct.error, OverflowError, ValueError, TypeError, AttributeError) as e:
-            raise EncodeError(f"{msg.NAME}: cannot encode: {e}") from e
+            raise EncodeError(f"{name}: cannot encode: {e}") from e
     return b"".join(parts)
 
 
@@ -143,15 +157,23 @@ def decode_payload(msg_id: int, payload: bytes | memoryview) -> BaseMessage:
     cls = MESSAGE_CLASSES.get(msg_id)
     if cls is None:
         raise DecodeError(f"unknown message id 0x{msg_id:02X}")
-    plan = _PLANS[msg_id]
+    return cls(**decode_fields(_PLANS[msg_id], payload, cls.NAME))
+
+
+def decode_fields(plan: Plan, payload: bytes | memoryview, name: str) -> dict[str, Any]:
+    """The fields of ``plan`` read from ``payload``. Extension fields the payload ends before
+    are left out (the message class gives their defaults); bytes after the last known field
+    are ignored (a newer peer's extension fields)."""
     buf = memoryview(payload)
     off = 0
     values: dict[str, Any] = {}
     n_total = len(buf)
-    for kind, codec, fields in plan.steps:
+    for i, (kind, codec, fields) in enumerate(plan.steps):
+        if i >= plan.n_base and off >= n_total:
+            break  # an older peer: the extension fields from here on take their defaults
         if kind == "scalars":
             if off + codec.size > n_total:
-                raise DecodeError(f"{cls.NAME}: payload truncated")
+                raise DecodeError(f"{name}: payload truncated")
             vals = codec.unpack_from(buf, off)
             off += codec.size
             for f, v in zip(fields, vals, strict=True):
@@ -160,36 +182,34 @@ def decode_payload(msg_id: int, payload: bytes | memoryview) -> BaseMessage:
         f = fields[0]
         if kind == "str":
             if off + 1 > n_total:
-                raise DecodeError(f"{cls.NAME}.{f.name}: payload truncated")
+                raise DecodeError(f"{name}.{f.name}: payload truncated")
             n = buf[off]
             off += 1
             if n > f.max_len or off + n > n_total:
-                raise DecodeError(f"{cls.NAME}.{f.name}: bad string length {n}")
+                raise DecodeError(f"{name}.{f.name}: bad string length {n}")
             raw = bytes(buf[off : off + n])
             if b"\x00" in raw:
-                raise DecodeError(f"{cls.NAME}.{f.name}: NUL inside a string")
+                raise DecodeError(f"{name}.{f.name}: NUL inside a string")
             try:
                 values[f.name] = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DecodeError(f"{cls.NAME}.{f.name}: invalid UTF-8") from e
+                raise DecodeError(f"{name}.{f.name}: invalid UTF-8") from e
             off += n
             continue
         if off + 2 > n_total:
-            raise DecodeError(f"{cls.NAME}.{f.name}: payload truncated")
+            raise DecodeError(f"{name}.{f.name}: payload truncated")
         (n,) = _U16.unpack_from(buf, off)
         off += 2
         size = n * codec.itemsize
         if n > f.max_len or off + size > n_total:
-            raise DecodeError(f"{cls.NAME}.{f.name}: bad element count {n}")
+            raise DecodeError(f"{name}.{f.name}: bad element count {n}")
         arr = np.frombuffer(buf, dtype=codec, count=n, offset=off)
         off += size
         if kind == "records":
             values[f.name] = arr
         else:
             values[f.name] = tuple(arr.tolist())
-    if off != n_total:
-        raise DecodeError(f"{cls.NAME}: {n_total - off} trailing bytes")
-    return cls(**values)
+    return values
 
 
 # --- frames -----------------------------------------------------------------------------------

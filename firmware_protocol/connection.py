@@ -23,10 +23,21 @@ integration, a photodiode average's n × integration, an SMU reading's integrati
 
 Stream records carry 32-bit sequence numbers which the connection unwraps to 64 bits,
 de-duplicates, and checks for gaps (:class:`GapDetected` tells the caller to ask for a replay).
+
+Board epochs. A board reset that loses its ring buffers restarts its sequence counters (and its
+clock, which lives in the same retained RAM) at 0. The host keeps one monotonic sequence per
+stream anyway: each restart opens a new host *epoch* whose records map to host seqs from a
+``base`` above everything the previous epoch used (host seq = base + board seq), and whose
+board times map to a host time axis continuing after the last time the host saw (host t_us =
+t_offset_us + board t_us). :meth:`Connection.reconcile_heads` decides, from the status the host
+reads at every (re)connection, whether the counters continued or restarted; what the host never
+received and the board no longer holds is reported once as :class:`RecordsLost` and no longer
+tracked, so acknowledgement moves past it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,6 +60,7 @@ from .spec import (
     MESSAGES_BY_NAME,
     PROTOCOL_VERSION,
     SPEC_HASH,
+    ErrorCode,
     FrameFlags,
     Stream,
     request_cost_ms,
@@ -64,7 +76,12 @@ class Handshaked:
 
 @dataclass(frozen=True)
 class HandshakeFailed:
+    """The handshake did not succeed. ``retryable``: the board answered ``hello`` with an
+    ``error`` other than VERSION_MISMATCH (e.g. BUSY: another host holds it), so trying again
+    later may work; a mismatch of protocol or spec never will."""
+
     reason: str
+    retryable: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,12 +115,14 @@ class StreamRecords:
     stream: Stream
     records: np.ndarray
     seq64: np.ndarray
+    epoch: int = 0
+    """The host epoch the records belong to (see the module docstring)."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StreamRecords):
             return NotImplemented
         return (self.stream == other.stream and self.records.tobytes() == other.records.tobytes()
-                and np.array_equal(self.seq64, other.seq64))
+                and np.array_equal(self.seq64, other.seq64) and self.epoch == other.epoch)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -112,6 +131,7 @@ class StreamRecords:
 class SpectrumReceived:
     message: Spectrum
     seq64: int
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,39 @@ class GapDetected:
     stream: Stream
     from_seq: int
     to_seq: int
+
+
+@dataclass(frozen=True)
+class RecordsLost:
+    """Records ``from_seq``..``to_seq`` (host seqs, inclusive) of ``stream`` will never arrive:
+    the board no longer holds them. ``reason`` is ``board_reset`` (a reset lost the board's
+    rings) or ``ring_overwritten`` (a replay found them overwritten). Raised once per hole.
+    ``t_before_us``/``t_after_us`` bound the lost span in host board time where the connection
+    knows them (the last record it got before the hole; the reset), else None."""
+
+    stream: Stream
+    from_seq: int
+    to_seq: int
+    reason: str
+    epoch: int
+    t_before_us: int | None = None
+    t_after_us: int | None = None
+
+    @property
+    def count(self) -> int:
+        return self.to_seq - self.from_seq + 1
+
+
+@dataclass(frozen=True)
+class EpochStarted:
+    """The board's counters and clock restarted (a reset that lost its rings): from now on a
+    record's host seq is ``base[stream]`` + its board seq and its host time ``t_offset_us`` + its
+    board time. ``epoch`` counts such restarts seen by this host (0 = the first epoch)."""
+
+    epoch: int
+    boot_id: int
+    base: dict[Stream, int]
+    t_offset_us: int
 
 
 @dataclass(frozen=True)
@@ -144,7 +197,7 @@ class BoardRebooted:
 
 Event = (Handshaked | HandshakeFailed | Response | RequestFailed | RequestTimedOut
          | StreamRecords | SpectrumReceived | GapDetected | Unsolicited | FrameDropped
-         | BoardRebooted)
+         | BoardRebooted | RecordsLost | EpochStarted)
 
 
 class ConnState(enum.Enum):
@@ -182,20 +235,48 @@ class SeqTracker:
     list of inclusive ``[lo, hi]`` holes below it.
     """
 
-    def __init__(self, expected: int | None = None) -> None:
+    def __init__(self, expected: int | None = None, base: int = 0) -> None:
         self.expected = expected
+        self.base = base
+        """Host seq of board seq 0 in the current epoch (host seq = base + board seq)."""
         self.missing: list[list[int]] = []
         self.duplicates = 0
         self.delivered = 0
+        self.last_t_us: int | None = None
+        """Host board time of the highest record delivered (records carrying ``t_us``)."""
 
     def unwrap(self, seqs: np.ndarray) -> np.ndarray:
         s = seqs.astype(np.int64)
         if self.expected is None:
-            return s
-        ref = self.expected
+            return s + self.base
+        ref = self.expected - self.base
         delta = (s - (ref % _MOD)) % _MOD
         delta = np.where(delta >= _HALF, delta - _MOD, delta)
-        return ref + delta
+        return self.base + ref + delta
+
+    def to_board(self, seq64: int) -> int:
+        """The 32-bit board seq of host seq ``seq64`` (of the current epoch)."""
+        return (seq64 - self.base) % _MOD
+
+    def drop_range(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Stop tracking ``lo``..``hi``: the holes inside it are given up (returned, clipped);
+        if it reaches past ``expected``, ``expected`` moves to ``hi + 1``."""
+        gone: list[tuple[int, int]] = []
+        keep: list[list[int]] = []
+        for a, b in self.missing:
+            if b < lo or a > hi:
+                keep.append([a, b])
+                continue
+            gone.append((max(a, lo), min(b, hi)))
+            if a < lo:
+                keep.append([a, lo - 1])
+            if b > hi:
+                keep.append([hi + 1, b])
+        self.missing = keep
+        if self.expected is not None and hi >= self.expected:
+            gone.append((max(lo, self.expected), hi))
+            self.expected = hi + 1
+        return gone
 
     def accept(self, seqs32: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Returns (mask of new records, their unwrapped seqs, newly found gaps)."""
@@ -316,6 +397,18 @@ class Connection:
         self._hello_seq: int | None = None
         self.smu_integration_ms: float | None = None
         """The SMU integration of the last ``smu_configure`` sent (None: not known)."""
+        # board epochs (see the module docstring)
+        self.epoch = 0
+        self.epoch_boot_id: int | None = None
+        """The boot id the trackers' state was last reconciled with (None: not known)."""
+        self.t_offset_us = 0
+        self.last_board_t_us: int | None = None
+        """Latest board time (the board's own clock) seen in this epoch."""
+        self._last_heads: dict[Stream, int] = {}
+        self._holding = False
+        """Stream data is ignored between a handshake and :meth:`reconcile_heads` (the replay
+        that follows resends it): until then the host cannot tell which epoch it belongs to."""
+        self.lost: dict[Stream, int] = dict.fromkeys(Stream, 0)
 
     # -- state ------------------------------------------------------------------------------
     def _transition(self, trigger: str) -> None:
@@ -413,9 +506,131 @@ class Connection:
     def pending(self) -> int:
         return len(self._pending)
 
-    def resume_stream(self, stream: Stream, next_seq: int) -> None:
-        """Tell the tracker the next unwrapped seq the host expects (e.g. from its store)."""
-        self.trackers[stream] = SeqTracker(next_seq)
+    def resume_stream(self, stream: Stream, next_seq: int, base: int = 0) -> None:
+        """Tell the tracker the next host seq it expects (e.g. from its store), and the host seq
+        of board seq 0 in the board's current epoch."""
+        self.trackers[stream] = SeqTracker(next_seq, base)
+
+    # -- epochs -----------------------------------------------------------------------------
+    def epoch_state(self) -> dict[str, object]:
+        """What the host must keep (with each stream's next seq) to map a board's seqs and
+        times after its own restart: restore it with :meth:`restore_epoch_state`."""
+        return {"epoch": self.epoch, "boot_id": self.epoch_boot_id,
+                "t_offset_us": self.t_offset_us, "last_board_t_us": self.last_board_t_us,
+                "base": {s.name: self.trackers[s].base for s in Stream},
+                "heads": {s.name: h for s, h in self._last_heads.items()}}
+
+    def restore_epoch_state(self, state: dict[str, object]) -> None:
+        self.epoch = int(state.get("epoch") or 0)  # type: ignore[call-overload]
+        boot = state.get("boot_id")
+        self.epoch_boot_id = None if boot is None else int(boot)  # type: ignore[call-overload]
+        self.t_offset_us = int(state.get("t_offset_us") or 0)  # type: ignore[call-overload]
+        last = state.get("last_board_t_us")
+        self.last_board_t_us = None if last is None else int(last)  # type: ignore[call-overload]
+        for name, base in dict(state.get("base") or {}).items():  # type: ignore[call-overload]
+            if name in Stream.__members__:
+                self.trackers[Stream[name]].base = int(base)
+        for name, head in dict(state.get("heads") or {}).items():  # type: ignore[call-overload]
+            if name in Stream.__members__:
+                self._last_heads[Stream[name]] = int(head)
+
+    def reconcile_heads(self, status: Status) -> list[tuple[Stream, int]]:
+        """Compare a status read after a (re)connection with what the host expects.
+
+        A board whose boot id changed and whose clock or counters are behind the host's lost
+        its rings: a new epoch starts (:class:`EpochStarted`), what the host had not received
+        of the old one is reported as :class:`RecordsLost`, and the new epoch is replayed from
+        its first record. Otherwise (same boot, or a reset that kept the rings) the streams
+        continue and each is replayed from the first record the host lacks; a head behind the
+        host's on the same boot is no loss (a status read before records the host already got).
+        Returns the replays to ask for, as (stream, first host seq). Stream data flows again.
+        """
+        heads = {Stream.AGING: status.aging_head_seq, Stream.SWEEP: status.sweep_head_seq,
+                 Stream.SPECTRUM: status.spectrum_head_seq}
+        same_boot = self.epoch_boot_id is not None and status.boot_id == self.epoch_boot_id
+        restarted = False
+        if not same_boot:
+            if (self.epoch_boot_id is not None and self.last_board_t_us is not None
+                    and status.t_us < self.last_board_t_us):
+                restarted = True  # the clock restarted with the rings
+            for stream in Stream:
+                tr = self.trackers[stream]
+                if tr.expected is not None and self._head64(stream, heads[stream]) < tr.expected:
+                    restarted = True
+        replays: list[tuple[Stream, int]] = []
+        if restarted:
+            self._start_epoch(status)
+            for stream in Stream:
+                tr = self.trackers[stream]
+                if tr.expected is not None:
+                    replays.append((stream, tr.expected))
+        else:
+            for stream in Stream:
+                tr = self.trackers[stream]
+                if tr.expected is None:  # never seen: start at the board's head
+                    tr.expected = self._head64(stream, heads[stream])
+                    continue
+                replays.append((stream, tr.expected))
+        self.epoch_boot_id = status.boot_id
+        self._note_board_time(status.t_us)
+        for stream in Stream:
+            self._last_heads[stream] = self._head64(stream, heads[stream])
+        self._holding = False
+        return replays
+
+    @property
+    def holding(self) -> bool:
+        """Stream data is being ignored until :meth:`reconcile_heads`."""
+        return self._holding
+
+    def _head64(self, stream: Stream, head32: int) -> int:
+        return int(self.trackers[stream].unwrap(np.array([head32], dtype=np.uint32))[0])
+
+    def _start_epoch(self, status: Status) -> None:
+        old_epoch = self.epoch
+        t_host_last = None if self.last_board_t_us is None else self.last_board_t_us + self.t_offset_us
+        self.epoch += 1
+        self.t_offset_us = 0 if t_host_last is None else t_host_last + 1
+        base: dict[Stream, int] = {}
+        for stream in Stream:
+            tr = self.trackers[stream]
+            if tr.expected is None:
+                base[stream] = tr.base
+                continue
+            end = max(tr.expected, self._last_heads.get(stream, tr.expected))
+            holes = [(lo, hi) for lo, hi in tr.missing]
+            if end > tr.expected:
+                holes.append((tr.expected, end - 1))
+            for lo, hi in holes:
+                self._lost(RecordsLost(stream, lo, hi, "board_reset", old_epoch,
+                                       tr.last_t_us if hi == end - 1 else None,
+                                       self.t_offset_us))
+            nt = SeqTracker(end, end)
+            nt.last_t_us = tr.last_t_us
+            self.trackers[stream] = nt
+            base[stream] = end
+        self.last_board_t_us = None
+        self._last_heads = {}
+        self._events.append(EpochStarted(self.epoch, status.boot_id, base, self.t_offset_us))
+
+    def _lost(self, ev: RecordsLost) -> None:
+        self.lost[ev.stream] += ev.count
+        self._events.append(ev)
+
+    def replay_answered(self, stream: Stream, from_seq: int, first32: int) -> None:
+        """The board answered a replay from host seq ``from_seq`` with its oldest record
+        ``first32`` (board seq): records before it that the host still lacks are gone for good.
+        They are reported once (:class:`RecordsLost`) and no longer asked for."""
+        tr = self.trackers[stream]
+        first = self._head64(stream, first32) if tr.expected is not None else from_seq
+        if first <= from_seq:
+            return
+        for lo, hi in tr.drop_range(from_seq, first - 1):
+            self._lost(RecordsLost(stream, lo, hi, "ring_overwritten", self.epoch))
+
+    def _note_board_time(self, t_us: int) -> None:
+        if self.last_board_t_us is None or t_us > self.last_board_t_us:
+            self.last_board_t_us = t_us
 
     # -- input ------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -456,6 +671,8 @@ class Connection:
             return
         if self.state is not ConnState.READY:
             return  # stale stream data from before the handshake
+        if self._holding and isinstance(msg, AgingSamples | SweepPoints | Spectrum):
+            return  # its epoch is not known yet: the replay after reconcile_heads resends it
         if isinstance(msg, AgingSamples | SweepPoints):
             stream = Stream.AGING if isinstance(msg, AgingSamples) else Stream.SWEEP
             self._on_records(stream, msg.records)
@@ -466,11 +683,26 @@ class Connection:
             for lo, hi in gaps:
                 self._events.append(GapDetected(Stream.SPECTRUM, lo, hi))
             if new[0]:
-                self._events.append(SpectrumReceived(msg, int(seq64[0])))
+                self._note_board_time(msg.t_us)
+                if self.t_offset_us:
+                    msg = dataclasses.replace(msg, t_us=msg.t_us + self.t_offset_us)
+                tr.last_t_us = msg.t_us
+                self._events.append(SpectrumReceived(msg, int(seq64[0]), self.epoch))
             return
-        if isinstance(msg, Status) and self.boot_id is not None and msg.boot_id != self.boot_id:
-            self._events.append(BoardRebooted(self.boot_id, msg.boot_id))
-            self.boot_id = msg.boot_id
+        if isinstance(msg, Status):
+            if self.boot_id is not None and msg.boot_id != self.boot_id:
+                # reset without the link dropping: hold stream data until the caller reconciles
+                self._events.append(BoardRebooted(self.boot_id, msg.boot_id))
+                self.boot_id = msg.boot_id
+                self._holding = True
+            elif msg.boot_id == self.epoch_boot_id and not self._holding:
+                self._note_board_time(msg.t_us)
+                for stream, head in ((Stream.AGING, msg.aging_head_seq),
+                                     (Stream.SWEEP, msg.sweep_head_seq),
+                                     (Stream.SPECTRUM, msg.spectrum_head_seq)):
+                    if self.trackers[stream].expected is not None:
+                        h = self._head64(stream, head)
+                        self._last_heads[stream] = max(h, self._last_heads.get(stream, h))
         self._events.append(Unsolicited(msg))
 
     def _on_records(self, stream: Stream, records: np.ndarray) -> None:
@@ -478,16 +710,29 @@ class Connection:
         new, seq64, gaps = tr.accept(records["seq"])
         for lo, hi in gaps:
             self._events.append(GapDetected(stream, lo, hi))
-        if new.all():
-            self._events.append(StreamRecords(stream, records, seq64))
-        elif new.any():
-            self._events.append(StreamRecords(stream, records[new], seq64[new]))
+        if not new.any():
+            return
+        if not new.all():
+            records, seq64 = records[new], seq64[new]
+        t = records["t_us"]
+        self._note_board_time(int(t.max()))
+        if self.t_offset_us:
+            records = records.copy()
+            records["t_us"] = t + np.uint64(self.t_offset_us)
+        tr.last_t_us = int(records["t_us"][-1])
+        self._events.append(StreamRecords(stream, records, seq64, self.epoch))
 
     def _on_hello(self, p: _Pending, msg: BaseMessage) -> None:
         if not isinstance(msg, HelloReply):
             detail = msg.detail if isinstance(msg, Error) else msg.NAME
+            retryable = isinstance(msg, Error) and msg.code != ErrorCode.VERSION_MISMATCH
+            if isinstance(msg, Error):
+                try:
+                    detail = f"{ErrorCode(msg.code).name}: {detail}"
+                except ValueError:
+                    detail = f"error {msg.code}: {detail}"
             self._transition("hello_mismatch")
-            self._events.append(HandshakeFailed(f"board refused hello: {detail}"))
+            self._events.append(HandshakeFailed(f"board refused hello: {detail}", retryable))
             return
         if msg.spec_hash != self.spec_hash or msg.protocol_version != self.protocol_version:
             self._transition("hello_mismatch")
@@ -502,6 +747,12 @@ class Connection:
         self._transition("hello_ok")
         if self.boot_id is not None and msg.boot_id != self.boot_id:
             self._events.append(BoardRebooted(self.boot_id, msg.boot_id))
+        known = self.epoch_boot_id if self.epoch_boot_id is not None else self.boot_id
+        if known is not None and msg.boot_id != known and any(
+                tr.expected is not None for tr in self.trackers.values()):
+            # another boot than the one the trackers follow: until reconcile_heads tells whether
+            # its counters continued, stream data cannot be placed (the replay resends it)
+            self._holding = True
         self.boot_id = msg.boot_id
         self.board = msg
         self._events.append(Handshaked(msg))

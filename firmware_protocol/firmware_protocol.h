@@ -12,7 +12,7 @@
 #include <string.h>
 
 #define FP_PROTOCOL_VERSION 1
-#define FP_SPEC_HASH 0x04CE759Fu
+#define FP_SPEC_HASH 0x9B587E93u
 #define FP_MAX_PAYLOAD 1024
 #define FP_HEADER_SIZE 7
 #define FP_CRC_SIZE 4
@@ -268,7 +268,8 @@ static inline size_t fp_hello_pack(const fp_hello_t *m, uint8_t *buf, size_t cap
     fp_put_u32(buf + n, m->spec_hash); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_hello_unpack(fp_hello_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -276,7 +277,8 @@ static inline int fp_hello_unpack(fp_hello_t *m, const uint8_t *buf, size_t len)
     m->protocol_version = fp_get_u16(buf + n); n += 2;
     if (n + 4 > len) return -1;
     m->spec_hash = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* hello_reply (board to host): The board's identity; the host refuses a board whose spec_hash differs from its own. */
@@ -304,7 +306,8 @@ static inline size_t fp_hello_reply_pack(const fp_hello_reply_t *m, uint8_t *buf
       buf[n++] = (uint8_t)l; memcpy(buf + n, m->serial_number, l); n += l; }
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_hello_reply_unpack(fp_hello_reply_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -320,12 +323,13 @@ static inline int fp_hello_reply_unpack(fp_hello_reply_t *m, const uint8_t *buf,
     { size_t l; if (n + 1 > len) return -1; l = buf[n++];
       if (l > 32 || n + l > len) return -1;
       memcpy(m->serial_number, buf + n, l); m->serial_number[l] = 0; n += l; }
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* ok (board to host): Success reply to an acknowledged request with no data of its own. */
 #define FP_MSG_OK 0x03
-#define FP_MSG_OK_CRC_SEED 0xCC0ECE7Fu
+#define FP_MSG_OK_CRC_SEED 0x06A8018Fu
 typedef struct {
     uint32_t value;
 } fp_ok_t;
@@ -336,18 +340,20 @@ static inline size_t fp_ok_pack(const fp_ok_t *m, uint8_t *buf, size_t cap) {
     fp_put_u32(buf + n, m->value); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_ok_unpack(fp_ok_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     if (n + 4 > len) return -1;
     m->value = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* error (board to host): Failure reply to a request (or unsolicited with seq 0 for an unknown frame). */
 #define FP_MSG_ERROR 0x04
-#define FP_MSG_ERROR_CRC_SEED 0x1AB3222Eu
+#define FP_MSG_ERROR_CRC_SEED 0xF67706D6u
 typedef struct {
     uint8_t code;
     uint8_t ref_msg_id;
@@ -364,7 +370,8 @@ static inline size_t fp_error_pack(const fp_error_t *m, uint8_t *buf, size_t cap
       buf[n++] = (uint8_t)l; memcpy(buf + n, m->detail, l); n += l; }
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_error_unpack(fp_error_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -375,7 +382,8 @@ static inline int fp_error_unpack(fp_error_t *m, const uint8_t *buf, size_t len)
     { size_t l; if (n + 1 > len) return -1; l = buf[n++];
       if (l > 96 || n + l > len) return -1;
       memcpy(m->detail, buf + n, l); m->detail[l] = 0; n += l; }
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* get_capabilities (host to board, acknowledged): Ask for the board's capabilities. */
@@ -390,17 +398,19 @@ static inline size_t fp_get_capabilities_pack(const fp_get_capabilities_t *m, ui
     (void)m; (void)buf; (void)cap;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_get_capabilities_unpack(fp_get_capabilities_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     (void)buf;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* capabilities (board to host): What the board has and its limits. */
 #define FP_MSG_CAPABILITIES 0x06
-#define FP_MSG_CAPABILITIES_CRC_SEED 0x13D022DDu
+#define FP_MSG_CAPABILITIES_CRC_SEED 0xAFC57CAEu
 typedef struct {
     uint8_t n_substrates;
     uint8_t pixels_per_substrate;
@@ -425,6 +435,14 @@ typedef struct {
     uint32_t spectrometer_max_counts;
     uint32_t ring_depth;
     uint32_t board_tick_us;  /* us */
+    float max_integration_ms;  /* ms */
+    float max_spectrum_integration_ms;  /* ms */
+    float max_dwell_ms;  /* ms */
+    uint32_t min_aging_interval_ms;  /* ms */
+    uint32_t max_aging_interval_ms;  /* ms */
+    uint16_t max_sweep_points;
+    uint16_t max_pd_reads;
+    uint16_t aging_channels;
 } fp_capabilities_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *buf, size_t cap) {
@@ -471,9 +489,26 @@ static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *b
     fp_put_u32(buf + n, m->ring_depth); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_u32(buf + n, m->board_tick_us); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_f32(buf + n, m->max_integration_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_f32(buf + n, m->max_spectrum_integration_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_f32(buf + n, m->max_dwell_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_u32(buf + n, m->min_aging_interval_ms); n += 4;
+    if (n + 4 > cap) return FP_PACK_ERROR;
+    fp_put_u32(buf + n, m->max_aging_interval_ms); n += 4;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->max_sweep_points); n += 2;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->max_pd_reads); n += 2;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->aging_channels); n += 2;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_capabilities_unpack(fp_capabilities_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -519,12 +554,37 @@ static inline int fp_capabilities_unpack(fp_capabilities_t *m, const uint8_t *bu
     m->ring_depth = fp_get_u32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->board_tick_us = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    if (n >= len) return 0;  /* extension field max_integration_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_integration_ms = fp_get_f32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_spectrum_integration_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_spectrum_integration_ms = fp_get_f32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_dwell_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_dwell_ms = fp_get_f32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field min_aging_interval_ms absent */
+    if (n + 4 > len) return -1;
+    m->min_aging_interval_ms = fp_get_u32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_aging_interval_ms absent */
+    if (n + 4 > len) return -1;
+    m->max_aging_interval_ms = fp_get_u32(buf + n); n += 4;
+    if (n >= len) return 0;  /* extension field max_sweep_points absent */
+    if (n + 2 > len) return -1;
+    m->max_sweep_points = fp_get_u16(buf + n); n += 2;
+    if (n >= len) return 0;  /* extension field max_pd_reads absent */
+    if (n + 2 > len) return -1;
+    m->max_pd_reads = fp_get_u16(buf + n); n += 2;
+    if (n >= len) return 0;  /* extension field aging_channels absent */
+    if (n + 2 > len) return -1;
+    m->aging_channels = fp_get_u16(buf + n); n += 2;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* ping (host to board, acknowledged): Liveness check; also feeds the watchdog. */
 #define FP_MSG_PING 0x07
-#define FP_MSG_PING_CRC_SEED 0x62B70326u
+#define FP_MSG_PING_CRC_SEED 0x0F4322F2u
 typedef struct {
     uint32_t nonce;
 } fp_ping_t;
@@ -535,18 +595,20 @@ static inline size_t fp_ping_pack(const fp_ping_t *m, uint8_t *buf, size_t cap) 
     fp_put_u32(buf + n, m->nonce); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_ping_unpack(fp_ping_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     if (n + 4 > len) return -1;
     m->nonce = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* pong (board to host): Reply to ping. */
 #define FP_MSG_PONG 0x08
-#define FP_MSG_PONG_CRC_SEED 0xAC6786F7u
+#define FP_MSG_PONG_CRC_SEED 0x3FC74991u
 typedef struct {
     uint32_t nonce;
     uint64_t t_us;  /* us */
@@ -560,7 +622,8 @@ static inline size_t fp_pong_pack(const fp_pong_t *m, uint8_t *buf, size_t cap) 
     fp_put_u64(buf + n, m->t_us); n += 8;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_pong_unpack(fp_pong_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -568,7 +631,8 @@ static inline int fp_pong_unpack(fp_pong_t *m, const uint8_t *buf, size_t len) {
     m->nonce = fp_get_u32(buf + n); n += 4;
     if (n + 8 > len) return -1;
     m->t_us = fp_get_u64(buf + n); n += 8;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* get_status (host to board, acknowledged): Ask for a status message. */
@@ -583,17 +647,19 @@ static inline size_t fp_get_status_pack(const fp_get_status_t *m, uint8_t *buf, 
     (void)m; (void)buf; (void)cap;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_get_status_unpack(fp_get_status_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     (void)buf;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* status (board to host): Board state; sent in reply to get_status and unsolicited once a second (seq 0). */
 #define FP_MSG_STATUS 0x0A
-#define FP_MSG_STATUS_CRC_SEED 0x40704EC0u
+#define FP_MSG_STATUS_CRC_SEED 0xBAB3CDB2u
 typedef struct {
     uint64_t t_us;  /* us */
     uint32_t boot_id;
@@ -608,6 +674,8 @@ typedef struct {
     uint32_t sweep_head_seq;
     uint32_t spectrum_head_seq;
     uint32_t aging_oldest_seq;
+    uint8_t aging_active[32];
+    uint16_t aging_active_count;
 } fp_status_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_status_pack(const fp_status_t *m, uint8_t *buf, size_t cap) {
@@ -637,9 +705,13 @@ static inline size_t fp_status_pack(const fp_status_t *m, uint8_t *buf, size_t c
     fp_put_u32(buf + n, m->spectrum_head_seq); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_u32(buf + n, m->aging_oldest_seq); n += 4;
+    { uint16_t i; if (m->aging_active_count > 32 || n + 2 + (size_t)m->aging_active_count * 1 > cap) return FP_PACK_ERROR;
+      fp_put_u16(buf + n, m->aging_active_count); n += 2;
+      for (i = 0; i < m->aging_active_count; i++) { fp_put_u8(buf + n, m->aging_active[i]); n += 1; } }
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_status_unpack(fp_status_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -668,7 +740,12 @@ static inline int fp_status_unpack(fp_status_t *m, const uint8_t *buf, size_t le
     m->spectrum_head_seq = fp_get_u32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->aging_oldest_seq = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    if (n >= len) return 0;  /* extension field aging_active absent */
+    { uint16_t i; if (n + 2 > len) return -1; m->aging_active_count = fp_get_u16(buf + n); n += 2;
+      if (m->aging_active_count > 32 || n + (size_t)m->aging_active_count * 1 > len) return -1;
+      for (i = 0; i < m->aging_active_count; i++) { m->aging_active[i] = fp_get_u8(buf + n); n += 1; } }
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* all_off (host to board, acknowledged): Every output off: SMU, sweep, all aging channels. Always accepted. */
@@ -683,17 +760,19 @@ static inline size_t fp_all_off_pack(const fp_all_off_t *m, uint8_t *buf, size_t
     (void)m; (void)buf; (void)cap;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_all_off_unpack(fp_all_off_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     (void)buf;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* set_watchdog (host to board, acknowledged): What the board does when the host is silent for timeout_ms (0 disables). */
 #define FP_MSG_SET_WATCHDOG 0x0C
-#define FP_MSG_SET_WATCHDOG_CRC_SEED 0xBE4FC863u
+#define FP_MSG_SET_WATCHDOG_CRC_SEED 0xC35FC278u
 typedef struct {
     uint32_t timeout_ms;  /* ms */
     uint8_t policy;
@@ -707,7 +786,8 @@ static inline size_t fp_set_watchdog_pack(const fp_set_watchdog_t *m, uint8_t *b
     fp_put_u8(buf + n, m->policy); n += 1;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_set_watchdog_unpack(fp_set_watchdog_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -715,12 +795,13 @@ static inline int fp_set_watchdog_unpack(fp_set_watchdog_t *m, const uint8_t *bu
     m->timeout_ms = fp_get_u32(buf + n); n += 4;
     if (n + 1 > len) return -1;
     m->policy = fp_get_u8(buf + n); n += 1;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* event (board to host): Unsolicited notification (interlock, failure, compliance, watchdog). */
 #define FP_MSG_EVENT 0x0D
-#define FP_MSG_EVENT_CRC_SEED 0x60EA81DEu
+#define FP_MSG_EVENT_CRC_SEED 0x24CA63D8u
 typedef struct {
     uint8_t code;
     uint8_t channel;
@@ -746,7 +827,8 @@ static inline size_t fp_event_pack(const fp_event_t *m, uint8_t *buf, size_t cap
       buf[n++] = (uint8_t)l; memcpy(buf + n, m->detail, l); n += l; }
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_event_unpack(fp_event_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -763,12 +845,13 @@ static inline int fp_event_unpack(fp_event_t *m, const uint8_t *buf, size_t len)
     { size_t l; if (n + 1 > len) return -1; l = buf[n++];
       if (l > 64 || n + l > len) return -1;
       memcpy(m->detail, buf + n, l); m->detail[l] = 0; n += l; }
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* mux_select (host to board, acknowledged): Connect the SMU to one pixel (1-based) or to none (0). */
 #define FP_MSG_MUX_SELECT 0x10
-#define FP_MSG_MUX_SELECT_CRC_SEED 0x232C3DBBu
+#define FP_MSG_MUX_SELECT_CRC_SEED 0x1F29BCB5u
 typedef struct {
     uint8_t pixel;
 } fp_mux_select_t;
@@ -779,18 +862,22 @@ static inline size_t fp_mux_select_pack(const fp_mux_select_t *m, uint8_t *buf, 
     fp_put_u8(buf + n, m->pixel); n += 1;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_mux_select_unpack(fp_mux_select_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     if (n + 1 > len) return -1;
     m->pixel = fp_get_u8(buf + n); n += 1;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* smu_configure (host to board, acknowledged): Source mode, range, compliance, integration. */
 #define FP_MSG_SMU_CONFIGURE 0x11
-#define FP_MSG_SMU_CONFIGURE_CRC_SEED 0xDDE75B0Cu
+#define FP_MSG_SMU_CONFIGURE_CRC_SEED 0xAA528006u
+#define FP_SMU_CONFIGURE_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SMU_CONFIGURE_INTEGRATION_MS_MAX 10000.0f  /* inclusive */
 typedef struct {
     uint8_t mode;
     uint8_t range_index;
@@ -810,7 +897,8 @@ static inline size_t fp_smu_configure_pack(const fp_smu_configure_t *m, uint8_t 
     fp_put_f32(buf + n, m->integration_ms); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_smu_configure_unpack(fp_smu_configure_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -822,12 +910,13 @@ static inline int fp_smu_configure_unpack(fp_smu_configure_t *m, const uint8_t *
     m->compliance = fp_get_f32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->integration_ms = fp_get_f32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* smu_output (host to board, acknowledged): Set the source level and switch the output. */
 #define FP_MSG_SMU_OUTPUT 0x12
-#define FP_MSG_SMU_OUTPUT_CRC_SEED 0x1C0F9888u
+#define FP_MSG_SMU_OUTPUT_CRC_SEED 0x298CCFD5u
 typedef struct {
     uint8_t enable;
     float level;  /* V or A */
@@ -841,7 +930,8 @@ static inline size_t fp_smu_output_pack(const fp_smu_output_t *m, uint8_t *buf, 
     fp_put_f32(buf + n, m->level); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_smu_output_unpack(fp_smu_output_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -849,7 +939,8 @@ static inline int fp_smu_output_unpack(fp_smu_output_t *m, const uint8_t *buf, s
     m->enable = fp_get_u8(buf + n); n += 1;
     if (n + 4 > len) return -1;
     m->level = fp_get_f32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* smu_measure (host to board, acknowledged): One measurement of the selected pixel. */
@@ -864,17 +955,19 @@ static inline size_t fp_smu_measure_pack(const fp_smu_measure_t *m, uint8_t *buf
     (void)m; (void)buf; (void)cap;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_smu_measure_unpack(fp_smu_measure_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     (void)buf;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* smu_reading (board to host): Reply to smu_measure. */
 #define FP_MSG_SMU_READING 0x14
-#define FP_MSG_SMU_READING_CRC_SEED 0xBF5344E9u
+#define FP_MSG_SMU_READING_CRC_SEED 0xAC7DE77Du
 typedef struct {
     uint64_t t_us;  /* us */
     float voltage_v;  /* V */
@@ -900,7 +993,8 @@ static inline size_t fp_smu_reading_pack(const fp_smu_reading_t *m, uint8_t *buf
     fp_put_u8(buf + n, m->flags); n += 1;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_smu_reading_unpack(fp_smu_reading_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -916,12 +1010,19 @@ static inline int fp_smu_reading_unpack(fp_smu_reading_t *m, const uint8_t *buf,
     m->pd_gain = fp_get_u8(buf + n); n += 1;
     if (n + 1 > len) return -1;
     m->flags = fp_get_u8(buf + n); n += 1;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* sweep_start (host to board, acknowledged): Run a voltage sweep on one pixel on the board; points stream as sweep_point records, spectra as spectrum messages, and sweep_done ends it. */
 #define FP_MSG_SWEEP_START 0x15
-#define FP_MSG_SWEEP_START_CRC_SEED 0x16C39A72u
+#define FP_MSG_SWEEP_START_CRC_SEED 0x3F3E26C7u
+#define FP_SWEEP_START_DWELL_MS_MIN 0.0f  /* inclusive */
+#define FP_SWEEP_START_DWELL_MS_MAX 60000.0f  /* inclusive */
+#define FP_SWEEP_START_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SWEEP_START_INTEGRATION_MS_MAX 10000.0f  /* inclusive */
+#define FP_SWEEP_START_SPECTRUM_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SWEEP_START_SPECTRUM_INTEGRATION_MS_MAX 60000.0f  /* inclusive */
 typedef struct {
     uint16_t sweep_id;
     uint8_t pixel;
@@ -975,7 +1076,8 @@ static inline size_t fp_sweep_start_pack(const fp_sweep_start_t *m, uint8_t *buf
     fp_put_f32(buf + n, m->breakdown_v_drop); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_sweep_start_unpack(fp_sweep_start_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1009,7 +1111,8 @@ static inline int fp_sweep_start_unpack(fp_sweep_start_t *m, const uint8_t *buf,
     m->spectrum_integration_ms = fp_get_f32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->breakdown_v_drop = fp_get_f32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* sweep_abort (host to board, acknowledged): Stop the running sweep; output off. */
@@ -1024,17 +1127,19 @@ static inline size_t fp_sweep_abort_pack(const fp_sweep_abort_t *m, uint8_t *buf
     (void)m; (void)buf; (void)cap;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_sweep_abort_unpack(fp_sweep_abort_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     (void)buf;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* sweep_done (board to host): End of a sweep program. */
 #define FP_MSG_SWEEP_DONE 0x17
-#define FP_MSG_SWEEP_DONE_CRC_SEED 0x3A468C94u
+#define FP_MSG_SWEEP_DONE_CRC_SEED 0x36E34B3Au
 typedef struct {
     uint16_t sweep_id;
     uint16_t n_points;
@@ -1054,7 +1159,8 @@ static inline size_t fp_sweep_done_pack(const fp_sweep_done_t *m, uint8_t *buf, 
     fp_put_u32(buf + n, m->last_seq); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_sweep_done_unpack(fp_sweep_done_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1066,12 +1172,15 @@ static inline int fp_sweep_done_unpack(fp_sweep_done_t *m, const uint8_t *buf, s
     m->reason = fp_get_u8(buf + n); n += 1;
     if (n + 4 > len) return -1;
     m->last_seq = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* aging_start (host to board, acknowledged): Drive a pixel at constant current on an aging channel, sampling every interval. */
 #define FP_MSG_AGING_START 0x18
-#define FP_MSG_AGING_START_CRC_SEED 0xAA9FF939u
+#define FP_MSG_AGING_START_CRC_SEED 0xF90D4075u
+#define FP_AGING_START_INTERVAL_MS_MIN 10u  /* inclusive */
+#define FP_AGING_START_INTERVAL_MS_MAX 86400000u  /* inclusive */
 typedef struct {
     uint8_t channel;
     uint8_t pixel;
@@ -1097,7 +1206,8 @@ static inline size_t fp_aging_start_pack(const fp_aging_start_t *m, uint8_t *buf
     fp_put_u8(buf + n, m->pd_gain); n += 1;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_aging_start_unpack(fp_aging_start_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1113,12 +1223,13 @@ static inline int fp_aging_start_unpack(fp_aging_start_t *m, const uint8_t *buf,
     m->compliance_v = fp_get_f32(buf + n); n += 4;
     if (n + 1 > len) return -1;
     m->pd_gain = fp_get_u8(buf + n); n += 1;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* aging_set (host to board, acknowledged): Change a running channel's current or interval. */
 #define FP_MSG_AGING_SET 0x19
-#define FP_MSG_AGING_SET_CRC_SEED 0x36CA622Cu
+#define FP_MSG_AGING_SET_CRC_SEED 0x44D2DB2Bu
 typedef struct {
     uint8_t channel;
     float current_a;  /* A */
@@ -1135,7 +1246,8 @@ static inline size_t fp_aging_set_pack(const fp_aging_set_t *m, uint8_t *buf, si
     fp_put_u32(buf + n, m->interval_ms); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_aging_set_unpack(fp_aging_set_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1145,12 +1257,13 @@ static inline int fp_aging_set_unpack(fp_aging_set_t *m, const uint8_t *buf, siz
     m->current_a = fp_get_f32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->interval_ms = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* aging_stop (host to board, acknowledged): Stop an aging channel (output off). */
 #define FP_MSG_AGING_STOP 0x1A
-#define FP_MSG_AGING_STOP_CRC_SEED 0x548BB095u
+#define FP_MSG_AGING_STOP_CRC_SEED 0x50B712A8u
 typedef struct {
     uint8_t channel;
 } fp_aging_stop_t;
@@ -1161,18 +1274,20 @@ static inline size_t fp_aging_stop_pack(const fp_aging_stop_t *m, uint8_t *buf, 
     fp_put_u8(buf + n, m->channel); n += 1;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_aging_stop_unpack(fp_aging_stop_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     if (n + 1 > len) return -1;
     m->channel = fp_get_u8(buf + n); n += 1;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* pd_configure (host to board, acknowledged): Photodiode gain and autorange (pixel 0 = all). */
 #define FP_MSG_PD_CONFIGURE 0x1B
-#define FP_MSG_PD_CONFIGURE_CRC_SEED 0x04C99006u
+#define FP_MSG_PD_CONFIGURE_CRC_SEED 0xC94E21DDu
 typedef struct {
     uint8_t pixel;
     uint8_t gain_index;
@@ -1189,7 +1304,8 @@ static inline size_t fp_pd_configure_pack(const fp_pd_configure_t *m, uint8_t *b
     fp_put_u8(buf + n, m->autorange); n += 1;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_pd_configure_unpack(fp_pd_configure_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1199,12 +1315,17 @@ static inline int fp_pd_configure_unpack(fp_pd_configure_t *m, const uint8_t *bu
     m->gain_index = fp_get_u8(buf + n); n += 1;
     if (n + 1 > len) return -1;
     m->autorange = fp_get_u8(buf + n); n += 1;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* pd_read (host to board, acknowledged): Average n readings of a pixel's photodiode. */
 #define FP_MSG_PD_READ 0x1C
-#define FP_MSG_PD_READ_CRC_SEED 0x28BC5BDAu
+#define FP_MSG_PD_READ_CRC_SEED 0x3C61B028u
+#define FP_PD_READ_N_MIN 1u  /* inclusive */
+#define FP_PD_READ_N_MAX 1000u  /* inclusive */
+#define FP_PD_READ_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_PD_READ_INTEGRATION_MS_MAX 10000.0f  /* inclusive */
 typedef struct {
     uint8_t pixel;
     uint16_t n;
@@ -1221,7 +1342,8 @@ static inline size_t fp_pd_read_pack(const fp_pd_read_t *m, uint8_t *buf, size_t
     fp_put_f32(buf + n, m->integration_ms); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_pd_read_unpack(fp_pd_read_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1231,12 +1353,13 @@ static inline int fp_pd_read_unpack(fp_pd_read_t *m, const uint8_t *buf, size_t 
     m->n = fp_get_u16(buf + n); n += 2;
     if (n + 4 > len) return -1;
     m->integration_ms = fp_get_f32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* pd_reading (board to host): Reply to pd_read. */
 #define FP_MSG_PD_READING 0x1D
-#define FP_MSG_PD_READING_CRC_SEED 0xFE909745u
+#define FP_MSG_PD_READING_CRC_SEED 0xF525A391u
 typedef struct {
     uint8_t pixel;
     uint8_t gain_index;
@@ -1259,7 +1382,8 @@ static inline size_t fp_pd_reading_pack(const fp_pd_reading_t *m, uint8_t *buf, 
     fp_put_f32(buf + n, m->std_a); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_pd_reading_unpack(fp_pd_reading_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1273,12 +1397,15 @@ static inline int fp_pd_reading_unpack(fp_pd_reading_t *m, const uint8_t *buf, s
     m->mean_a = fp_get_f32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->std_a = fp_get_f32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* spectrum_acquire (host to board, acknowledged): Take one spectrum of a pixel (the SMU's present operating point); answered by a spectrum message on the SPECTRUM stream, whose seq the ok carries. */
 #define FP_MSG_SPECTRUM_ACQUIRE 0x1E
-#define FP_MSG_SPECTRUM_ACQUIRE_CRC_SEED 0xDCD799C9u
+#define FP_MSG_SPECTRUM_ACQUIRE_CRC_SEED 0x2C2F15FFu
+#define FP_SPECTRUM_ACQUIRE_INTEGRATION_MS_MIN 0.0f  /* exclusive */
+#define FP_SPECTRUM_ACQUIRE_INTEGRATION_MS_MAX 60000.0f  /* inclusive */
 typedef struct {
     uint8_t pixel;
     float integration_ms;  /* ms */
@@ -1292,7 +1419,8 @@ static inline size_t fp_spectrum_acquire_pack(const fp_spectrum_acquire_t *m, ui
     fp_put_f32(buf + n, m->integration_ms); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_spectrum_acquire_unpack(fp_spectrum_acquire_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1300,12 +1428,13 @@ static inline int fp_spectrum_acquire_unpack(fp_spectrum_acquire_t *m, const uin
     m->pixel = fp_get_u8(buf + n); n += 1;
     if (n + 4 > len) return -1;
     m->integration_ms = fp_get_f32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* spectrum (board to host): One spectrum (dark counts not subtracted; see the dark fields). */
 #define FP_MSG_SPECTRUM 0x1F
-#define FP_MSG_SPECTRUM_CRC_SEED 0xB881063Cu
+#define FP_MSG_SPECTRUM_CRC_SEED 0x2F042F1Du
 typedef struct {
     uint32_t seq;
     uint64_t t_us;  /* us */
@@ -1348,7 +1477,8 @@ static inline size_t fp_spectrum_pack(const fp_spectrum_t *m, uint8_t *buf, size
       for (i = 0; i < m->counts_count; i++) { fp_put_u16(buf + n, m->counts[i]); n += 2; } }
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_spectrum_unpack(fp_spectrum_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1375,12 +1505,13 @@ static inline int fp_spectrum_unpack(fp_spectrum_t *m, const uint8_t *buf, size_
     { uint16_t i; if (n + 2 > len) return -1; m->counts_count = fp_get_u16(buf + n); n += 2;
       if (m->counts_count > 300 || n + (size_t)m->counts_count * 2 > len) return -1;
       for (i = 0; i < m->counts_count; i++) { m->counts[i] = fp_get_u16(buf + n); n += 2; } }
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* aging_samples (board to host): A block of AGING stream records. */
 #define FP_MSG_AGING_SAMPLES 0x20
-#define FP_MSG_AGING_SAMPLES_CRC_SEED 0xD8826573u
+#define FP_MSG_AGING_SAMPLES_CRC_SEED 0xB439DE37u
 typedef struct {
     fp_aging_sample_t records[31];
     uint16_t records_count;
@@ -1393,19 +1524,21 @@ static inline size_t fp_aging_samples_pack(const fp_aging_samples_t *m, uint8_t 
       for (i = 0; i < m->records_count; i++) { fp_aging_sample_put(buf + n, &m->records[i]); n += FP_AGING_SAMPLE_SIZE; } }
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_aging_samples_unpack(fp_aging_samples_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     { uint16_t i; if (n + 2 > len) return -1; m->records_count = fp_get_u16(buf + n); n += 2;
       if (m->records_count > 31 || n + (size_t)m->records_count * FP_AGING_SAMPLE_SIZE > len) return -1;
       for (i = 0; i < m->records_count; i++) { fp_aging_sample_get(buf + n, &m->records[i]); n += FP_AGING_SAMPLE_SIZE; } }
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* sweep_points (board to host): A block of SWEEP stream records. */
 #define FP_MSG_SWEEP_POINTS 0x21
-#define FP_MSG_SWEEP_POINTS_CRC_SEED 0x536FB637u
+#define FP_MSG_SWEEP_POINTS_CRC_SEED 0x77F9D2CDu
 typedef struct {
     fp_sweep_point_t records[28];
     uint16_t records_count;
@@ -1418,19 +1551,21 @@ static inline size_t fp_sweep_points_pack(const fp_sweep_points_t *m, uint8_t *b
       for (i = 0; i < m->records_count; i++) { fp_sweep_point_put(buf + n, &m->records[i]); n += FP_SWEEP_POINT_SIZE; } }
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_sweep_points_unpack(fp_sweep_points_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
     { uint16_t i; if (n + 2 > len) return -1; m->records_count = fp_get_u16(buf + n); n += 2;
       if (m->records_count > 28 || n + (size_t)m->records_count * FP_SWEEP_POINT_SIZE > len) return -1;
       for (i = 0; i < m->records_count; i++) { fp_sweep_point_get(buf + n, &m->records[i]); n += FP_SWEEP_POINT_SIZE; } }
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* stream_ack (host to board): The host has stored every record of a stream up to and including seq; the board may free them. Not acknowledged (sent again with the next ack). */
 #define FP_MSG_STREAM_ACK 0x22
-#define FP_MSG_STREAM_ACK_CRC_SEED 0x49F21225u
+#define FP_MSG_STREAM_ACK_CRC_SEED 0xA2EE6A5Bu
 typedef struct {
     uint8_t stream;
     uint32_t seq;
@@ -1444,7 +1579,8 @@ static inline size_t fp_stream_ack_pack(const fp_stream_ack_t *m, uint8_t *buf, 
     fp_put_u32(buf + n, m->seq); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_stream_ack_unpack(fp_stream_ack_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1452,12 +1588,13 @@ static inline int fp_stream_ack_unpack(fp_stream_ack_t *m, const uint8_t *buf, s
     m->stream = fp_get_u8(buf + n); n += 1;
     if (n + 4 > len) return -1;
     m->seq = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* stream_replay (host to board, acknowledged): Send again the records of a stream from from_seq to to_seq inclusive (0xFFFFFFFF: to the head). ok.value is the first seq the board still holds. */
 #define FP_MSG_STREAM_REPLAY 0x23
-#define FP_MSG_STREAM_REPLAY_CRC_SEED 0x0C2969F2u
+#define FP_MSG_STREAM_REPLAY_CRC_SEED 0x574E7EEDu
 typedef struct {
     uint8_t stream;
     uint32_t from_seq;
@@ -1474,7 +1611,8 @@ static inline size_t fp_stream_replay_pack(const fp_stream_replay_t *m, uint8_t 
     fp_put_u32(buf + n, m->to_seq); n += 4;
     return n;
 }
-/* Parse a payload; returns 0, or -1 if it is malformed. */
+/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
+   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */
 static inline int fp_stream_replay_unpack(fp_stream_replay_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
@@ -1484,7 +1622,8 @@ static inline int fp_stream_replay_unpack(fp_stream_replay_t *m, const uint8_t *
     m->from_seq = fp_get_u32(buf + n); n += 4;
     if (n + 4 > len) return -1;
     m->to_seq = fp_get_u32(buf + n); n += 4;
-    return n == len ? 0 : -1;
+    (void)n; (void)len;
+    return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* ---- framing -------------------------------------------------------------------------- */

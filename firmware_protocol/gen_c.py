@@ -112,6 +112,12 @@ def _struct_fields(fields: tuple[Field, ...]) -> list[str]:
     return lines
 
 
+def _c_num(f: Field, v: float) -> str:
+    if f.type.startswith("f"):
+        return f"{v!r}f" if f.type == "f32" else repr(v)
+    return f"{int(v)}u"
+
+
 def _pack_scalar(f: Field, src: str) -> list[str]:
     size = SCALAR_TYPES[f.type][1]
     return [f"    if (n + {size} > cap) return FP_PACK_ERROR;",
@@ -183,6 +189,11 @@ def generate() -> str:
           f"{m.doc} */")
         w(f"#define FP_MSG_{up} 0x{m.id:02X}")
         w(f"#define FP_MSG_{up}_CRC_SEED 0x{CRC_SEEDS[m.id]:08X}u")
+        for f in m.fields:
+            if f.range is not None:  # the values any board accepts (the board's own: capabilities)
+                rng, fu = f.range, f"FP_{up}_{f.name.upper()}"
+                w(f"#define {fu}_MIN {_c_num(f, rng.lo)}  /* {'exclusive' if rng.lo_open else 'inclusive'} */")
+                w(f"#define {fu}_MAX {_c_num(f, rng.hi)}  /* inclusive */")
         w("typedef struct {")
         body = _struct_fields(m.fields)
         o.extend(body if body else ["    uint8_t _unused;"])
@@ -216,13 +227,16 @@ def generate() -> str:
         w("    return n;")
         w("}")
         # unpack
-        w("/* Parse a payload; returns 0, or -1 if it is malformed. */")
+        w("/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the")
+        w("   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */")
         w(f"static inline int fp_{m.name}_unpack(fp_{m.name}_t *m, const uint8_t *buf, size_t len) {{")
         w("    size_t n = 0;")
         w("    memset(m, 0, sizeof *m);")
         if not m.fields:
             w("    (void)buf;")
         for f in m.fields:
+            if f.extension:  # an older peer's payload ends before it: it stays 0 / empty
+                w(f"    if (n >= len) return 0;  /* extension field {f.name} absent */")
             if f.is_scalar:
                 o.extend(_unpack_scalar(f, f"m->{f.name}"))
             elif f.type == "str":
@@ -243,7 +257,8 @@ def generate() -> str:
                   f"n + (size_t)m->{f.name}_count * {es} > len) return -1;")
                 w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
                   f"m->{f.name}[i] = fp_get_{f.elem_type}(buf + n); n += {es}; }} }}")
-        w("    return n == len ? 0 : -1;")
+        w("    (void)n; (void)len;")
+        w("    return 0;  /* bytes after the last known field: a newer peer's extensions */")
         w("}")
         w("")
     w("/* ---- framing -------------------------------------------------------------------------- */")

@@ -31,7 +31,12 @@ def _field_rows(fields: tuple[Field, ...]) -> list[str]:
             t = f"str (≤{f.max_len} bytes)"
         elif f.is_array:
             t = f"{f.type[:-2]}[≤{f.max_len}]"
-        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {f.doc} |")
+        ext = "*extension field* (absent from older peers: default 0/empty). " if f.extension else ""
+        doc = f.doc
+        if f.range is not None:
+            unit = f" {f.unit}" if f.unit else ""
+            doc = (f"{doc}; " if doc else "") + f"range {f.range}{unit} (this board's: `capabilities`)"
+        rows.append(f"| `{f.name}` | {t} | {f.unit or ''} | {ext}{doc} |")
     return rows
 
 
@@ -60,13 +65,22 @@ def generate() -> str:
     w(f"| {HEADER_SIZE} | n | payload (at most {MAX_PAYLOAD} bytes) |")
     w(f"| {HEADER_SIZE}+n | 4 | CRC-32 (IEEE, as zlib) over header and payload |")
     w("")
-    w("The CRC starts from a per-message seed (a CRC-32 of the message's definition, MAVLink's")
-    w("CRC_EXTRA idea), so a frame whose layout differs between two specs fails its CRC rather")
-    w("than decoding into wrong numbers. A frame that fails COBS, length, CRC, version or payload")
+    w("The CRC starts from a per-message seed (a CRC-32 of the message's wire definition: name,")
+    w("id, fields' names, types, units and lengths, record layouts — not the documentation;")
+    w("MAVLink's CRC_EXTRA idea), so a frame whose layout differs between two specs fails its CRC")
+    w("rather than decoding into wrong numbers; rewording the docs changes no seed and no spec")
+    w("hash. The frozen handshake (`hello`, `hello_reply`) keeps its pinned seeds, so any two")
+    w("specs can always handshake and say they differ. A frame that fails COBS, length, CRC, version or payload")
     w("checks is dropped and counted; the decoder resynchronises at the next `0x00`.")
     w("")
     w("Payload encodings: `str` is a u8 length and UTF-8 bytes (no NUL); `T[≤n]` is a u16 count and the")
     w("elements; `record[≤n]` is a u16 count and packed records.")
+    w("")
+    w("**Growing a message** (MAVLink v2's extension fields): a field added to a released message")
+    w("is marked *extension* and goes after all its other fields. It is in neither the CRC seed")
+    w("nor the spec hash, so peers built before and after it still talk: a receiver ignores bytes")
+    w("after the last field it knows, and reads an extension field the payload ends before as")
+    w("0 / empty. Frozen and stream messages and records take no extension fields.")
     w("")
     w("## Sessions")
     w("")
@@ -81,6 +95,28 @@ def generate() -> str:
     w("   the board's timestamp. The board keeps them in a ring buffer until the host's")
     w("   `stream_ack`; after a gap, a reconnect or a restart the host asks `stream_replay`.")
     w("4. The watchdog (`set_watchdog`) decides what the board does when the host goes silent.")
+    w("5. Board epochs. A board's stream seqs and its clock (`t_us`) count from its *epoch*:")
+    w("   they survive a reset that keeps the ring buffers (retained RAM) and restart at 0")
+    w("   together with a reset that loses them. At every (re)connection the host reads")
+    w("   `status` and reconciles (`Connection.reconcile_heads`): same boot id, or a new boot")
+    w("   whose clock and heads went on, is the same epoch, and each stream is replayed from the")
+    w("   first record the host lacks (a head behind the host's on the same boot is no loss: a")
+    w("   status read before records the host already has). A new boot whose clock or heads are")
+    w("   behind opens a new host epoch: its records get host seqs above everything before")
+    w("   (host seq = epoch base + board seq, so no record is dropped as a duplicate of an")
+    w("   older one with the same number), its times continue the host's time axis after the")
+    w("   latest time seen (the dead time before the reset, which no clock kept, counts as")
+    w("   zero), and it is replayed from its first record. Stream data that arrives between a")
+    w("   new boot's `hello_reply` and the reconciliation is dropped; the replay resends it.")
+    w("6. Lost records. What the host lacks and the board no longer holds is reported once as")
+    w("   `RecordsLost` (stream, host seqs, count, reason `board_reset` or `ring_overwritten`,")
+    w("   epoch) and no longer tracked, so the acknowledgement moves past it: the holes and the")
+    w("   tail up to the last head the board reported, at a reset that lost the rings; the")
+    w("   records before a replay's answer `ok.value` (the oldest it holds), when the ring")
+    w("   overwrote them. Records a board made and never sent before a reset that lost them")
+    w("   leave no trace and cannot be counted. The station stores each loss (`records_lost`")
+    w("   table), raises `event/alert/records_lost`, and shows it in `station status`, sink")
+    w("   health, the run's summary and its export.")
     w("")
     w("## Timing")
     w("")

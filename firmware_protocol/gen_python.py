@@ -75,6 +75,8 @@ def generate() -> str:
         w(f'    NAME: ClassVar[str] = "{m.name}"')
         for f in m.fields:
             unit = f"  # {f.unit}" if f.unit else ""
+            if f.extension:
+                unit = f"  # extension field{(': ' + f.unit) if f.unit else ''}"
             w(f"    {f.name}: {_pytype(f)} = {_default(f)}{unit}")
         w("")
     w("")

@@ -12,7 +12,7 @@ import numpy as np
 
 from .base import BaseMessage
 
-SPEC_HASH = 0x04CE759F
+SPEC_HASH = 0x9B587E93
 
 AGING_SAMPLE_DTYPE = np.dtype(
     [
@@ -129,6 +129,14 @@ class Capabilities(BaseMessage):
     spectrometer_max_counts: int = 0
     ring_depth: int = 0
     board_tick_us: int = 0  # us
+    max_integration_ms: float = 0.0  # extension field: ms
+    max_spectrum_integration_ms: float = 0.0  # extension field: ms
+    max_dwell_ms: float = 0.0  # extension field: ms
+    min_aging_interval_ms: int = 0  # extension field: ms
+    max_aging_interval_ms: int = 0  # extension field: ms
+    max_sweep_points: int = 0  # extension field
+    max_pd_reads: int = 0  # extension field
+    aging_channels: int = 0  # extension field
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,6 +184,7 @@ class Status(BaseMessage):
     sweep_head_seq: int = 0
     spectrum_head_seq: int = 0
     aging_oldest_seq: int = 0
+    aging_active: tuple[int, ...] = ()  # extension field
 
 
 @dataclass(frozen=True, eq=False)

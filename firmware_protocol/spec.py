@@ -8,9 +8,11 @@ Wire conventions: little-endian, packed, no padding. ``str`` is a u8 length foll
 bytes; ``T[]`` is a u16 element count followed by the elements; ``records`` is a u16 count
 followed by packed records of the named record type.
 
-Changing anything here changes :data:`SPEC_HASH`, which the handshake compares, and the
-per-message CRC seeds, so a board built from another spec is refused instead of misparsed.
-The two handshake messages (``hello``, ``hello_reply``) are frozen: never change them.
+Changing anything on the wire here (a message, a field's name, type, unit or length, an enum
+value) changes :data:`SPEC_HASH`, which the handshake compares, and the per-message CRC seeds,
+so a board built from another spec is refused instead of misparsed. Documentation is not on
+the wire: rewording it changes neither. The two handshake messages (``hello``,
+``hello_reply``) are frozen: never change them (their seeds are pinned).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Literal
 
@@ -48,6 +50,24 @@ SCALAR_TYPES: dict[str, tuple[str, int, str]] = {
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a request field may take on any board built from this spec (inclusive, or
+    above ``lo`` when ``lo_open``). A board may accept less; it says how much in its
+    ``capabilities``. Generated into the C header (``FP_<MSG>_<FIELD>_MIN``/``_MAX``) and the
+    docs; not on the wire, so not in the CRC seeds nor the spec hash."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        return (self.lo < v if self.lo_open else self.lo <= v) and v <= self.hi
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+
+@dataclass(frozen=True)
 class Field:
     name: str
     type: str  # a scalar type, "str", "<scalar>[]" or "records"
@@ -55,6 +75,12 @@ class Field:
     doc: str = ""
     max_len: int = 0  # for str / arrays / records: maximum element count
     record: str = ""  # for "records": the record type name
+    range: Range | None = None  # request fields: the values any board accepts
+    extension: bool = False
+    """An extension field (MAVLink v2's): added to a message after its first release, always
+    after every other field. Peers built before it ignore it (trailing bytes are skipped); peers
+    built after it read its default (0, "", empty) from a payload that ends before it. It is
+    not in the message's CRC seed nor in the spec hash, so old and new peers keep talking."""
 
     @property
     def is_scalar(self) -> bool:
@@ -182,6 +208,15 @@ class SpectrumKind(IntEnum):
 
 F = Field
 
+# ranges of request fields (docs/protocol.md, FP_*_MIN/_MAX in the C header)
+INTEGRATION_MS = Range(0.0, 10_000.0, lo_open=True)
+SPECTRUM_INTEGRATION_MS = Range(0.0, 60_000.0, lo_open=True)
+DWELL_MS = Range(0.0, 60_000.0)
+AGING_INTERVAL_MS = Range(10.0, 86_400_000.0)
+PD_READS = Range(1.0, 1000.0)
+MAX_SWEEP_POINTS = 2000
+"""Points of a forward sweep program (the reverse scan may double it)."""
+
 RECORDS: tuple[Record, ...] = (
     Record(
         "aging_sample",
@@ -279,6 +314,21 @@ MESSAGES: tuple[Message, ...] = (
             F("spectrometer_max_counts", "u32"),
             F("ring_depth", "u32", doc="aging samples the board buffers"),
             F("board_tick_us", "u32", "us", "period of the board's control loop"),
+            # the board's own ranges (within the spec's; 0: not reported, the spec's apply)
+            F("max_integration_ms", "f32", "ms", "longest SMU, sweep and pd_read integration",
+              extension=True),
+            F("max_spectrum_integration_ms", "f32", "ms", "longest spectrum integration",
+              extension=True),
+            F("max_dwell_ms", "f32", "ms", "longest sweep dwell", extension=True),
+            F("min_aging_interval_ms", "u32", "ms", "shortest aging sample interval",
+              extension=True),
+            F("max_aging_interval_ms", "u32", "ms", "longest aging sample interval",
+              extension=True),
+            F("max_sweep_points", "u16", doc="points of a forward sweep program",
+              extension=True),
+            F("max_pd_reads", "u16", doc="largest pd_read n", extension=True),
+            F("aging_channels", "u16", doc="aging channels, up to 256 (0: n_aging_channels)",
+              extension=True),
         ),
     ),
     Message(
@@ -310,6 +360,9 @@ MESSAGES: tuple[Message, ...] = (
             F("sweep_head_seq", "u32", doc="next seq the SWEEP stream will use"),
             F("spectrum_head_seq", "u32", doc="next seq the SPECTRUM stream will use"),
             F("aging_oldest_seq", "u32", doc="oldest AGING seq still in the ring buffer"),
+            F("aging_active", "u8[]", doc="the running aging channels of a board with any "
+              "number of them: bit k%8 of byte k/8 is channel k (empty: aging_active_mask "
+              "says)", max_len=32, extension=True),
         ),
     ),
     Message(
@@ -345,7 +398,7 @@ MESSAGES: tuple[Message, ...] = (
             F("mode", "u8", doc="SmuMode"),
             F("range_index", "u8", doc="index into the board's ranges, 0xFF = autorange"),
             F("compliance", "f32", "A or V", "current limit (source V) or voltage limit"),
-            F("integration_ms", "f32", "ms"),
+            F("integration_ms", "f32", "ms", range=INTEGRATION_MS),
         ),
         acked=True,
     ),
@@ -380,14 +433,14 @@ MESSAGES: tuple[Message, ...] = (
             F("stop_v", "f32", "V"),
             F("step_v", "f32", "V"),
             F("voltages_v", "f32[]", "V", "list program (empty for linear)", 200),
-            F("dwell_ms", "f32", "ms", "settling time before each reading"),
-            F("integration_ms", "f32", "ms"),
+            F("dwell_ms", "f32", "ms", "settling time before each reading", range=DWELL_MS),
+            F("integration_ms", "f32", "ms", range=INTEGRATION_MS),
             F("compliance_a", "f32", "A"),
             F("options", "u8", doc="bit0 reverse scan too, bit1 stop on compliance, "
                                    "bit2 photodiode autorange"),
             F("pd_gain", "u8", doc="initial photodiode gain index"),
             F("spectrum_at_v", "f32[]", "V", "take a spectrum at these set voltages", 16),
-            F("spectrum_integration_ms", "f32", "ms"),
+            F("spectrum_integration_ms", "f32", "ms", range=SPECTRUM_INTEGRATION_MS),
             F("breakdown_v_drop", "f32", "V",
               "end when the measured voltage falls this far below the set voltage (0: off)"),
         ),
@@ -413,7 +466,7 @@ MESSAGES: tuple[Message, ...] = (
             F("channel", "u8"),
             F("pixel", "u8"),
             F("current_a", "f32", "A"),
-            F("interval_ms", "u32", "ms"),
+            F("interval_ms", "u32", "ms", range=AGING_INTERVAL_MS),
             F("compliance_v", "f32", "V"),
             F("pd_gain", "u8", doc="initial photodiode gain (autoranged on the board)"),
         ),
@@ -435,7 +488,8 @@ MESSAGES: tuple[Message, ...] = (
     ),
     Message(
         "pd_read", 0x1C, "host_to_board", "Average n readings of a pixel's photodiode.",
-        (F("pixel", "u8"), F("n", "u16"), F("integration_ms", "f32", "ms")),
+        (F("pixel", "u8"), F("n", "u16", range=PD_READS),
+         F("integration_ms", "f32", "ms", range=INTEGRATION_MS)),
         acked=True, reply="pd_reading",
     ),
     Message(
@@ -452,7 +506,8 @@ MESSAGES: tuple[Message, ...] = (
         "spectrum_acquire", 0x1E, "host_to_board",
         "Take one spectrum of a pixel (the SMU's present operating point); answered by a "
         "spectrum message on the SPECTRUM stream, whose seq the ok carries.",
-        (F("pixel", "u8"), F("integration_ms", "f32", "ms")), acked=True,
+        (F("pixel", "u8"), F("integration_ms", "f32", "ms", range=SPECTRUM_INTEGRATION_MS)),
+        acked=True,
     ),
     Message(
         "spectrum", 0x1F, "board_to_host",
@@ -499,13 +554,13 @@ MESSAGES: tuple[Message, ...] = (
 # These do not change a frame's layout, so they are not part of SPEC_HASH; the generated
 # docs/protocol.md states them, and the host's request deadlines are computed from them.
 
-MAX_INTEGRATION_MS = 10_000.0
-"""Longest SMU, sweep and photodiode integration the board accepts (ms)."""
-MAX_SPECTRUM_INTEGRATION_MS = 60_000.0
-"""Longest spectrometer integration the board accepts (ms)."""
-MAX_DWELL_MS = 60_000.0
-"""Longest sweep dwell the board accepts (ms)."""
-MAX_PD_READS = 1000
+MAX_INTEGRATION_MS = INTEGRATION_MS.hi
+"""Longest SMU, sweep and photodiode integration any board accepts (ms)."""
+MAX_SPECTRUM_INTEGRATION_MS = SPECTRUM_INTEGRATION_MS.hi
+"""Longest spectrometer integration any board accepts (ms)."""
+MAX_DWELL_MS = DWELL_MS.hi
+"""Longest sweep dwell any board accepts (ms)."""
+MAX_PD_READS = int(PD_READS.hi)
 """Largest ``n`` of a ``pd_read``."""
 
 REQUEST_COSTS: dict[str, str] = {
@@ -562,47 +617,88 @@ def _canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def message_crc_seed(msg: Message) -> int:
+# The handshake's CRC seeds, as every firmware so far was built with them: pinned, so that a
+# board of any spec and this host can always exchange hello/hello_reply and the host can say
+# "protocol mismatch" (with both versions) instead of timing out on frames that fail their CRC.
+# tests/test_protocol_generated.py pins them and the frozen messages' wire layout.
+FROZEN_CRC_SEEDS: dict[int, int] = {0x01: 0xE14F7EE7, 0x02: 0x24E8EA61}
+
+
+def _wire_fields(fields: tuple[Field, ...]) -> list[dict[str, object]]:
+    """What of a field list is on the wire: names, types, units, lengths, record types — and
+    nothing of the documentation, so rewording a doc string changes no seed and no hash."""
+    return [{"name": f.name, "type": f.type, "unit": f.unit, "max_len": f.max_len,
+             "record": f.record} for f in fields if not f.extension]
+
+
+def message_crc_seed(msg: Message, records: dict[str, Record] | None = None) -> int:
     """The per-message CRC seed (MAVLink's CRC_EXTRA, 32 bits wide).
 
     The CRC-32 of a frame starts from this value, so a frame whose message layout differs
-    between two specs fails its CRC rather than decoding into wrong numbers.
+    between two specs fails its CRC rather than decoding into wrong numbers. It covers what is
+    on the wire (the message's name and id, its fields' names, types, units and lengths, the
+    layout of the records it carries) and none of the documentation. The frozen handshake
+    messages keep their pinned seeds (:data:`FROZEN_CRC_SEEDS`).
     """
-    desc: dict[str, object] = {"name": msg.name, "id": msg.id,
-                               "fields": [asdict(f) for f in msg.fields]}
+    if msg.frozen and msg.id in FROZEN_CRC_SEEDS:
+        return FROZEN_CRC_SEEDS[msg.id]
+    recs = RECORDS_BY_NAME if records is None else records
+    desc: dict[str, object] = {"name": msg.name, "id": msg.id, "fields": _wire_fields(msg.fields)}
     for f in msg.fields:
         if f.type == "records":
-            desc["record:" + f.record] = [asdict(x) for x in RECORDS_BY_NAME[f.record].fields]
+            desc["record:" + f.record] = _wire_fields(recs[f.record].fields)
     return zlib.crc32(_canonical(desc))
 
 
-def _spec_hash() -> int:
+def spec_hash(messages: tuple[Message, ...], records: tuple[Record, ...]) -> int:
+    """The hash the handshake compares: protocol version, payload limit, every message's id,
+    direction, acknowledgement, reply, stream and wire fields, every record's wire fields and
+    every enum's values — no documentation."""
     desc = {
         "protocol_version": PROTOCOL_VERSION,
         "max_payload": MAX_PAYLOAD,
-        "messages": [asdict(m) for m in MESSAGES],
-        "records": [asdict(r) for r in RECORDS],
+        "messages": [{"name": m.name, "id": m.id, "direction": m.direction, "acked": m.acked,
+                      "reply": m.reply, "stream": m.stream, "frozen": m.frozen,
+                      "fields": _wire_fields(m.fields)} for m in messages],
+        "records": [{"name": r.name, "fields": _wire_fields(r.fields)} for r in records],
         "enums": {e.__name__: {k: int(v) for k, v in e.__members__.items()} for e in ENUMS},
     }
     return int.from_bytes(hashlib.sha256(_canonical(desc)).digest()[:4], "little")
 
 
-SPEC_HASH: int = _spec_hash()
+SPEC_HASH: int = spec_hash(MESSAGES, RECORDS)
 CRC_SEEDS: dict[int, int] = {m.id: message_crc_seed(m) for m in MESSAGES}
 
 
-def _validate() -> None:
-    ids = [m.id for m in MESSAGES]
+def field_range(message: str, field: str) -> Range | None:
+    """The spec's range of ``message.field`` (None when it has none)."""
+    return next((f.range for f in MESSAGES_BY_NAME[message].fields if f.name == field), None)
+
+
+def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
+    for r in RECORDS:
+        if any(f.extension for f in r.fields):
+            raise AssertionError(f"record {r.name}: records are fixed-size, no extension fields")
+    ids = [m.id for m in messages]
     if len(set(ids)) != len(ids):
         raise AssertionError("duplicate message id in spec")
-    for m in MESSAGES:
+    for m in messages:
         if not 0 < m.id < 256:
             raise AssertionError(f"{m.name}: id out of range")
         if m.acked and m.direction != "host_to_board":
             raise AssertionError(f"{m.name}: only requests are acknowledged")
         if m.reply and m.reply not in MESSAGES_BY_NAME:
             raise AssertionError(f"{m.name}: unknown reply {m.reply}")
+        ext = [f.extension for f in m.fields]
+        if any(ext) and ext != sorted(ext):
+            raise AssertionError(f"{m.name}: extension fields must come after every other field")
+        if any(f.extension for f in m.fields) and (m.frozen or m.stream):
+            raise AssertionError(f"{m.name}: frozen and stream messages take no extension fields")
         for f in m.fields:
+            if f.range is not None and (not f.is_scalar or m.direction != "host_to_board"):
+                raise AssertionError(f"{m.name}.{f.name}: ranges are for scalar request fields")
+            if f.extension and f.type == "records":
+                raise AssertionError(f"{m.name}.{f.name}: records cannot be an extension field")
             if f.type == "records":
                 if f.record not in RECORDS_BY_NAME:
                     raise AssertionError(f"{m.name}.{f.name}: unknown record {f.record}")
@@ -639,5 +735,5 @@ __all__ = [
     "CRC_SEEDS", "HEADER_SIZE", "MAX_DWELL_MS", "MAX_INTEGRATION_MS", "MAX_PAYLOAD", "MAX_PD_READS",
     "MAX_SPECTRUM_INTEGRATION_MS", "MESSAGES", "MESSAGES_BY_ID", "MESSAGES_BY_NAME",
     "PROTOCOL_VERSION", "RECORDS", "RECORDS_BY_NAME", "REQUEST_COSTS", "SPEC_HASH", "Field",
-    "Message", "Record", "request_cost_ms",
+    "Message", "Range", "Record", "field_range", "request_cost_ms",
 ]

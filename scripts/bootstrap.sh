@@ -2,7 +2,7 @@
 # Set up everything this project needs on a fresh Debian/Ubuntu machine, idempotently:
 #   scripts/bootstrap.sh          Python venv (.venv) with the package and its dependencies
 #   scripts/bootstrap.sh --test   ... plus what the test suite needs (a C compiler,
-#                                 Mosquitto, VictoriaMetrics)
+#                                 Mosquitto, VictoriaMetrics, Chromium + chromium-driver)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,4 +86,8 @@ if [ $want_test = 1 ]; then
     # systemd-analyze checks the deployed units (tests/test_deploy.py); a container may lack it
     command -v systemd-analyze >/dev/null || apt_install systemd
     apt_install_no_service mosquitto victoria-metrics
+    # a real browser for the web page's tests (tests/test_web_browser.py, Selenium): Debian's
+    # Chromium and its WebDriver (no browser download at test time)
+    { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+        || apt_install chromium chromium-driver
 fi

@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="deliver data in X ms frames, both directions (USB full speed: 1)")
     p.add_argument("--ring-depth", type=int, default=200_000, metavar="N",
                    help="aging samples the board buffers (default 200000)")
+    p.add_argument("--aging-channels", type=int, metavar="N",
+                   help="aging channels on the board, 1..256 (default: one per pixel, at most "
+                        "256; channel k drives pixel k+1 by default)")
     p.add_argument("--reboot-loses-ring", action="store_true",
                    help="a reboot also empties the ring buffers and restarts seqs at 0")
     p.add_argument("--truth", action="store_true",
@@ -144,7 +147,8 @@ async def _serve(server: SimServer) -> int:
         return _fail(f"cannot listen ({server.kind}): {e}")
     print(url, flush=True)
     b = server.board
-    print(f"sim: {b.layout.n_pixels} pixel(s) [{b.layout.describe()}], speed {server.speed:g}x, "
+    print(f"sim: {b.layout.n_pixels} pixel(s) [{b.layout.describe()}], {b.n_channels} aging "
+          f"channel(s), speed {server.speed:g}x, "
           f"seed {server.seed}, boot_id 0x{b.boot_id:08X}"
           + (f", faults {server.plan.spec}" if server.plan.spec else ""), file=sys.stderr, flush=True)
     stopper = asyncio.create_task(stop.wait())
@@ -175,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--ring-depth must be >= 1")
         server = SimServer(layout, listen=args.listen, speed=args.speed, seed=args.seed, faults=plan,
                            baud=args.baud, usb_latency_ms=args.usb_latency_ms, link_path=args.link,
-                           ring_depth=args.ring_depth, reboot_loses_ring=args.reboot_loses_ring)
+                           ring_depth=args.ring_depth, reboot_loses_ring=args.reboot_loses_ring,
+                           n_aging_channels=args.aging_channels)
     except (LayoutError, FaultSpecError, ValueError) as e:
         return _fail(str(e))
     return asyncio.run(_serve(server))

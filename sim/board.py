@@ -86,8 +86,10 @@ Watchdog
     until the next ``set_watchdog``), event WATCHDOG_EXPIRED, and: KEEP_AGING → SMU off, sweep
     aborted, aging channels keep running; GO_SAFE → everything off. It fires once per silence.
 Board time
-    ``t_us`` counts from the simulator's start and is not reset by a reboot (the board's timer
-    lives with the retained RAM that keeps the ring).
+    ``t_us`` (in every message) counts from the board's epoch: the simulator's start, and again
+    from 0 after a reboot that loses the rings (``reboot_loses_ring``: the timer lives in the
+    same retained RAM as the rings and their seq counters). A reboot that keeps the rings keeps
+    the clock. Internally ``self.t_us`` is the simulator's own monotonic time.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ from numpy.typing import NDArray
 
 from firmware_protocol.base import BaseMessage
 from firmware_protocol.board import BoardEndpoint, Request, Resend
-from firmware_protocol.codec import FrameError, encode_frame
+from firmware_protocol.channels import channel_set_fields
+from firmware_protocol.codec import FrameError, StreamDecoder, encode_frame
 from firmware_protocol.messages import (
     AGING_SAMPLE_DTYPE,
     SWEEP_POINT_DTYPE,
@@ -141,14 +144,15 @@ from firmware_protocol.messages import (
     SweepStart,
 )
 from firmware_protocol.spec import (
-    MAX_DWELL_MS,
-    MAX_INTEGRATION_MS,
-    MAX_PD_READS,
-    MAX_SPECTRUM_INTEGRATION_MS,
+    AGING_INTERVAL_MS,
+    DWELL_MS,
+    INTEGRATION_MS,
     MESSAGES_BY_ID,
     MESSAGES_BY_NAME,
+    PD_READS,
     PROTOCOL_VERSION,
     SPEC_HASH,
+    SPECTRUM_INTEGRATION_MS,
     ErrorCode,
     EventCode,
     Fault,
@@ -160,6 +164,7 @@ from firmware_protocol.spec import (
     SweepEnd,
     WatchdogPolicy,
 )
+from firmware_protocol.spec import MAX_SWEEP_POINTS as SPEC_MAX_SWEEP_POINTS
 from sim.faults import SATURATE_STRAY_A, FaultEvent, FaultPlan
 from sim.hardware import (
     ACCEL_J_CAP_A_M2,
@@ -198,12 +203,15 @@ FIRMWARE_VERSION = f"sim {SIM_VERSION}"
 DEFAULT_RING_DEPTH = 200_000
 SWEEP_RING_DEPTH = 20_000
 SPECTRUM_RING_DEPTH = 256
-MAX_AGING_CHANNELS = 32  # aging_active_mask is a u32
-MIN_AGING_INTERVAL_MS = 10
-MAX_AGING_INTERVAL_MS = 86_400_000
-MAX_SWEEP_POINTS = 2000  # forward program; the reverse scan may double it
-# MAX_INTEGRATION_MS, MAX_DWELL_MS, MAX_SPECTRUM_INTEGRATION_MS, MAX_PD_READS: the contract's
-# (firmware_protocol.spec), which the host's request deadlines are derived from
+MAX_AGING_CHANNELS = 256  # channel numbers are u8; status.aging_active carries any number
+# the ranges of the spec (firmware_protocol/spec.py), reported in capabilities
+MIN_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.lo)
+MAX_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.hi)
+MAX_SWEEP_POINTS = SPEC_MAX_SWEEP_POINTS  # forward program; the reverse scan may double it
+MAX_INTEGRATION_MS = INTEGRATION_MS.hi  # HardwareConfig.max_integration_ms may narrow it
+MAX_DWELL_MS = DWELL_MS.hi
+MAX_SPECTRUM_INTEGRATION_MS = SPECTRUM_INTEGRATION_MS.hi
+MAX_PD_READS = int(PD_READS.hi)
 MAX_SAMPLES_PER_ADVANCE = 50_000
 """Work budget per :meth:`Board.advance` call; beyond it the board stops short (the clock slips)."""
 
@@ -253,6 +261,11 @@ class BoardCounters:
     """Requests executed successfully, by name (a cached resend or an ignored retry is not counted)."""
     errors: Counter[str] = field(default_factory=Counter)
     """Error replies sent, by ErrorCode name."""
+    unsent: dict[Stream, int] = field(default_factory=lambda: dict.fromkeys(Stream, 0))
+    """Records whose frames were discarded before they left the board (a reset or a dropped
+    link with frames still queued; a full TX buffer): no host can know of them but by a replay."""
+    epoch_produced: list[dict[Stream, int]] = field(default_factory=list)
+    """At each reboot that lost the rings: records produced per stream in the epoch it ended."""
     resends: int = 0
     retries_ignored: int = 0
     events: Counter[str] = field(default_factory=Counter)
@@ -484,6 +497,8 @@ class Board:
         self.first_seq = int(first_seq)
         self._new_rings(self.first_seq)
         self.t_us = 0
+        self.clock_base_us = 0
+        """Simulator time of the board's epoch start: message times are t_us - clock_base_us."""
         self.boot_id = self._new_boot_id(0)
         self.link_up = False
         self.link_actions: list[LinkAction] = []
@@ -497,6 +512,11 @@ class Board:
         self._reset_state()
         self._wall_now = 0.0
         self._last_heard_wall = 0.0
+        # as a board held by another host: the next ``hello_busy`` hellos are answered with
+        # error BUSY (the host retries with backoff); ``hello_spec_hash``: a firmware built from
+        # another spec (the host refuses it as a protocol mismatch)
+        self.hello_busy = 0
+        self.hello_spec_hash: int | None = None
 
     def warm_up(self) -> None:
         """Do the slow first-time work (colour tables, physics) before a host is served."""
@@ -546,7 +566,24 @@ class Board:
             return
         self.link_up = up
         if not up:
+            self.discard_frames([f for f, _ in self._frames])
             self._frames.clear()
+
+    def discard_frames(self, frames: Sequence[bytes]) -> None:
+        """Count the stream records in frames thrown away unsent (``counters.unsent``)."""
+        if not frames:
+            return
+        dec = StreamDecoder(PROTOCOL_VERSION)
+        for ev in dec.feed(b"".join(frames)):
+            if isinstance(ev, FrameError):
+                continue
+            m = ev.message
+            if isinstance(m, AgingSamples):
+                self.counters.unsent[Stream.AGING] += len(m.records)
+            elif isinstance(m, SweepPoints):
+                self.counters.unsent[Stream.SWEEP] += len(m.records)
+            elif isinstance(m, Spectrum):
+                self.counters.unsent[Stream.SPECTRUM] += 1
 
     def take_frames(self) -> list[tuple[bytes, bool]]:
         """Frames produced since the last call, as (bytes, is_stream_data) in order."""
@@ -592,7 +629,7 @@ class Board:
     def _event(self, code: EventCode, channel: int = _NONE_CHANNEL, pixel: int = 0,
                value: float = 0.0, detail: str = "") -> None:
         self.counters.events[code.name] += 1
-        self._emit(Event(code=int(code), channel=channel, pixel=pixel, t_us=self.t_us,
+        self._emit(Event(code=int(code), channel=channel, pixel=pixel, t_us=self.clock_us(),
                          value=float(np.float32(value)), detail=detail[:64]))
 
     def _flush_sweep(self) -> None:
@@ -737,15 +774,24 @@ class Board:
                 ch.sync(self.t_us)
         self._reset_state()
         self.endpoint.reset()
+        self.discard_frames([f for f, _ in self._frames])
         self._frames.clear()
         self.boot_id = self._new_boot_id(self.boot_id)
         if self.reboot_loses_ring:
+            done = self.counters.epoch_produced
+            self.counters.epoch_produced.append({
+                s: self.counters.produced[s] - sum(e[s] for e in done) for s in Stream})
             self._new_rings(0)
             self._boot_notices.clear()
+            self.clock_base_us = self.t_us  # the timer lived in the same retained RAM
         if drop_link:
             self.link_actions.append(LinkAction("reboot", 0, 0.3))
 
     # ------------------------------------------------------------------ status ------------
+    def clock_us(self) -> int:
+        """The board's clock as its messages carry it (µs since its epoch)."""
+        return self.t_us - self.clock_base_us
+
     def faults(self) -> int:
         f = self._latched
         if self.interlock_open:
@@ -755,7 +801,11 @@ class Board:
         return int(f)
 
     def aging_mask(self) -> int:
-        return sum(1 << ch.index for ch in self.channels if ch is not None)
+        """The running channels among 0..31 (``status.aging_active_mask``)."""
+        return sum(1 << ch.index for ch in self.channels if ch is not None and ch.index < 32)
+
+    def active_channels(self) -> list[int]:
+        return [ch.index for ch in self.channels if ch is not None]
 
     def _substrate_power(self) -> NDArray[np.float64]:
         p = np.zeros(self.layout.n_substrates)
@@ -767,10 +817,11 @@ class Board:
     def status(self) -> Status:
         temps = self.thermal.readings(self._substrate_power(), self._rng_temp)
         return Status(
-            t_us=self.t_us, boot_id=self.boot_id, faults=self.faults(),
+            t_us=self.clock_us(), boot_id=self.boot_id, faults=self.faults(),
             interlock_closed=0 if self.interlock_open else 1,
             smu_output_on=int(self.smu.output_on), sweep_active=int(self.sweep is not None),
-            aging_active_mask=self.aging_mask(), temperatures_c=tuple(temps),
+            **channel_set_fields(self.active_channels(), self.n_channels),
+            temperatures_c=tuple(temps),
             aging_head_seq=self.aging_ring.head & SEQ_MASK,
             sweep_head_seq=self.sweep_ring.head & SEQ_MASK,
             spectrum_head_seq=self.spectrum_ring.head & SEQ_MASK,
@@ -786,7 +837,7 @@ class Board:
         return Capabilities(
             n_substrates=self.layout.n_substrates,
             pixels_per_substrate=self.layout.pixels_per_substrate,
-            n_aging_channels=self.n_channels,
+            n_aging_channels=min(self.n_channels, 255), aging_channels=self.n_channels,
             n_temperature_sensors=self.layout.n_substrates + 1,
             smu_voltage_ranges_v=c.smu_voltage_ranges_v,
             smu_current_ranges_a=c.smu_current_ranges_a,
@@ -797,6 +848,10 @@ class Board:
             wavelength_cal=c.wavelength_cal, spectrum_kind=int(SpectrumKind.PHOTON_COUNTS),
             spectrometer_max_counts=c.spectrometer_max_counts, ring_depth=self.ring_depth,
             board_tick_us=c.board_tick_us,
+            max_integration_ms=c.max_integration_ms,
+            max_spectrum_integration_ms=MAX_SPECTRUM_INTEGRATION_MS, max_dwell_ms=MAX_DWELL_MS,
+            min_aging_interval_ms=MIN_AGING_INTERVAL_MS, max_aging_interval_ms=MAX_AGING_INTERVAL_MS,
+            max_sweep_points=MAX_SWEEP_POINTS, max_pd_reads=MAX_PD_READS,
         )
 
     # ------------------------------------------------------------------ watchdog ----------
@@ -903,7 +958,7 @@ class Board:
         z = np.concatenate([ch.rng.standard_normal((len(t), 4)) for ch, t in due])
         cfg = self.cfg
         rec = np.zeros(len(times), dtype=AGING_SAMPLE_DTYPE)
-        rec["t_us"] = times
+        rec["t_us"] = times - self.clock_base_us
         rec["channel"] = np.array([ch.index for ch in chans])[owner]
         rec["pixel"] = np.array([ch.pixel.number for ch in chans])[owner]
         rec["current_a"] = i_true * (1.0 + cfg.smu_noise_rel * z[:, 0]) + 1e-9 * z[:, 0]
@@ -997,7 +1052,7 @@ class Board:
         if sw.hit[k]:
             flags |= SampleFlags.COMPLIANCE
         rec = np.zeros(1, dtype=SWEEP_POINT_DTYPE)
-        rec["t_us"] = t
+        rec["t_us"] = t - self.clock_base_us
         rec["sweep_id"] = sw.sweep_id
         rec["index"] = k
         rec["pixel"] = sw.pixel.number
@@ -1040,7 +1095,7 @@ class Board:
     def _push_spectrum(self, sweep_id: int, index: int, pixel: int, flags: int, voltage: float,
                        current: float, integration_ms: float, dark: float,
                        counts: NDArray[np.uint16]) -> Spectrum:
-        msg = Spectrum(seq=self.spectrum_ring.next_seq32(), t_us=self.t_us, sweep_id=sweep_id,
+        msg = Spectrum(seq=self.spectrum_ring.next_seq32(), t_us=self.clock_us(), sweep_id=sweep_id,
                        index=index, pixel=pixel, flags=flags, voltage_v=voltage, current_a=current,
                        integration_ms=float(integration_ms), dark_counts=float(dark),
                        counts=tuple(int(c) for c in counts))
@@ -1158,7 +1213,11 @@ class Board:
 
     # -- handlers -----------------------------------------------------------------------------
     def _h_hello(self, m: Hello) -> _Result:
-        reply = HelloReply(protocol_version=PROTOCOL_VERSION, spec_hash=SPEC_HASH, boot_id=self.boot_id,
+        if self.hello_busy > 0:
+            self.hello_busy -= 1
+            raise CommandError(ErrorCode.BUSY, "board is held by another host")
+        spec_hash = SPEC_HASH if self.hello_spec_hash is None else self.hello_spec_hash
+        reply = HelloReply(protocol_version=PROTOCOL_VERSION, spec_hash=spec_hash, boot_id=self.boot_id,
                            firmware_version=FIRMWARE_VERSION, serial_number=self.serial_number[:32])
         notices, self._boot_notices = self._boot_notices, []
         return reply, notices
@@ -1167,7 +1226,7 @@ class Board:
         return self.capabilities()
 
     def _h_ping(self, m: Ping) -> _Result:
-        return Pong(nonce=m.nonce, t_us=self.t_us)
+        return Pong(nonce=m.nonce, t_us=self.clock_us())
 
     def _h_status(self, m: GetStatus) -> _Result:
         return self.status()
@@ -1217,7 +1276,7 @@ class Board:
         if mode == SmuMode.SOURCE_I and m.compliance > self.cfg.max_voltage_v:
             raise CommandError(ErrorCode.LIMIT, f"compliance {m.compliance:g} V beyond max_voltage_v "
                                f"{self.cfg.max_voltage_v:g} V")
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if mode != self.smu.mode:
             self.smu.output_on = False
         self.smu.mode = mode
@@ -1271,7 +1330,7 @@ class Board:
             sig = float(px.pd_signal_a(ro.op, ro.deg)) if ro.op is not None and ro.deg is not None else 0.0
             pd_a, gain, pflags = self._pd_once(px.number, sig, z[2:3], self.smu.integration_ms)
             flags |= pflags
-        return SmuReading(t_us=self.t_us, voltage_v=v, current_a=i, photodiode_a=pd_a, pd_gain=gain,
+        return SmuReading(t_us=self.clock_us(), voltage_v=v, current_a=i, photodiode_a=pd_a, pd_gain=gain,
                           flags=int(flags)), []
 
     def _pd_once(self, pixel: int, signal_a: float, z: NDArray[np.float64],
@@ -1312,7 +1371,7 @@ class Board:
         self._pixel_arg(m.pixel)
         if not 1 <= m.n <= MAX_PD_READS:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"n {m.n} out of range 1..{MAX_PD_READS}")
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         cost = round(m.n * m.integration_ms * 1000)
 
         def finish() -> tuple[BaseMessage, list[BaseMessage]]:
@@ -1340,7 +1399,7 @@ class Board:
             px = self.pixels[m.pixel - 1]
             counts, dark, flags = self.spectrometer.acquire(px, op, deg, m.integration_ms, self._rng_spec)
             seq = self.spectrum_ring.next_seq32()
-            msg = Spectrum(seq=seq, t_us=self.t_us, sweep_id=_NO_SWEEP_ID, index=0, pixel=m.pixel,
+            msg = Spectrum(seq=seq, t_us=self.clock_us(), sweep_id=_NO_SWEEP_ID, index=0, pixel=m.pixel,
                            flags=flags, voltage_v=v, current_a=i, integration_ms=float(m.integration_ms),
                            dark_counts=float(dark), counts=tuple(int(c) for c in counts))
             self.spectrum_ring.push(msg)
@@ -1395,7 +1454,7 @@ class Board:
             raise CommandError(ErrorCode.LIMIT, f"compliance_a {m.compliance_a:g} A beyond max_current_a "
                                f"{self.cfg.max_current_a:g} A")
         self._range_arg("dwell_ms", m.dwell_ms, 0.0, MAX_DWELL_MS, lo_open=False)
-        self._range_arg("integration_ms", m.integration_ms, 0.0, MAX_INTEGRATION_MS)
+        self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if m.options & ~0x07:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"options 0x{m.options:02X}: bits 3-7 are reserved")
         self._gain_arg("pd_gain", m.pd_gain)

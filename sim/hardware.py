@@ -123,6 +123,7 @@ class HardwareConfig:
     wavelength_cal: tuple[float, ...] = field(default_factory=_default_wavelength_cal)
     spectrometer_max_counts: int = 65535
     board_tick_us: int = 1000
+    max_integration_ms: float = 10_000.0  # SMU, sweep, pd_read (the spec allows up to 10 s)
     # model constants
     smu_noise_rel: float = 1e-4
     smu_noise_range: float = 1e-6

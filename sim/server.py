@@ -342,6 +342,9 @@ class _Pipe:
         self._q.clear()
         self._size = 0
 
+    def queued(self) -> list[bytes]:
+        return [d for _, d in self._q]
+
     def pop(self, wall: float) -> bytes:
         if self.rate is not None:
             if self._last < 0:
@@ -525,6 +528,7 @@ class SimServer:
             for data, is_stream in board.take_frames():
                 if is_stream and self._out.pending() + tr.backlog() > self.tx_buffer_bytes:
                     self.stats.tx_frames_dropped += 1
+                    board.discard_frames([data])
                     continue
                 self._out.push(data, wall)
             if not self._down:
@@ -553,6 +557,7 @@ class SimServer:
         self.link_up_event.clear()
         self.board.set_link(False)
         self._in.clear()
+        self.board.discard_frames(self._out.queued())
         self._out.clear()
         await self._transport.close()
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from firmware_protocol.connection import SpectrumReceived, StreamRecords
+from firmware_protocol.connection import EpochStarted, RecordsLost, SpectrumReceived, StreamRecords
 from firmware_protocol.messages import Spectrum as SpectrumMsg
 from firmware_protocol.spec import Stream
 
@@ -59,13 +59,15 @@ def _row_template(columns: tuple[str, ...]) -> np.ndarray:
 
 
 _INT_COLS = {"seq", "run_id", "sweep_id", "idx", "t_us", "pixel", "flags", "pd_gain", "channel",
-             "spectrum_seq"}
+             "spectrum_seq", "epoch", "rev"}
 
 
 
-def raw_sweep_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None) -> np.ndarray:
+def raw_sweep_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None,
+                   epoch: int = 0) -> np.ndarray:
     rows = empty_rows(SWEEP_COLUMNS, len(rec))
     rows["seq"] = seq64
+    rows["epoch"] = epoch
     rows["run_id"] = -1 if run_id is None else run_id
     for c in ("sweep_id", "t_us", "pixel", "flags", "pd_gain", "voltage_set_v", "voltage_v",
               "current_a", "photodiode_a"):
@@ -76,9 +78,11 @@ def raw_sweep_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None) -> np
     return rows
 
 
-def raw_aging_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None) -> np.ndarray:
+def raw_aging_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None,
+                   epoch: int = 0) -> np.ndarray:
     rows = empty_rows(AGING_COLUMNS, len(rec))
     rows["seq"] = seq64
+    rows["epoch"] = epoch
     rows["run_id"] = -1 if run_id is None else run_id
     for c in ("t_us", "channel", "pixel", "flags", "pd_gain", "current_a", "voltage_v",
               "photodiode_a", "temperature_c"):
@@ -122,17 +126,24 @@ class Acquisition:
         self._aging_buf: list[tuple[np.ndarray, np.ndarray]] = []
         self._aging_buffered = 0
         self._drain_soon = False
+        self._epoch = 0
+        self.lost_listeners: list[Callable[[dict[str, Any]], None]] = []
+        """Called with each new loss record (the daemon raises an alert with it)."""
         self.on_commit: Callable[[], None] | None = None
         """Called after every commit (the daemon wakes its sinks with it)."""
         link.add_stream_consumer(self._on_stream)
 
     # -- lifecycle --------------------------------------------------------------------------
     def resume_from_store(self) -> None:
-        """Start each stream where the store left off (after a restart or a crash)."""
+        """Start each stream where the store left off (after a restart or a crash), in the
+        board epoch the store last saw."""
+        state = self.store.meta("board_epoch")
         for stream in Stream:
             nxt = self.store.stream_next(int(stream))
             if nxt is not None:
-                self.link.resume_stream(stream, nxt)
+                self.link.resume_stream(stream, nxt, self.store.stream_base(int(stream)))
+        if state:
+            self.link.conn.restore_epoch_state(state)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_loop(), name="store-flush")
@@ -158,10 +169,13 @@ class Acquisition:
     def flush(self) -> None:
         """Commit the batch, then acknowledge to the board what is now safely stored."""
         self._drain_aging()
+        conn = self.link.conn
         for stream in Stream:
             nxt = self._contiguous_next(stream)
             if nxt is not None:
-                self.store.set_stream_next(int(stream), nxt)
+                self.store.set_stream_next(int(stream), nxt, conn.trackers[stream].base)
+        if conn.epoch_boot_id is not None:
+            self.store.queue_meta("board_epoch", conn.epoch_state())
         n = self.store.flush()
         for stream in Stream:
             nxt = self._contiguous_next(stream)
@@ -181,8 +195,18 @@ class Acquisition:
 
     # -- routing ----------------------------------------------------------------------------
     def _on_stream(self, ev: object) -> None:
+        if isinstance(ev, RecordsLost):
+            self._drain_aging()
+            self._on_lost(ev)
+            return
+        if isinstance(ev, EpochStarted):
+            self._drain_aging()  # the old epoch's records stay with their epoch
+            self._epoch = ev.epoch
+            self._dirty.set()
+            return
         if isinstance(ev, StreamRecords):
             self.received[ev.stream] += len(ev.records)
+            self._epoch = ev.epoch
             if ev.stream is Stream.SWEEP:
                 self._route(ev.records, ev.seq64, "sweep_id", self.sweeps, raw_sweep_rows,
                             "sweep_points", SWEEP_COLUMNS)
@@ -205,6 +229,7 @@ class Acquisition:
         elif isinstance(ev, SpectrumReceived):
             self._drain_aging()  # keep the order of records and spectra
             self.received[Stream.SPECTRUM] += 1
+            self._epoch = ev.epoch
             self._on_spectrum(ev.message, ev.seq64)
         self._dirty.set()
 
@@ -220,7 +245,7 @@ class Acquisition:
                     AGING_COLUMNS)
 
     def _route(self, rec: np.ndarray, seq64: np.ndarray, key: str, owners: dict[int, RecordSink],
-               raw: Callable[[np.ndarray, np.ndarray, int | None], np.ndarray], table: str,
+               raw: Callable[[np.ndarray, np.ndarray, int | None, int], np.ndarray], table: str,
                columns: tuple[str, ...]) -> None:
         """One block of raw rows for all the records, grouped by owner (stable: each owner's
         records stay in board order); each owner fills its slice in place; one insert."""
@@ -228,7 +253,7 @@ class Acquisition:
         if len(keys) > 1 and bool((keys[1:] != keys[:-1]).any()):
             order = np.argsort(keys, kind="stable")
             rec, seq64, keys = rec[order], seq64[order], keys[order]
-        rows = raw(rec, seq64, None)
+        rows = raw(rec, seq64, None, self._epoch)
         starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))).tolist()
         for a, b in zip(starts, [*starts[1:], len(keys)], strict=True):
             owner = owners.get(int(keys[a]))
@@ -238,13 +263,47 @@ class Acquisition:
                 owner.on_records(rec[a:b], seq64[a:b], rows[a:b])
             except Exception:  # a failing consumer never loses data
                 log.exception("processing %s records failed; storing raw", table)
-                rows[a:b] = raw(rec[a:b], seq64[a:b], None)
+                rows[a:b] = raw(rec[a:b], seq64[a:b], None, self._epoch)
         self.store.add_rows(table, columns, sql_rows(rows, columns))
         for fn in self.listeners:
             try:
                 fn(table, rows)
             except Exception:
                 log.exception("listener failed")
+
+    def _on_lost(self, ev: RecordsLost) -> None:
+        """Keep a loss as data (once), with the board-time span from its stored neighbours,
+        and tell the listeners (the daemon's alert) and the runs whose records it took."""
+        self.store.flush()
+        table = {Stream.AGING: "aging_samples", Stream.SWEEP: "sweep_points",
+                 Stream.SPECTRUM: "spectra"}[ev.stream]
+        db = self.store.db
+        t_from = ev.t_before_us
+        if t_from is None:
+            row = db.execute(f"SELECT t_us FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT 1",
+                             (ev.from_seq,)).fetchone()
+            t_from = None if row is None else row[0]
+        t_to = ev.t_after_us
+        if t_to is None:
+            row = db.execute(f"SELECT t_us FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1",
+                             (ev.to_seq,)).fetchone()
+            t_to = None if row is None else row[0]
+        new = self.store.add_records_lost(stream=ev.stream.name.lower(), epoch=ev.epoch,
+                                          from_seq=ev.from_seq, to_seq=ev.to_seq,
+                                          reason=ev.reason, t_from_us=t_from, t_to_us=t_to)
+        if not new:
+            return
+        owners = self.aging if ev.stream is Stream.AGING else self.sweeps
+        runs = sorted({int(r) for o in owners.values()
+                       if (r := getattr(o, "run_id", None)) is not None})
+        info = {"stream": ev.stream.name.lower(), "count": ev.count, "from_seq": ev.from_seq,
+                "to_seq": ev.to_seq, "epoch": ev.epoch, "reason": ev.reason,
+                "t_from_us": t_from, "t_to_us": t_to, "runs": runs}
+        for fn in self.lost_listeners:
+            try:
+                fn(info)
+            except Exception:
+                log.exception("records-lost listener failed")
 
     def _on_spectrum(self, msg: SpectrumMsg, seq64: int) -> None:
         run_id: int | None = None
@@ -256,7 +315,8 @@ class Acquisition:
             run_id = owner.on_spectrum(msg, seq64)
         counts = np.asarray(msg.counts, dtype="<u2").tobytes()
         row = (seq64, run_id, msg.t_us, msg.sweep_id, msg.index, msg.pixel, msg.flags,
-               msg.voltage_v, msg.current_a, msg.integration_ms, msg.dark_counts, counts)
+               msg.voltage_v, msg.current_a, msg.integration_ms, msg.dark_counts, counts,
+               self._epoch)
         self.store.add_rows("spectra", SPECTRUM_COLUMNS, [row])
         fut = self.spectrum_waiters.pop(seq64 % (1 << 32), None)
         if fut is not None and not fut.done():

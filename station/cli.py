@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "station.commands.sim_cmd",
     "station.commands.jobs_cmd",
     "station.commands.config_cmd",
+    "station.commands.sinks_cmd",
     "station.commands.bench_cmd",
     "station.commands.protocol_cmd",
 )

@@ -8,13 +8,24 @@ driven.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -84,6 +95,11 @@ class MqttSection(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = None
+    control_username: str | None = Field(
+        None, description="the command server's own broker user (default: username). A broker "
+        "that ties client ids to users (use_username_as_clientid, deploy/mosquitto) allows one "
+        "connection per user: give the command server its own, e.g. <station id>-control")
+    control_password: str | None = Field(None, description="its password (default: password)")
     ca_file: str | None = None
     topic_prefix: str = "ledstation"
     aging_publish_hz: float = Field(1.0, gt=0)
@@ -98,7 +114,8 @@ class MqttSection(_Strict):
     health_interval_s: float = Field(10.0, gt=0, description="period of the retained health topic")
     poll_s: float = Field(0.2, gt=0, description="how often the sink looks for new rows")
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(5.0, gt=0, description="backoff cap: the sink and the command "
+                               "server are back at most this long after the broker")
     timeout_s: float = Field(10.0, gt=0, description="connect and PUBACK timeout")
     # -- remote control (station/control.py, docs/mqtt.md "Remote control") ---------------------
     command_max_age_s: float = Field(
@@ -142,14 +159,117 @@ class InfluxSection(_Strict):
         "how often the sink looks for new rows; a store commit wakes it sooner, but at most "
         "4 times a second"))
     retry_min_s: float = Field(0.5, gt=0)
-    retry_max_s: float = Field(60.0, gt=0)
+    retry_max_s: float = Field(5.0, gt=0, description="backoff cap: the sink is back at most "
+                               "this long after the database")
     verify_tls: bool = True
     ca_file: str | None = None
+    revisions: Literal["overwrite", "live_fields"] = Field("overwrite", description=(
+        "how derived values recomputed at the end of a run reach the database: 'overwrite' "
+        "rewrites the same fields of the same points (InfluxDB keeps the last write); "
+        "'live_fields' writes values computed live as live_<field> and the final values once "
+        "under the field's own name (for databases that do not overwrite a point written "
+        "twice, e.g. VictoriaMetrics)"))
 
     @model_validator(mode="after")
     def _sink_checks(self) -> InfluxSection:
         if self.retry_max_s < self.retry_min_s:
             raise ValueError("influxdb.retry_max_s must be >= influxdb.retry_min_s")
+        return self
+
+
+class WebKey(_Strict):
+    """One API key of the web server (``[[web.keys]]``): give the key itself (``key``, at least
+    16 characters) or only its SHA-256 in hex (``key_sha256``, so the file holds no secret)."""
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$",
+                      description="who holds the key: recorded with every command it sends")
+    role: Literal["viewer", "operator"] = Field(
+        ..., description="viewer: read the status, jobs, runs and live data; operator: also "
+        "submit, stop, pause and resume jobs")
+    key: SecretStr | None = Field(None, description="the key (secret; masked by config show)")
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
+                                   description="SHA-256 of the key, hex")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> WebKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"web key {self.name!r}: give exactly one of key and key_sha256")
+        if self.key is not None and len(self.key.get_secret_value()) < 16:
+            raise ValueError(f"web key {self.name!r}: a key needs at least 16 characters "
+                             "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        return self
+
+    def digest(self) -> str:
+        if self.key is not None:
+            return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+        assert self.key_sha256 is not None
+        return self.key_sha256.lower()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"localhost:8080"`` -> (host, port)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", listen)
+    if m is None:
+        raise ValueError(f"listen must be HOST:PORT or [IPV6]:PORT, got {listen!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"listen port {port} is out of range 0..65535")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a network interface
+
+
+class WebSection(_Strict):
+    """The daemon's web page and HTTP API (station/web/, docs/web.md)."""
+
+    enabled: bool | None = Field(
+        None, description="default: on when the configuration has a [web] section (or a "
+        "STATION_WEB__* variable), off otherwise")
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT to serve on; port 0 picks a "
+                        "free one. Serving on a non-loopback address requires [[web.keys]]")
+    open_viewing: Literal["loopback", "everyone", "nobody"] = Field(
+        "loopback", description="who may view without a key: clients on the loopback "
+        "interface (default), everyone who can reach the port, or nobody. Steering always "
+        "needs an operator key")
+    keys: list[WebKey] = Field(default_factory=list)
+    tls_cert: str | None = Field(None, description="PEM certificate (chain): serve HTTPS")
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert")
+    status_interval_s: float = Field(1.0, gt=0, le=60, description="period of the status push")
+    live_max_rows: int = Field(
+        500, ge=10, le=100000, description="most rows of one run in one push message (more are "
+        "decimated evenly; the page re-reads the run's data when it needs all)")
+    max_viewers: int = Field(100, ge=1, le=10000, description="open push channels at most")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        split_listen(v)
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> WebSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("web.tls_cert and web.tls_key go together")
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("web.keys: two keys have the same name")
+        digests = [k.digest() for k in self.keys]
+        if len(set(digests)) != len(digests):
+            raise ValueError("web.keys: the same key appears twice")
+        host, _ = split_listen(self.listen)
+        if self.enabled is not False and not is_loopback_host(host) and not self.keys:
+            raise ValueError(
+                f"web.listen = {self.listen!r} serves on a network interface, which requires "
+                "authentication: add [[web.keys]] (name, role, key or key_sha256), or listen on "
+                "127.0.0.1")
         return self
 
 
@@ -165,6 +285,7 @@ class StationConfig(BaseSettings):
     store: StoreSection = Field(default_factory=StoreSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     influxdb: InfluxSection = Field(default_factory=InfluxSection)
+    web: WebSection = Field(default_factory=WebSection)
 
     @classmethod
     def settings_customise_sources(
@@ -198,6 +319,9 @@ class StationConfig(BaseSettings):
     def _backoff(self) -> StationConfig:
         if self.board.reconnect_max_s < self.board.reconnect_min_s:
             raise ValueError("board.reconnect_max_s must be >= board.reconnect_min_s")
+        if self.web.enabled is None:
+            # a [web] section (or a STATION_WEB__* variable) switches the web server on
+            self.web.enabled = "web" in self.model_fields_set
         return self
 
     def pixel(self, number: int) -> tuple[SubstrateConfig | None, PixelConfig]:

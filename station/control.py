@@ -35,6 +35,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -42,17 +43,19 @@ from typing import Annotated, Any, Literal
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from station.config import MqttSection, StationConfig
 from station.jobs_api import JobControl, JobError
-from station.sinks.cursor import clean_json
+from station.sinks.cursor import Backoff, clean_json
 from station.sinks.mqtt import AckClient, broker_address, tls_context
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32  # objects/arrays nested deeper than this are refused (a job file needs ~4)
 VERBS = ("submit", "stop", "pause", "resume", "list", "get", "status")
 REPLY_EXPIRY_S = 300
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -83,6 +86,14 @@ class CommandRequest(BaseModel):
                             "de-duplication key (a replay gets the stored reply)")
     sent_at: float = Field(allow_inf_nan=False, description="Unix time (s) when the client sent it")
     client: str = Field("", max_length=200, description="who sends it, e.g. user@host")
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _integer_schema(cls, v: Any) -> Any:
+        # Literal[1] alone takes true and 1.0 (they equal 1 in Python): the envelope is strict
+        if type(v) is not int:
+            raise ValueError(f"must be the integer {SCHEMA_VERSION}, not a {type(v).__name__}")
+        return v
 
 
 class SubmitRequest(CommandRequest):
@@ -141,7 +152,7 @@ def describe_validation_error(e: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "(payload)"
         if loc == "schema_version":
             loc = "schema"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "missing":
@@ -155,6 +166,24 @@ def describe_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def json_depth(obj: Any, limit: int) -> int:
+    """How deeply ``obj``'s arrays and objects nest (a scalar: 0), counted without recursion
+    and only up to ``limit + 1``."""
+    depth, level = 0, [obj]
+    while level and depth <= limit:
+        nxt: list[Any] = []
+        for x in level:
+            if isinstance(x, dict):
+                nxt.extend(x.values())
+            elif isinstance(x, list):
+                nxt.extend(x)
+        if not any(isinstance(x, dict | list) for x in level):
+            break
+        depth += 1
+        level = nxt
+    return depth
+
+
 def parse_request(verb: str, payload: bytes) -> CommandRequest:
     """The validated request, or :class:`Refusal` naming what is wrong."""
     if verb not in REQUEST_MODELS:
@@ -166,6 +195,13 @@ def parse_request(verb: str, payload: bytes) -> CommandRequest:
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Refusal(E_BAD_JSON, f"payload is not valid JSON: {e}") from None
+    except RecursionError:
+        raise Refusal(E_BAD_JSON, f"payload is not acceptable JSON: nested deeper than the "
+                      f"parser allows (this station takes at most {MAX_JSON_DEPTH} levels)"
+                      ) from None
+    if (depth := json_depth(obj, MAX_JSON_DEPTH)) > MAX_JSON_DEPTH:
+        raise Refusal(E_BAD_REQUEST, f"payload nested more than {MAX_JSON_DEPTH} levels deep "
+                      f"(at least {depth})")
     if not isinstance(obj, dict):
         raise Refusal(E_BAD_REQUEST, f"payload must be a JSON object, not {type(obj).__name__}")
     rid = obj.get("request_id") if isinstance(obj.get("request_id"), str) else None
@@ -189,10 +225,14 @@ def json_properties() -> Properties:
 
 
 def mqtt_client(cfg: MqttSection, identifier: str, tls: Any, *, clean_start: bool = True,
-                session_expiry_s: int = 0) -> AckClient:
+                session_expiry_s: int = 0, username: str | None = None,
+                password: str | None = None) -> AckClient:
     """An :class:`AckClient` (MQTT 5) for ``cfg``: the same address, credentials and TLS as the
-    telemetry sink, with its own client identifier."""
+    telemetry sink (unless ``username``/``password`` are given), with its own client
+    identifier."""
     host, port = broker_address(cfg)
+    if username is not None:
+        cfg = cfg.model_copy(update={"username": username, "password": password})
     props = None
     if session_expiry_s > 0:
         props = Properties(PacketTypes.CONNECT)
@@ -208,6 +248,74 @@ def user_property(props: Properties | None, name: str) -> str | None:
         if k == name:
             return str(v)
     return None
+
+
+# -- execution: the one path of every command, over MQTT or HTTP (station/web) -----------------
+_EXEC_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _exec_lock(jobs: JobControl) -> asyncio.Lock:
+    lock = _EXEC_LOCKS.get(jobs)
+    if lock is None:
+        lock = _EXEC_LOCKS[jobs] = asyncio.Lock()
+    return lock
+
+
+async def execute_command(jobs: JobControl, verb: str, req: CommandRequest, client: str, *,
+                          station: str) -> CommandReply:
+    """Execute a validated request (:func:`parse_request`) on ``jobs`` and return the reply.
+
+    Both control planes call this, the MQTT :class:`ControlServer` and the web API, so a
+    command gets the same validation (the job manager's schema and safety limits), the same
+    refusals (:class:`JobError` codes) and the same audit trail: the job manager records the
+    ``client`` in the job and in its events, and this logs the request and its outcome. Commands
+    run one at a time per job manager, in arrival order, whichever plane they came by."""
+    rid = req.request_id
+    async with _exec_lock(jobs):
+        reply = await _execute(jobs, verb, req, client, station)
+    if reply.ok:
+        log.info("control: %s request_id=%s from %s done", verb, rid, client)
+    else:
+        assert reply.error is not None
+        log.info("control: %s request_id=%s from %s refused: %s (%s)", verb, rid, client,
+                 reply.error.message, reply.error.code)
+    return reply
+
+
+async def _execute(jobs: JobControl, verb: str, req: CommandRequest, client: str,
+                   station: str) -> CommandReply:
+    rid = req.request_id
+
+    def reply(result: Any = None, error: tuple[str, str] | None = None) -> CommandReply:
+        return CommandReply(station=station, verb=verb, request_id=rid, ok=error is None,
+                            result=result if error is None else None,
+                            error=ErrorInfo(code=error[0], message=error[1]) if error else None,
+                            ts=time.time())
+
+    try:
+        result: Any
+        if isinstance(req, SubmitRequest):
+            result = await jobs.submit(req.job, client)
+        elif isinstance(req, JobRequest):
+            if verb == "stop":
+                result = await jobs.stop(req.job_id, client)
+            elif verb == "pause":
+                result = await jobs.pause(req.job_id, client)
+            elif verb == "resume":
+                result = await jobs.resume(req.job_id, client)
+            else:
+                result = jobs.get(req.job_id)
+        elif verb == "list":
+            result = {"jobs": jobs.list()}
+        else:
+            result = jobs.status()
+        json.dumps(clean_json(result), allow_nan=False, default=str)  # fail here, not later
+    except JobError as e:
+        return reply(error=(e.code, str(e)))
+    except Exception as e:
+        log.exception("control: %s request_id=%s failed", verb, rid)
+        return reply(error=(E_INTERNAL, f"{type(e).__name__}: {e}"))
+    return reply(result)
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -252,29 +360,32 @@ class ControlServer:
         self.refused = 0  # requests refused before execution
         self.last_error: str | None = None
         self._seen: collections.OrderedDict[str, _Seen] = collections.OrderedDict()
-        self._lock = asyncio.Lock()  # one command at a time, in arrival order
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AckClient | None = None
+        # the sinks' backoff: doubling from retry_min_s, jittered (many stations do not all
+        # knock at once when the broker comes back), capped at retry_max_s (5 s by default: back
+        # within seconds of the broker whatever the length of the outage)
+        self.backoff = Backoff(self.cfg.retry_min_s, self.cfg.retry_max_s)
 
     # -- connection -----------------------------------------------------------------------------
     async def run(self, stop_event: asyncio.Event) -> None:
         tls = await asyncio.to_thread(tls_context, self.cfg)
-        delay = self.cfg.retry_min_s
         try:
             while not stop_event.is_set():
                 try:
                     async with self._connected(tls) as client:
-                        delay = self.cfg.retry_min_s
+                        self.backoff.reset()
                         await self._serve(client, stop_event)
+                    delay = self.backoff.next_delay()
                 except aiomqtt.MqttError as e:
                     self.last_error = str(e)
+                    delay = self.backoff.next_delay()
                     log.warning("control: MQTT connection to %s failed: %s; retrying in %.1f s",
                                 self.cfg.url, e, delay)
                 if stop_event.is_set():
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_event.wait(), delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
         finally:
             await self._drain()
 
@@ -282,9 +393,16 @@ class ControlServer:
     async def _connected(self, tls: Any) -> AsyncIterator[AckClient]:
         expiry = self.cfg.command_session_expiry_s
         client = mqtt_client(self.cfg, self.identifier, tls, clean_start=expiry == 0,
-                             session_expiry_s=expiry)
+                             session_expiry_s=expiry, username=self.cfg.control_username,
+                             password=(self.cfg.control_password
+                                       if self.cfg.control_password is not None
+                                       else self.cfg.password))
         async with client:
-            await client.subscribe(f"{self.base}/cmd/#", qos=1)
+            # Retain As Published: a command published with the retain flag while we are
+            # subscribed keeps the flag (MQTT 5 clears it by default), so it is refused as
+            # retained like one delivered at subscription
+            await client.subscribe(f"{self.base}/cmd/#",
+                                   options=SubscribeOptions(qos=1, retainAsPublished=True))
             self._client = client
             self.last_error = None
             self.ready.set()
@@ -359,7 +477,7 @@ class ControlServer:
 
     async def _handle(self, inc: _Incoming) -> None:
         payload_client: str | None = None
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, RecursionError):
             obj = json.loads(inc.payload) if len(inc.payload) <= MAX_PAYLOAD_BYTES else None
             if isinstance(obj, dict) and isinstance(obj.get("client"), str):
                 payload_client = obj["client"][:200]
@@ -412,44 +530,13 @@ class ControlServer:
         log.info("control: %s request_id=%s from %s, reply to %s%s", inc.verb, req.request_id,
                  whom, inc.response_topic or "(none)",
                  f", expiry {inc.expiry_s} s" if inc.expiry_s is not None else "")
-        async with self._lock:
-            reply = await self._execute(inc.verb, req, who)
+        reply = await self._execute(inc.verb, req, who)
         fut.set_result(reply)
-        if reply.ok:
-            log.info("control: %s request_id=%s done", inc.verb, req.request_id)
-        else:
-            assert reply.error is not None
-            log.info("control: %s request_id=%s refused by the job manager: %s (%s)", inc.verb,
-                     req.request_id, reply.error.message, reply.error.code)
         await self._send(inc, reply)
 
     async def _execute(self, verb: str, req: CommandRequest, client: str) -> CommandReply:
         self.executed += 1
-        rid = req.request_id
-        try:
-            result: Any
-            if isinstance(req, SubmitRequest):
-                result = await self.jobs.submit(req.job, client)
-            elif isinstance(req, JobRequest):
-                if verb == "stop":
-                    result = await self.jobs.stop(req.job_id, client)
-                elif verb == "pause":
-                    result = await self.jobs.pause(req.job_id, client)
-                elif verb == "resume":
-                    result = await self.jobs.resume(req.job_id, client)
-                else:
-                    result = self.jobs.get(req.job_id)
-            elif verb == "list":
-                result = {"jobs": self.jobs.list()}
-            else:
-                result = self.jobs.status()
-            json.dumps(clean_json(result), allow_nan=False, default=str)  # fail here, not later
-        except JobError as e:
-            return self._reply(verb, rid, error=(e.code, str(e)))
-        except Exception as e:
-            log.exception("control: %s request_id=%s failed", verb, rid)
-            return self._reply(verb, rid, error=(E_INTERNAL, f"{type(e).__name__}: {e}"))
-        return self._reply(verb, rid, result=result)
+        return await execute_command(self.jobs, verb, req, client, station=self.station)
 
     async def _send(self, inc: _Incoming, reply: CommandReply) -> None:
         if inc.response_topic is None:

@@ -4,9 +4,12 @@ An export is a directory holding:
 
 * ``run.json`` - the sidecar: ``schema_version``, ``run_id``, ``kind`` ("sweep" | "aging"),
   ``station``, ``pixel``, ``device``, ``preset``, ``started``, ``ended`` (ISO 8601), the
-  ``calibration`` (:meth:`station.analysis.photometry.Calibration.to_dict`), the ``spectra`` used
-  (``[{voltage_v | t_s, kind, wavelength_nm[], counts_or_power[]}]``) and the ``summary`` dict
-  (a sweep summary or a lifetime result). Further keys are kept as they are.
+  ``calibration`` (:meth:`station.analysis.photometry.Calibration.to_dict`), the ``spectra``
+  (``[{voltage_v | t_s, kind, wavelength_nm[], counts_or_power[], used, raw_counts[],
+  dark_counts, integration_ms, flags, seq}]``: an entry with ``"used": false`` — an
+  auto-exposure probe, or a spectrum without emission, which has no processed fields — is
+  recorded, not analysed), ``records_lost`` and the ``summary`` dict (a sweep summary or a
+  lifetime result). Further keys are kept as they are.
 * ``points.csv`` (sweep) or ``samples.csv`` (aging): a header line of column names, then one row
   per point; floats written as Python's shortest exact repr (exact round trip), NaN as ``nan``, an empty
   field read as NaN. Required columns: see :data:`REQUIRED_COLUMNS`. Integer columns: ``seq``;
@@ -98,7 +101,7 @@ COLUMN_ORDER: dict[str, tuple[str, ...]] = {
         "temperature_c",
     ),
 }
-INT_COLUMNS = frozenset({"seq"})
+INT_COLUMNS = frozenset({"seq", "epoch"})
 TEXT_COLUMNS = frozenset({"direction"})
 _NAN_TEXT = frozenset({"", "nan", "NaN", "NAN"})
 
@@ -323,11 +326,14 @@ def read_export(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], np.n
 
 
 def spectra_from_meta(meta: Mapping[str, Any], where: str = "run.json") -> list[Any]:
-    """The sidecar's spectra as :class:`~station.analysis.photometry.Spectrum` objects."""
+    """The sidecar's spectra the run's analysis used (``used`` not false), as
+    :class:`~station.analysis.photometry.Spectrum` objects."""
     from station.analysis.photometry import Spectrum
 
     out = []
     for i, s in enumerate(meta.get("spectra") or []):
+        if isinstance(s, Mapping) and s.get("used") is False:
+            continue  # recorded but not analysed (an auto-exposure probe)
         try:
             out.append(Spectrum.from_dict(s))
         except ValueError as exc:

@@ -21,15 +21,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from firmware_protocol.channels import active_channels, aging_channel_count
+from firmware_protocol.messages import Capabilities
+from firmware_protocol.spec import MAX_SWEEP_POINTS as SPEC_MAX_SWEEP_POINTS
+from firmware_protocol.spec import Range, field_range
 
 from .jobs_api import JobError
 from .link import LinkDown, RequestTimeout
@@ -187,6 +193,90 @@ class JobSpec(_Strict):
         return self
 
 
+@dataclass(frozen=True)
+class BoardRanges:
+    """What the board accepts: the protocol spec's ranges, narrowed by the board's
+    ``capabilities`` once it has reported them (``source`` says which)."""
+
+    integration_ms: Range
+    spectrum_integration_ms: Range
+    dwell_ms: Range
+    aging_interval_ms: Range
+    pd_reads: Range
+    sweep_points: int
+    aging_channels: int | None
+    source: str
+
+
+def board_ranges(caps: Capabilities | None) -> BoardRanges:
+    def narrowed(r: Range, hi: float | None, lo: float | None = None) -> Range:
+        # a board reports what it accepts within the spec's range; 0 (an older board): the spec's
+        return Range(max(lo, r.lo) if lo else r.lo, min(hi, r.hi) if hi else r.hi,
+                     r.lo_open and not lo)
+
+    sr = {n: field_range(m, f) for n, (m, f) in {
+        "integration_ms": ("sweep_start", "integration_ms"),
+        "spectrum_integration_ms": ("sweep_start", "spectrum_integration_ms"),
+        "dwell_ms": ("sweep_start", "dwell_ms"), "aging_interval_ms": ("aging_start", "interval_ms"),
+        "pd_reads": ("pd_read", "n")}.items()}
+    r = {k: v for k, v in sr.items() if v is not None}
+    if caps is None:
+        return BoardRanges(**r, sweep_points=SPEC_MAX_SWEEP_POINTS, aging_channels=None,
+                           source="the protocol's (no board has answered yet)")
+    return BoardRanges(
+        integration_ms=narrowed(r["integration_ms"], caps.max_integration_ms),
+        spectrum_integration_ms=narrowed(r["spectrum_integration_ms"],
+                                         caps.max_spectrum_integration_ms),
+        dwell_ms=narrowed(r["dwell_ms"], caps.max_dwell_ms),
+        aging_interval_ms=narrowed(r["aging_interval_ms"], caps.max_aging_interval_ms,
+                                   caps.min_aging_interval_ms),
+        pd_reads=narrowed(r["pd_reads"], caps.max_pd_reads),
+        sweep_points=min(caps.max_sweep_points or SPEC_MAX_SWEEP_POINTS, SPEC_MAX_SWEEP_POINTS),
+        aging_channels=aging_channel_count(caps), source="the board's (its capabilities)")
+
+
+def _sweep_points(sw: SweepSpec) -> int:
+    if sw.voltages_v is not None:
+        return len(sw.voltages_v)
+    n = math.floor(abs(sw.stop_v - sw.start_v) / sw.step_v + 1e-9) + 1
+    return n + (1 if abs(sw.start_v + (n - 1) * sw.step_v * (1 if sw.stop_v >= sw.start_v else -1)
+                         - sw.stop_v) > 1e-6 * sw.step_v else 0)
+
+
+def check_board_ranges(step: StepSpec, r: BoardRanges) -> None:
+    """Refuse (LimitError) a step the board would refuse halfway: every value it will send is
+    checked against the board's ranges before the job is queued."""
+
+    def within(name: str, value: float, rng: Range, unit: str = "") -> None:
+        if value not in rng:
+            u = f" {unit}" if unit else ""
+            raise LimitError(f"{name} = {value:g}{u} is outside {r.source} range {rng}{u}")
+
+    def sweep(sw: SweepSpec, where: str) -> None:
+        within(f"{where}.integration_ms", sw.integration_ms, r.integration_ms, "ms")
+        within(f"{where}.dwell_ms", sw.dwell_ms, r.dwell_ms, "ms")
+        if sw.spectrum_at_v:
+            within(f"{where}.spectrum_integration_ms", sw.spectrum_integration_ms,
+                   r.spectrum_integration_ms, "ms")
+        within(f"{where}.dark_n", sw.dark_n, r.pd_reads)
+        n = _sweep_points(sw)
+        if n > r.sweep_points:
+            raise LimitError(f"{where} has {n} points, more than {r.source} maximum of "
+                             f"{r.sweep_points} (take a larger step_v)")
+
+    if step.sweep is not None:
+        sweep(step.sweep, "sweep")
+    if step.aging is not None:
+        within("aging.interval_s", step.aging.interval_s,
+               Range(r.aging_interval_ms.lo / 1000, r.aging_interval_ms.hi / 1000,
+                     r.aging_interval_ms.lo_open), "s")
+        if r.aging_channels is not None and len(step.pixels) > r.aging_channels:
+            raise LimitError(f"{len(step.pixels)} pixels to age at once, but the board has "
+                             f"{r.aging_channels} aging channels")
+        if step.aging.interim_sweep is not None:
+            sweep(step.aging.interim_sweep, "aging.interim_sweep")
+
+
 def job_dict(spec: JobSpec) -> dict[str, Any]:
     """The job as a plain object that :func:`parse_job` accepts again (round trip)."""
     return spec.model_dump(mode="json", by_alias=True,
@@ -267,7 +357,12 @@ class JobManager:
     def validate(self, spec: JobSpec) -> None:
         """Every check that can be made before anything is driven; raises JobError."""
         busy = self._busy_pixels()
+        ranges = board_ranges(self.ctx.link.caps)
         for n, step in enumerate(spec.steps):
+            try:
+                check_board_ranges(step, ranges)
+            except LimitError as e:
+                raise JobError(f"steps.{n}: {e}", "limit") from None
             for i, px in enumerate(step.pixels):
                 try:
                     _, pcfg = self.ctx.pixel(px)
@@ -363,18 +458,21 @@ class JobManager:
         return {
             "station": self.ctx.config.station.id,
             "link_up": link.is_up,
+            "link": link.describe(),
             "board": None if board is None else {"serial": board.serial_number,
                                                  "firmware": board.firmware_version,
                                                  "boot_id": board.boot_id},
             "interlock_closed": None if st is None else bool(st.interlock_closed),
             "faults": None if st is None else st.faults,
             "temperatures_c": None if st is None else list(st.temperatures_c),
-            "aging_channels_active": None if st is None else st.aging_active_mask,
+            "aging_channels_active": None if st is None else sorted(active_channels(st)),
             "jobs": {s: n for s, n in self.db.execute(
                 "SELECT state, count(*) FROM jobs GROUP BY state")},
             "running_jobs": [r[0] for r in self.db.execute(
                 "SELECT id FROM jobs WHERE state IN ('running', 'paused', 'queued')")],
             "link_stats": asdict(link.stats),
+            "board_epoch": link.conn.epoch,
+            "records_lost": records_lost_summary(self.ctx.store),
             "aging_runs": self._aging_runs(),
         }
 
@@ -454,6 +552,11 @@ class JobManager:
     async def _run(self, job_id: str) -> None:
         row = self._row(job_id)
         progress = row["progress"]
+        link = self.ctx.link
+        if not link.is_up:  # the daemon runs without its board: jobs wait for it
+            log.info("job %s waits for the board (link %s: %s)", job_id, link.state, link.reason)
+            await link.wait_until_up()
+            row = self._row(job_id)
         if row["state"] == "queued":
             self._update(job_id, state="running", started_at=time.time())
             self._event("job/started", job_id)
@@ -514,3 +617,12 @@ class JobManager:
         progress["done"].append({"step": n, "pixel": px, "run_id": run_id, "reason": reason})
         self._update(job_id, progress=progress)
         self._event("job/progress", job_id, step=n, pixel=px, run_id=run_id, reason=reason)
+
+
+def records_lost_summary(store: Any) -> dict[str, Any]:
+    """What the board lost before the store got it: total records, losses, the latest one."""
+    rows = store.records_lost()
+    last = rows[-1] if rows else None
+    return {"records": sum(r["count"] for r in rows), "losses": len(rows),
+            "last": None if last is None else {k: last[k] for k in (
+                "stream", "count", "from_seq", "to_seq", "epoch", "reason", "ts")}}

@@ -27,11 +27,13 @@ from firmware_protocol.connection import (
     BoardRebooted,
     Connection,
     ConnState,
+    EpochStarted,
     Event,
     FrameDropped,
     GapDetected,
     Handshaked,
     HandshakeFailed,
+    RecordsLost,
     RequestFailed,
     RequestTimedOut,
     Response,
@@ -64,6 +66,11 @@ class LinkDown(Exception):
     """The link went away while a request was outstanding; it is being re-established."""
 
 
+class HandshakeRefused(Exception):
+    """The board answered ``hello`` with an error other than a version mismatch (e.g. BUSY:
+    another host holds it). Retried with backoff."""
+
+
 class BoardError(Exception):
     """The board refused a request."""
 
@@ -87,6 +94,7 @@ class LinkStats:
     replays_requested: int = 0
     gaps: int = 0
     reboots: int = 0
+    records_lost: int = 0
 
 
 class _Proto(asyncio.Protocol):
@@ -136,6 +144,13 @@ class BoardLink:
         self._fatal: Exception | None = None
         self._handshake_fut: asyncio.Future[HelloReply] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # what the control plane reports (station status): connecting | up | down | failed,
+        # since when (Unix time) and why; ``failures``: attempts failed since the last success
+        self.state = "connecting"
+        self.state_since = time.time()
+        self.reason: str | None = None
+        self.failures = 0
+        self._lost_reason: str | None = None
 
     # -- consumers --------------------------------------------------------------------------
     def add_stream_consumer(self, fn: StreamConsumer) -> None:
@@ -150,13 +165,29 @@ class BoardLink:
     def is_up(self) -> bool:
         return self._up.is_set()
 
+    def describe(self) -> dict[str, Any]:
+        """The link for ``station status``: ``state`` (connecting, up, down, or failed: a
+        protocol mismatch, not retried), ``since`` (Unix time of the last change), ``reason``
+        (why it is not up), ``url`` and ``failures`` (connection attempts failed in a row)."""
+        return {"state": self.state, "since": self.state_since, "reason": self.reason,
+                "url": self.url, "failures": self.failures}
+
+    def _set_state(self, state: str, reason: str | None) -> None:
+        if state != self.state:
+            self.state, self.state_since = state, time.time()
+        self.reason = reason
+
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, connect_timeout_s: float | None = 10.0) -> None:
-        """Connect (retrying with backoff) and keep the link up in the background."""
+    async def start(self, connect_timeout_s: float | None = 10.0, *, wait: bool = True) -> None:
+        """Connect (retrying with backoff) and keep the link up in the background. With
+        ``wait=False`` return at once: the link comes up whenever the board answers (see
+        :meth:`describe` and :meth:`wait_up`)."""
         self._loop = asyncio.get_running_loop()
         self._supervisor = asyncio.create_task(self._supervise(), name="board-link")
         self._poller = asyncio.create_task(self._poll_loop(), name="board-link-timers")
         self._repairer = asyncio.create_task(self._repair_loop(), name="board-link-repair")
+        if not wait:
+            return
         try:
             await self.wait_up(connect_timeout_s)
         except BaseException:
@@ -177,6 +208,11 @@ class BoardLink:
         if not self._up.is_set():
             raise LinkError(f"could not connect to the board at {self.url} within {timeout_s} s "
                             f"(is it plugged in / is the simulator running?)")
+
+    async def wait_until_up(self) -> None:
+        """Wait, however long it takes, for the link to be up (a job waiting for its board; a
+        failed link, e.g. a protocol mismatch, keeps it waiting until the daemon restarts)."""
+        await self._up.wait()
 
     async def close(self) -> None:
         self._closing = True
@@ -205,18 +241,32 @@ class BoardLink:
                 await self._connect_once()
                 delay = self.reconnect_min_s
                 await self._lost.wait()
+                reason = self._lost_reason or "link lost"
             except LinkError as e:
                 self._fatal = e
+                self._set_state("failed", str(e))
                 log.error("%s", e)
+                self._notify(_LinkState(False, str(e)))
                 return
-            except (OSError, serial.SerialException, RequestTimeout, LinkDown, BoardError) as e:
-                log.warning("board link to %s: %s; retrying in %.1f s", self.url, e, delay)
+            except (OSError, serial.SerialException, RequestTimeout, LinkDown, BoardError,
+                    HandshakeRefused) as e:
+                reason = str(e) or type(e).__name__
+                self.failures += 1
+                # an unplugged board: said once, then quietly retried until something changes
+                repeat = self.state == "down" and self.reason == reason
+                log.log(logging.DEBUG if repeat else logging.WARNING,
+                        "board link to %s: %s; retrying in %.1f s", self.url, reason, delay)
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
             if self._up.is_set():
                 self._up.clear()
-            self._notify(_LinkState(False, "link lost"))
+            # one link_lost per outage (and one if the board is absent from the start), not one
+            # per failed attempt; the reason follows the latest attempt
+            changed = self.state != "down"
+            self._set_state("down", reason)
+            if changed:
+                self._notify(_LinkState(False, reason))
             if self._closing:
                 return
             await asyncio.sleep(delay)
@@ -244,26 +294,15 @@ class BoardLink:
         await self._request_raw(SetWatchdog(timeout_ms=int(self.watchdog_s * 1000),
                                             policy=int(self.watchdog_policy)))
         self.last_status = await self._request_raw(GetStatus(), Status)
-        # Replay whatever the host has not got yet, on every stream. A stream the host has never
-        # seen starts at the board's head: what came before belongs to no run of this store.
-        st = self.last_status
-        heads = {Stream.AGING: st.aging_head_seq, Stream.SWEEP: st.sweep_head_seq,
-                 Stream.SPECTRUM: st.spectrum_head_seq}
-        for stream in Stream:
-            tr = self.conn.trackers[stream]
-            if tr.expected is None:
-                self.conn.resume_stream(stream, heads[stream])
-                continue
-            head64 = int(tr.unwrap(np.array([heads[stream]], dtype=np.uint32))[0])
-            if head64 < tr.expected:
-                # the board's counter is behind ours: it lost its ring (reboot without retained
-                # RAM); what we had not received is gone, start again at its head
-                log.error("board %s stream restarted at %d (host expected %d): records lost",
-                          stream.name, heads[stream], tr.expected)
-                self.conn.resume_stream(stream, heads[stream])
-                continue
-            await self._replay(stream, tr.expected)
+        # Replay whatever the host has not got yet, on every stream; the connection decides
+        # whether the board's counters continued or restarted (a reset that lost its rings)
+        for stream, first in self.conn.reconcile_heads(self.last_status):
+            self._dispatch()
+            await self._replay(stream, first)
+        self._dispatch()
         self._up.set()
+        self.failures = 0
+        self._set_state("up", None)
         log.info("board %s (%s, boot %d) up at %s", reply.serial_number, reply.firmware_version,
                  reply.boot_id, self.url)
         self._notify(_LinkState(True, "link up"))
@@ -340,6 +379,7 @@ class BoardLink:
             self.stats.disconnects += 1
         self._transport = None
         self._up.clear()
+        self._lost_reason = f"connection lost: {exc or 'closed by the board'}"
         self._lost.set()
         self._fail_all(LinkDown(f"link to {self.url} lost: {exc or 'closed'}"))
         if self._handshake_fut is not None and not self._handshake_fut.done():
@@ -374,7 +414,8 @@ class BoardLink:
                 if self._handshake_fut is not None and not self._handshake_fut.done():
                     self._handshake_fut.set_result(ev.reply)
             elif isinstance(ev, HandshakeFailed):
-                self._fail_handshake(LinkError(ev.reason))
+                self._fail_handshake(HandshakeRefused(ev.reason) if ev.retryable
+                                     else LinkError(ev.reason))
             elif isinstance(ev, StreamRecords | SpectrumReceived):
                 for fn in self._stream_consumers:
                     fn(ev)
@@ -385,6 +426,25 @@ class BoardLink:
             elif isinstance(ev, BoardRebooted):
                 self.stats.reboots += 1
                 log.warning("board rebooted (boot id %d -> %d)", ev.old_boot_id, ev.new_boot_id)
+                self._notify(ev)
+                if self._up.is_set() and self._loop is not None:
+                    # a reset the link survived: the connection holds stream data until the
+                    # heads are reconciled (a reset that dropped the link does it on reconnect)
+                    self._loop.create_task(self._reconcile_live())
+            elif isinstance(ev, RecordsLost):
+                self.stats.records_lost += ev.count
+                log.error("board lost %d %s records (host seqs %d..%d, %s, epoch %d): they will "
+                          "never arrive", ev.count, ev.stream.name, ev.from_seq, ev.to_seq,
+                          ev.reason.replace("_", " "), ev.epoch)
+                for fn in self._stream_consumers:
+                    fn(ev)
+                self._notify(ev)
+            elif isinstance(ev, EpochStarted):
+                log.warning("board counters and clock restarted: epoch %d (boot %d), host seqs "
+                            "from %s, host time from %d us", ev.epoch, ev.boot_id,
+                            {s.name: b for s, b in ev.base.items()}, ev.t_offset_us)
+                for fn in self._stream_consumers:
+                    fn(ev)
                 self._notify(ev)
             elif isinstance(ev, Unsolicited):
                 if isinstance(ev.message, Status):
@@ -436,20 +496,36 @@ class BoardLink:
         return reply
 
     def ack(self, stream: Stream, seq64: int) -> None:
-        """Tell the board every record of ``stream`` up to ``seq64`` is safely stored."""
-        if self.conn.state is ConnState.READY and self._transport is not None:
+        """Tell the board every record of ``stream`` up to host seq ``seq64`` is safely stored
+        (nothing is sent for a record of an earlier board epoch)."""
+        tr = self.conn.trackers[stream]
+        if (self.conn.state is ConnState.READY and self._transport is not None
+                and seq64 >= tr.base and not self.conn.holding):
             self._write(self.conn.send_unacked(StreamAck(stream=int(stream),
-                                                         seq=seq64 % (1 << 32))))
+                                                         seq=tr.to_board(seq64))))
 
     async def _replay(self, stream: Stream, from_seq64: int, to_seq64: int | None = None) -> None:
+        """Ask the board to resend host seqs ``from_seq64``..``to_seq64`` (None: to its head);
+        what it no longer holds is declared lost by the connection, once."""
         self.stats.replays_requested += 1
-        to32 = 0xFFFFFFFF if to_seq64 is None else to_seq64 % (1 << 32)
-        ok = await self._request_raw(StreamReplay(stream=int(stream), from_seq=from_seq64 % (1 << 32),
-                                                  to_seq=to32))
-        first = getattr(ok, "value", from_seq64 % (1 << 32))
-        if (first - from_seq64) % (1 << 32) not in (0,) and first != from_seq64 % (1 << 32):
-            log.error("board no longer holds %s records from %d (oldest %d): they are lost",
-                      stream.name, from_seq64, first)
+        tr = self.conn.trackers[stream]
+        to32 = 0xFFFFFFFF if to_seq64 is None else tr.to_board(to_seq64)
+        ok = await self._request_raw(StreamReplay(stream=int(stream),
+                                                  from_seq=tr.to_board(from_seq64), to_seq=to32))
+        if self.conn.trackers[stream] is tr:  # not a new epoch meanwhile
+            self.conn.replay_answered(stream, from_seq64, int(getattr(ok, "value", 0)))
+            self._dispatch()
+
+    async def _reconcile_live(self) -> None:
+        try:
+            st: Status = await self._request_raw(GetStatus(), Status)
+            self.last_status = st
+            for stream, first in self.conn.reconcile_heads(st):
+                self._dispatch()
+                await self._replay(stream, first)
+            self._dispatch()
+        except (LinkDown, RequestTimeout, BoardError) as e:
+            log.info("reconciling after a board reset deferred to the reconnect: %s", e)
 
     async def _safe_replay(self, stream: Stream, lo: int, hi: int) -> None:
         try:
@@ -458,9 +534,10 @@ class BoardLink:
             # the reconnect path replays everything from the tracker's position anyway
             log.info("replay of %s %d..%d deferred: %s", stream.name, lo, hi, e)
 
-    def resume_stream(self, stream: Stream, next_seq64: int) -> None:
-        """Start tracking ``stream`` at ``next_seq64`` (e.g. one past the last stored record)."""
-        self.conn.resume_stream(stream, next_seq64)
+    def resume_stream(self, stream: Stream, next_seq64: int, base: int = 0) -> None:
+        """Start tracking ``stream`` at ``next_seq64`` (e.g. one past the last stored record),
+        with board seq 0 of the current epoch at host seq ``base``."""
+        self.conn.resume_stream(stream, next_seq64, base)
 
     async def replay_from(self, stream: Stream, from_seq64: int) -> None:
         await self._replay(stream, from_seq64)
@@ -474,4 +551,5 @@ class _LinkState:
 
 LinkState = _LinkState
 
-__all__ = ["BoardError", "BoardLink", "LinkDown", "LinkError", "LinkState", "RequestTimeout"]
+__all__ = ["BoardError", "BoardLink", "HandshakeRefused", "LinkDown", "LinkError", "LinkState",
+           "RequestTimeout"]

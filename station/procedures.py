@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from firmware_protocol.channels import aging_channel_count, channel_active
 from firmware_protocol.connection import Unsolicited
 from firmware_protocol.messages import (
     AgingSet,
@@ -45,7 +47,7 @@ from firmware_protocol.messages import Spectrum as SpectrumMsg
 from firmware_protocol.spec import MAX_SPECTRUM_INTEGRATION_MS, SampleFlags, SmuMode, Stream, SweepEnd
 
 from .acquisition import Acquisition, empty_rows
-from .analysis.lifetime import analyze_lifetime
+from .analysis.lifetime import L0_MIN_SAMPLES, L0_WINDOW_S, analyze_lifetime, l0_of
 from .analysis.photometry import (
     Calibration,
     PointFactors,
@@ -295,11 +297,13 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
     integ = min(start_ms, max_ms)
     msg: SpectrumMsg | None = None
     low = False
+    taken: list[int] = []
     for _ in range(6):
         ok = await ctx.link.request(SpectrumAcquire(pixel=pixel_no, integration_ms=integ))
         fut = ctx.acq.wait_spectrum(ok.value)
         ctx.link.note_head(Stream.SPECTRUM, (ok.value + 1) & 0xFFFFFFFF)  # fetched if lost
-        got, _seq = await asyncio.wait_for(fut, 120.0)
+        got, seq64 = await asyncio.wait_for(fut, 120.0)
+        taken.append(seq64)
         msg = got
         peak = float(np.max(got.counts)) - got.dark_counts if got.counts else 0.0
         room = full - got.dark_counts
@@ -315,6 +319,8 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
         cap = max_ms if integ < max_ms else MAX_SPECTRUM_INTEGRATION_MS
         integ = min(cap, integ * min(AUTO_EXPOSURE_TARGET * room / max(peak, 1.0), 50.0))
     assert msg is not None
+    if len(taken) > 1:  # the exposure probes stay in the store, marked unused
+        ctx.store.mark_probe_spectra(taken[:-1])
     if t0_us is not None:
         t_s = (msg.t_us - t0_us) / 1e6
     if low:
@@ -488,6 +494,36 @@ def check_sweep_limits(ctx: StationContext, pixel: PixelConfig, params: SweepPar
     return j / MA_CM2_PER_A_M2 * area
 
 
+MAX_SWEEP_SPECTRA = 16
+"""Spectra one sweep_start can ask for (the message's spectrum_at_v holds 16)."""
+
+
+def default_spectrum_voltages(program: list[float], turn_on_v: float | None) -> list[float]:
+    """Where a sweep takes its spectra unless told: 16 voltages evenly from turn-on to the top
+    of the sweep, so the efficiency maxima just above turn-on have spectra around them (each
+    point's spectrum is interpolated between the two around it). Turn-on is the pixel's last
+    measured V_on (less 0.1 V) if the store has one, else 30 % of the way up the sweep; spectra
+    taken where the pixel does not emit yet are dropped. The board takes each at the forward
+    point nearest its voltage."""
+    lo, hi = min(program), max(program)
+    start = lo + 0.3 * (hi - lo) if turn_on_v is None else min(max(turn_on_v - 0.1, lo), hi)
+    return [float(v) for v in np.linspace(start, hi, MAX_SWEEP_SPECTRA)]
+
+
+def last_turn_on_v(store: Store, pixel_no: int) -> float | None:
+    """V_on of the pixel's latest completed sweep in this store, if any."""
+    row = store.db.execute(
+        "SELECT summary FROM runs WHERE kind = 'sweep' AND pixel = ? AND status = 'completed' "
+        "AND summary IS NOT NULL ORDER BY id DESC LIMIT 1", (pixel_no,)).fetchone()
+    if row is None:
+        return None
+    try:
+        v = json.loads(row[0]).get("von_v")
+    except (ValueError, AttributeError):
+        return None
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
 async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
                     job_id: str | None = None, progress: Callable[[int, int, dict[str, float]], None]
                     | None = None) -> SweepOutcome:
@@ -498,8 +534,7 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
     n_expected = len(prog) * (2 if params.reverse else 1)
     spec_v = params.spectrum_at_v
     if spec_v is None:
-        lo, hi = min(prog), max(prog)
-        spec_v = [float(v) for v in np.linspace(lo + 0.45 * (hi - lo), hi, 8)]
+        spec_v = default_spectrum_voltages(prog, last_turn_on_v(store, pixel_no))
     area = pixel.area_mm2 * 1e-6
     cal = calibration_for(ctx.config, area)
     async with ctx.instrument_lock:
@@ -527,7 +562,8 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
                 step_v=params.step_v, voltages_v=tuple(params.voltages_v or ()),
                 dwell_ms=params.dwell_ms, integration_ms=params.integration_ms,
                 compliance_a=compliance_a, options=options, pd_gain=params.pd_gain,
-                spectrum_at_v=tuple(spec_v[:16]), spectrum_integration_ms=params.spectrum_integration_ms,
+                spectrum_at_v=tuple(spec_v[:MAX_SWEEP_SPECTRA]),
+                spectrum_integration_ms=params.spectrum_integration_ms,
                 breakdown_v_drop=params.breakdown_v_drop))
             status = await _wait_sweep_end(link, col)
             await sync_stream(link, Stream.SWEEP, status.sweep_head_seq)
@@ -612,6 +648,15 @@ async def _wait_sweep_end(link: BoardLink, col: SweepCollector) -> Status:
             return status
 
 
+def _losses(store: Store, t_us: np.ndarray, stream: str) -> dict[str, Any]:
+    """Records of the run's stream the board lost during the run (``records_lost``; on the
+    AGING stream, shared by every channel running then), for its summary."""
+    t = t_us[np.isfinite(t_us)]
+    rows = store.records_lost(int(t.min()), int(t.max()), stream) if len(t) else []
+    return {"records_lost": sum(r["count"] for r in rows),
+            "records_lost_spans_us": [[r["t_from_us"], r["t_to_us"]] for r in rows]}
+
+
 def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dark_std_a: float,
                    threshold: float, adc_step_a: float | None = None) -> dict[str, Any]:
     """Recompute every point with all the sweep's spectra (nearest in voltage) and summarise."""
@@ -626,13 +671,9 @@ def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dar
     prep = prepare_spectra(spectra, col.calibration, "voltage_v")
     pts = compute_points(data["voltage_v"], data["current_a"], data["photodiode_a"], col.calibration,
                          prep, dark_a=col.dark_a)
-    store.db.executemany(
-        "UPDATE sweep_points SET current_density_ma_cm2=?, luminance_cd_m2=?, eqe_pct=?, ce_cd_a=?, "
-        "pe_lm_w=? WHERE seq=?",
-        [(*(None if not math.isfinite(x) else x for x in row[:5]), int(row[5]))
-         for row in zip(pts["current_density_ma_cm2"].tolist(), pts["luminance_cd_m2"].tolist(),
-                        pts["eqe_pct"].tolist(), pts["ce_cd_a"].tolist(), pts["pe_lm_w"].tolist(),
-                        data["seq"].tolist(), strict=True)])
+    store.revise("sweep_points", run_id, data["seq"].astype(np.int64).tolist(), {
+        k: pts[k].tolist() for k in ("current_density_ma_cm2", "luminance_cd_m2", "eqe_pct",
+                                     "ce_cd_a", "pe_lm_w")})
     forward = data["direction"] == "forward"
     floor = detection_limit_a(dark_std_a, adc_step_a) * luminance_per_photodiode_amp(
         col.calibration, prep, len(prep.key) - 1)
@@ -640,6 +681,7 @@ def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dar
                          noise_floor_cd_m2=floor)
     summary = summ.to_dict()
     summary["n_points"] = len(pts)
+    summary.update(_losses(store, data["t_us"], "sweep"))
     summary["dark_a"] = col.dark_a
     summary["dark_std_a"] = dark_std_a
     summary["pd_adc_step_a"] = adc_step_a
@@ -715,6 +757,10 @@ class AgingCollector:
         self.t0_us: int | None = None
         self.l0: float | None = None
         self._l0_buf: list[tuple[float, float]] = []
+        self._trace_t: list[np.ndarray] = []
+        self._trace_l: list[np.ndarray] = []
+        self._early: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._recheck_at = 0
         self.v0: float | None = None
         self.n = 0
         self.last_t_s = 0.0
@@ -735,56 +781,18 @@ class AgingCollector:
         self.spectra.append(s)
         self.prepared = prepare_spectra(self.spectra, self.calibration, "t_s")
         self._factors = point_factors(self.calibration, self.prepared)
-
-    def _l0_from_buf(self) -> float | None:
-        """L0 by the final analysis' rule (:func:`~station.analysis.lifetime.l0_of`), so that
-        the stop level the run applies live is the one its summary reports."""
-        from .analysis.lifetime import l0_of
-
-        t_arr = np.array([x[0] for x in self._l0_buf])
-        lum = np.array([x[1] for x in self._l0_buf])
-        ok = np.isfinite(lum)
-        if ok.sum() < 3:
-            return None  # wait for more samples
-        return l0_of(t_arr[ok], lum[ok])
-
-    def backfill(self) -> int:
-        """Luminance, EQE and l_rel for the samples stored before the run's first spectrum.
-
-        At 1× the spectrum at switch-on takes seconds (longer when pixels queue for the
-        spectrometer), and the board samples meanwhile: those samples get their photometry now,
-        in the store, and count for L0 and the stop conditions as if the spectrum had been there
-        from the start. Only empty (NULL) values are filled. Returns the number of samples.
-        The caller flushes the acquisition before :meth:`add_spectrum`, so no sample that came
-        before the spectrum is routed after it (it would set L0 from a later sample)."""
-        if self.prepared is None or self._factors is None or self.t0_us is None or not self.n:
-            return 0
-        self.ctx.acq.flush()
-        store = self.ctx.store
-        d = store.fetch("aging_samples", self.run_id)
-        todo = ~np.isfinite(d["luminance_cd_m2"])
-        if not todo.any():
-            return 0
-        t_s = (d["t_us"] - self.t0_us) / 1e6
-        lum, eqe = luminance_and_eqe(d["photodiode_a"] - self.dark_a, d["current_a"], self._factors,
-                                     self.prepared.nearest(t_s))
-        live = (d["flags"].astype(np.int64) & int(SampleFlags.STOPPED)) == 0
-        if self.l0 is None:
-            self._l0_buf = [(t, lv) for t, lv, ok in zip(t_s.tolist(), lum.tolist(), live.tolist(),
-                                                         strict=True) if ok]
-            if len(self._l0_buf) >= 3:
-                self.l0 = self._l0_from_buf()
-        l_rel = lum / self.l0 if self.l0 else np.full(len(lum), np.nan)
-        idx = np.flatnonzero(todo)
-        with store.db:  # one transaction
-            store.db.execute("BEGIN")
-            store.db.executemany(
-                "UPDATE aging_samples SET luminance_cd_m2=?, eqe_pct=?, l_rel=? WHERE seq=? AND "
-                "luminance_cd_m2 IS NULL",
-                [(_finite(lum[i]), _finite(eqe[i]), _finite(l_rel[i]), int(d["seq"][i]))
-                 for i in idx])
-        self._check_stop(d, {"l_rel": l_rel}, t_s)  # type: ignore[arg-type]
-        return len(idx)
+        if self._early:
+            # samples from before the first spectrum: their luminance now, as the final
+            # analysis will compute it, so that L0 (first minute) and the stop rule see them
+            early, self._early = self._early, []
+            for t_s, pd, cur, ok in early:
+                lum, _eqe = luminance_and_eqe(pd, cur, self._factors, self.prepared.nearest(t_s))
+                ok = ok & np.isfinite(lum)
+                self._trace_t.insert(0, t_s[ok])
+                self._trace_l.insert(0, lum[ok])
+                if self.l0 is None:
+                    self._l0_buf.extend(zip(t_s[ok].tolist(), lum[ok].tolist(), strict=True))
+            self._l0_buf.sort()
 
     def on_spectrum(self, msg: SpectrumMsg, seq64: int) -> int | None:
         return self.run_id
@@ -797,6 +805,9 @@ class AgingCollector:
             self.ctx.store.update_run(self.run_id, t0_us=self.t0_us)
         t_s = (rec["t_us"].astype(np.int64) - self.t0_us) / 1e6
         flags = rec["flags"]
+        if self.prepared is None:
+            self._early.append((t_s, rec["photodiode_a"] - self.dark_a, rec["current_a"],
+                                (flags & int(SampleFlags.STOPPED)) == 0))
         if self.prepared is not None and self._factors is not None:
             # compute_points' luminance and EQE, from the factors of the spectra prepared once
             lum, eqe = luminance_and_eqe(rec["photodiode_a"] - self.dark_a, rec["current_a"],
@@ -804,12 +815,19 @@ class AgingCollector:
             rows["luminance_cd_m2"] = lum
             rows["eqe_pct"] = eqe
             live = (flags & int(SampleFlags.STOPPED)) == 0
+            ok = live & np.isfinite(lum)
+            self._trace_t.append(t_s[ok])
+            self._trace_l.append(lum[ok])
             if self.l0 is None:
-                for t, lv, ok in zip(t_s.tolist(), lum.tolist(), live.tolist(), strict=True):
-                    if ok:
-                        self._l0_buf.append((t, lv))
-                if len(self._l0_buf) >= 3 and self._l0_buf[-1][0] - self._l0_buf[0][0] >= 0:
-                    self.l0 = self._l0_from_buf()
+                self._l0_buf.extend(zip(t_s[ok].tolist(), lum[ok].tolist(), strict=True))
+                # the final analysis' estimator (lifetime.l0_of: a Theil-Sen line through the
+                # first 60 s, at least 3 samples), once its window is complete: the stop rule
+                # and the summary then share one L0
+                buf = self._l0_buf
+                if len(buf) >= L0_MIN_SAMPLES and (buf[-1][0] - buf[0][0] > L0_WINDOW_S
+                                                   or len(buf) >= 200):
+                    self.l0 = l0_of(np.array([x[0] for x in buf]), np.array([x[1] for x in buf]),
+                                    L0_WINDOW_S, L0_MIN_SAMPLES)
             if self.l0 is not None and self.l0 > 0:
                 rows["l_rel"] = lum / self.l0
         if self.v0 is None and len(rec):
@@ -857,17 +875,38 @@ class AgingCollector:
                 self._alert(f"{name}_reached", {"t_h": float(t_s[i]) / 3600.0,
                                                 "l_rel": float(lr_all[i])})
         level = self.params.stop_level()
-        if level is not None and (lr_min <= level or self.below):
+        if level is not None and (lr_min <= level or self.below) and self.n >= self._recheck_at:
             for i, v in enumerate(lr_all.tolist()):
                 self.below = self.below + 1 if (v == v and v <= level) else 0
                 if self.below >= 3:
-                    self._stop(f"reached_{self.params.until.lower()}", float(t_s[i]))
-                    return
+                    # the final analysis decides: stop once it measures the crossing (by
+                    # interpolation, with samples past it), not on the live values alone
+                    if self._final_analysis_reached(float(t_s[i])):
+                        self._stop(f"reached_{self.params.until.lower()}", float(t_s[i]))
+                        return
+                    self.below = 0
+                    self._recheck_at = self.n + max(3, self.n // 50)
+                    break
         dur = self.params.duration_h()
         limit_h = min(dur if dur is not None else math.inf, self.params.max_duration_h)
         if float(t_s.max()) / 3600.0 >= limit_h:
             self._stop("duration" if dur is not None and limit_h == dur else "max_duration",
                        first(t_s / 3600.0 >= limit_h))
+
+    def _final_analysis_reached(self, t_until_s: float) -> bool:
+        """Does the run's final analysis (analyze_lifetime on the samples up to ``t_until_s``)
+        measure the stop level's Tx?"""
+        t = np.concatenate(self._trace_t) if self._trace_t else np.zeros(0)
+        lum = np.concatenate(self._trace_l) if self._trace_l else np.zeros(0)
+        keep = t <= t_until_s
+        if np.count_nonzero(keep) < L0_MIN_SAMPLES + 3:
+            return False
+        try:
+            res = analyze_lifetime(t[keep], lum[keep], fit=False)
+        except Exception:  # the analysis cannot be made yet
+            log.debug("lifetime analysis for the stop rule failed", exc_info=True)
+            return False
+        return res.tx_h.get(self.params.until.lower()) is not None
 
     def _stop(self, reason: str, t_stop_s: float) -> None:
         """Stop condition met at board time ``t_stop_s`` (since t0). The board goes on sampling
@@ -885,11 +924,6 @@ class AgingCollector:
                 self.on_alert(kind, {"pixel": self.pixel, "run_id": self.run_id, **data})
             except Exception:
                 log.exception("alert callback failed")
-
-
-def _finite(v: float) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 def aging_current_a(ctx: StationContext, pixel: PixelConfig, j_ma_cm2: float) -> float:
@@ -1068,9 +1102,9 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
             params.duration_h()  # validates
         caps = link.caps
         channel = params.channel if params.channel is not None else pixel_no - 1
-        if caps is not None and not 0 <= channel < caps.n_aging_channels:
+        if caps is not None and not 0 <= channel < aging_channel_count(caps):
             raise LimitError(f"aging channel {channel} does not exist (board has "
-                             f"{caps.n_aging_channels})")
+                             f"{aging_channel_count(caps)})")
         if params.current_density_ma_cm2 is not None:
             current_a = aging_current_a(ctx, pixel, params.current_density_ma_cm2)
             target_l = None
@@ -1148,12 +1182,9 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                     log.info("aging pixel %d: spectrum not taken (%s); trying again", pixel_no, e)
                     res = None
                 if res is not None and res.spectrum is not None:
-                    first = not col.spectra
-                    if first:  # store what came before it as it came: backfill() computes it
+                    if not col.spectra:  # what came before it is routed before it
                         ctx.acq.flush()
                     col.add_spectrum(res.spectrum)
-                    if first:
-                        col.backfill()
                     next_spectrum_h = t_h + params.spectrum_every_h
                 else:
                     # no usable spectrum: soon again while the run has none, else in 0.1 h
@@ -1181,7 +1212,7 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                             "action": "asking again (the board keeps aging and buffering)"})
                     raise
                 wd.answered()
-                active = bool(status.aging_active_mask & (1 << channel))
+                active = channel_active(status, channel)
                 if not active and status.interlock_closed and col.stop_reason is None:
                     if not paused:
                         log.warning("aging channel %d was stopped by the board (interlock, reboot,"
@@ -1277,6 +1308,8 @@ def rebuild_aging_collector(ctx: StationContext, run_id: int) -> tuple[AgingColl
     spec = rp.get("spectrometer") or {}
     if col.t0_us is not None and spec:
         for row in store.spectra_of(run_id):
+            if row["probe"]:
+                continue
             sp = board_spectrum(row["counts"], row["dark_counts"], row["flags"],
                                 spec["wavelength_cal"], spec["spectrum_kind"],
                                 t_s=(row["t_us"] - col.t0_us) / 1e6)
@@ -1292,8 +1325,6 @@ def rebuild_aging_collector(ctx: StationContext, run_id: int) -> tuple[AgingColl
                                  col.prepared, dark_a=col.dark_a, t_s=t_s)
             ok = np.isfinite(pts["luminance_cd_m2"])
             if ok.sum() >= 3:
-                from .analysis.lifetime import l0_of
-
                 col.l0 = l0_of(t_s[ok], pts["luminance_cd_m2"][ok])
                 col._alerted = {lv for lv in (0.9, 0.5)
                                 if np.any(pts["luminance_cd_m2"][ok] / col.l0 <= lv)}
@@ -1317,16 +1348,14 @@ def finalize_aging(ctx: StationContext, run_id: int, col: AgingCollector) -> dic
     live &= t_s <= col.stop_t_s  # samples after the stop condition are not analysed
     res = analyze_lifetime(t_s[live], lum[live])
     l_rel = lum / res.l0_cd_m2
-    store.db.executemany(
-        "UPDATE aging_samples SET luminance_cd_m2=?, l_rel=?, eqe_pct=? WHERE seq=?",
-        [(a if math.isfinite(a) else None, b if math.isfinite(b) else None,
-          c if math.isfinite(c) else None, int(s))
-         for a, b, c, s in zip(lum.tolist(), l_rel.tolist(), pts["eqe_pct"].tolist(),
-                               d["seq"].tolist(), strict=True)])
+    store.revise("aging_samples", run_id, d["seq"].astype(np.int64).tolist(), {
+        "luminance_cd_m2": lum.tolist(), "l_rel": l_rel.tolist(),
+        "eqe_pct": pts["eqe_pct"].tolist()})
     summary = res.to_dict()
     summary["n_samples"] = len(d["seq"])
     summary["dark_a"] = col.dark_a
     summary["t0_us"] = col.t0_us
+    summary.update(_losses(store, d["t_us"], "aging"))
     summary["spectra_used"] = len(col.spectra)
     return summary
 

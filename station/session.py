@@ -19,6 +19,7 @@ from .analysis.photometry import load_reference_tables
 from .config import StationConfig
 from .link import BoardLink
 from .procedures import StationContext, all_outputs_off
+from .sinks.cursor import publish_event
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,13 @@ T = TypeVar("T")
 @contextlib.asynccontextmanager
 async def open_station(config: StationConfig, *, url: str | None = None,
                        connect_timeout_s: float | None = 15.0,
-                       prepare: Callable[[StationContext], None] | None = None
-                       ) -> AsyncIterator[StationContext]:
+                       prepare: Callable[[StationContext], None] | None = None,
+                       wait_for_board: bool = True) -> AsyncIterator[StationContext]:
     """``prepare(ctx)`` runs before the link starts, so that records the board replays at once
-    (a restart after a crash) already find the procedures that own them."""
+    (a restart after a crash) already find the procedures that own them. With
+    ``wait_for_board=False`` the context is yielded at once, whether or not a board answers
+    (the daemon: its control plane runs while the board is unplugged; ``ctx.link.describe()``
+    says why the link is down, and requests wait for it)."""
     store = Store(config.store.path)
     b = config.board
     link = BoardLink(url or b.url, baudrate=b.baudrate, timeout_s=b.request_timeout_s,
@@ -40,6 +44,14 @@ async def open_station(config: StationConfig, *, url: str | None = None,
                      watchdog_policy=b.watchdog_policy)
     acq = Acquisition(link, store, batch_ms=config.store.batch_ms)
     acq.resume_from_store()
+
+    def lost(info: dict[str, Any]) -> None:
+        # as data, once: the MQTT sink publishes it as event/alert/records_lost
+        publish_event(store, "alert/records_lost", info)
+        if acq.on_commit is not None:
+            acq.on_commit()
+
+    acq.lost_listeners.append(lost)
     ctx = StationContext(config=config, link=link, store=store, acq=acq)
     # colour-science's import takes ~1.5 s: done in a thread while the link comes up, not on
     # the event loop when the first spectrum arrives
@@ -47,7 +59,7 @@ async def open_station(config: StationConfig, *, url: str | None = None,
     try:
         if prepare is not None:
             prepare(ctx)
-        await link.start(connect_timeout_s)
+        await link.start(connect_timeout_s, wait=wait_for_board)
         await tables
     except BaseException:
         with contextlib.suppress(BaseException):

@@ -11,6 +11,7 @@ buffer replays.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -19,21 +20,54 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SWEEP_COLUMNS = (
     "seq", "run_id", "sweep_id", "idx", "t_us", "pixel", "flags", "pd_gain", "direction",
     "voltage_set_v", "voltage_v", "current_a", "photodiode_a", "dark_a",
     "current_density_ma_cm2", "luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w", "spectrum_seq",
+    "epoch", "rev",
 )
 AGING_COLUMNS = (
     "seq", "run_id", "t_us", "channel", "pixel", "flags", "pd_gain", "current_a", "voltage_v",
-    "photodiode_a", "temperature_c", "dark_a", "luminance_cd_m2", "l_rel", "eqe_pct",
+    "photodiode_a", "temperature_c", "dark_a", "luminance_cd_m2", "l_rel", "eqe_pct", "epoch",
+    "rev",
 )
 SPECTRUM_COLUMNS = (
     "seq", "run_id", "t_us", "sweep_id", "idx", "pixel", "flags", "voltage_v", "current_a",
-    "integration_ms", "dark_counts", "counts",
+    "integration_ms", "dark_counts", "counts", "epoch",
 )
+
+_RECORDS_LOST_DDL = """
+CREATE TABLE IF NOT EXISTS records_lost (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    stream TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    from_seq INTEGER NOT NULL,
+    to_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    t_from_us INTEGER,
+    t_to_us INTEGER,
+    UNIQUE (stream, from_seq)
+);"""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: board epochs (a reset that restarts the board's counters), lost records, and
+    # revisions of derived values
+    2: (
+        "ALTER TABLE sweep_points ADD COLUMN epoch INTEGER DEFAULT 0",
+        "ALTER TABLE aging_samples ADD COLUMN epoch INTEGER DEFAULT 0",
+        "ALTER TABLE spectra ADD COLUMN epoch INTEGER DEFAULT 0",
+        "ALTER TABLE spectra ADD COLUMN probe INTEGER DEFAULT 0",
+        "ALTER TABLE sweep_points ADD COLUMN rev INTEGER DEFAULT 0",
+        "ALTER TABLE aging_samples ADD COLUMN rev INTEGER DEFAULT 0",
+        "ALTER TABLE stream_state ADD COLUMN base INTEGER NOT NULL DEFAULT 0",
+        _RECORDS_LOST_DDL,
+    ),
+}
+"""Schema upgrades: ``MIGRATIONS[v]`` takes a store from version v-1 to v, in one transaction."""
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,7 +101,9 @@ CREATE TABLE IF NOT EXISTS sweep_points (
     direction TEXT,
     voltage_set_v REAL, voltage_v REAL, current_a REAL, photodiode_a REAL, dark_a REAL,
     current_density_ma_cm2 REAL, luminance_cd_m2 REAL, eqe_pct REAL, ce_cd_a REAL, pe_lm_w REAL,
-    spectrum_seq INTEGER
+    spectrum_seq INTEGER,
+    epoch INTEGER DEFAULT 0,
+    rev INTEGER DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sweep_points_run ON sweep_points(run_id, idx);
 CREATE TABLE IF NOT EXISTS aging_samples (
@@ -76,7 +112,9 @@ CREATE TABLE IF NOT EXISTS aging_samples (
     run_id INTEGER REFERENCES runs(id),
     t_us INTEGER, channel INTEGER, pixel INTEGER, flags INTEGER, pd_gain INTEGER,
     current_a REAL, voltage_v REAL, photodiode_a REAL, temperature_c REAL, dark_a REAL,
-    luminance_cd_m2 REAL, l_rel REAL, eqe_pct REAL
+    luminance_cd_m2 REAL, l_rel REAL, eqe_pct REAL,
+    epoch INTEGER DEFAULT 0,
+    rev INTEGER DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS aging_samples_run ON aging_samples(run_id, seq);
 CREATE TABLE IF NOT EXISTS spectra (
@@ -85,12 +123,16 @@ CREATE TABLE IF NOT EXISTS spectra (
     run_id INTEGER REFERENCES runs(id),
     t_us INTEGER, sweep_id INTEGER, idx INTEGER, pixel INTEGER, flags INTEGER,
     voltage_v REAL, current_a REAL, integration_ms REAL, dark_counts REAL,
-    counts BLOB NOT NULL
+    counts BLOB NOT NULL,
+    epoch INTEGER DEFAULT 0,
+    probe INTEGER DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS stream_state (
     stream INTEGER PRIMARY KEY,
-    next_seq INTEGER NOT NULL
+    next_seq INTEGER NOT NULL,
+    base INTEGER NOT NULL DEFAULT 0
 );
+{_RECORDS_LOST_DDL}
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -111,13 +153,32 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(_DDL)
+            self._open_schema()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open store {path}: {e}") from e
         self._pending: dict[str, list[tuple[Any, ...]]] = {
             "sweep_points": [], "aging_samples": [], "spectra": []}
-        self._pending_streams: dict[int, int] = {}
+        self._pending_streams: dict[int, tuple[int, int | None]] = {}
+        self._pending_meta: dict[str, Any] = {}
         self.rows_written = 0
+
+    def _open_schema(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store {self.path} has schema version {version}, newer than this "
+                             f"release's {SCHEMA_VERSION}: upgrade the station software")
+        has_tables = self.db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        if version == 0 and not has_tables:
+            self.db.executescript(_DDL)
+            return
+        for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            with self.db:
+                self.db.execute("BEGIN")
+                for stmt in MIGRATIONS[v]:
+                    self.db.execute(stmt)
+                self.db.execute(f"PRAGMA user_version = {v}")
+        self.db.executescript(_DDL)  # anything a migration does not touch (indexes)
 
     def close(self) -> None:
         self.flush()
@@ -186,9 +247,54 @@ class Store:
         data = [arr[c].tolist() for c in cols]
         self._pending[table].extend(zip(*data, strict=True))
 
-    def set_stream_next(self, stream: int, next_seq: int) -> None:
-        """Record (in the same transaction as the data) the next seq expected on a stream."""
-        self._pending_streams[stream] = max(next_seq, self._pending_streams.get(stream, 0))
+    def set_stream_next(self, stream: int, next_seq: int, base: int | None = None) -> None:
+        """Record (in the same transaction as the data) the next seq expected on a stream, and
+        the host seq of board seq 0 in the board's current epoch."""
+        prev = self._pending_streams.get(stream)
+        self._pending_streams[stream] = (max(next_seq, prev[0] if prev else 0),
+                                         base if base is not None else (prev[1] if prev else None))
+
+    def queue_meta(self, key: str, value: Any) -> None:
+        """Set a meta value in the next :meth:`flush`'s transaction (with the data it describes)."""
+        self._pending_meta[key] = value
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                        "SET value = excluded.value", (key, json.dumps(value)))
+
+    def meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def add_records_lost(self, *, stream: str, epoch: int, from_seq: int, to_seq: int,
+                         reason: str, t_from_us: int | None, t_to_us: int | None) -> bool:
+        """Record records the board lost (once: a second report of the same hole is ignored);
+        True when it is new."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO records_lost (ts, stream, epoch, from_seq, to_seq, count, "
+            "reason, t_from_us, t_to_us) VALUES (?,?,?,?,?,?,?,?,?)",
+            (time.time(), stream, epoch, from_seq, to_seq, to_seq - from_seq + 1, reason,
+             t_from_us, t_to_us))
+        return cur.rowcount > 0
+
+    def records_lost(self, t_from_us: int | None = None, t_to_us: int | None = None,
+                     stream: str | None = None) -> list[dict[str, Any]]:
+        """Losses (optionally of one stream, overlapping a board-time span), oldest first."""
+        q = ("SELECT id, ts, stream, epoch, from_seq, to_seq, count, reason, t_from_us, t_to_us "
+             "FROM records_lost WHERE 1=1")
+        args: list[Any] = []
+        if stream is not None:
+            q += " AND stream = ?"
+            args.append(stream)
+        if t_to_us is not None:
+            q += " AND (t_from_us IS NULL OR t_from_us <= ?)"
+            args.append(t_to_us)
+        if t_from_us is not None:
+            q += " AND (t_to_us IS NULL OR t_to_us >= ?)"
+            args.append(t_from_us)
+        names = ("id", "ts", "stream", "epoch", "from_seq", "to_seq", "count", "reason",
+                 "t_from_us", "t_to_us")
+        return [dict(zip(names, r, strict=True)) for r in self.db.execute(q + " ORDER BY id", args)]
 
     @property
     def pending_rows(self) -> int:
@@ -196,7 +302,7 @@ class Store:
 
     def flush(self) -> int:
         """Commit every queued row in one transaction; returns the number of new rows."""
-        if not self.pending_rows and not self._pending_streams:
+        if not self.pending_rows and not self._pending_streams and not self._pending_meta:
             return 0
         n = 0
         cols_of = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS,
@@ -208,25 +314,79 @@ class Store:
                     continue
                 cols = cols_of[table]
                 before = self.db.total_changes
+                # a record already stored (a replay) is skipped; any other constraint fails
                 self.db.executemany(
-                    f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) "
-                    f"VALUES ({', '.join('?' * len(cols))})", rows)
+                    f"INSERT INTO {table} ({', '.join(cols)}) "
+                    f"VALUES ({', '.join('?' * len(cols))}) ON CONFLICT(seq) DO NOTHING", rows)
                 n += self.db.total_changes - before
-            for stream, nxt in self._pending_streams.items():
+            for stream, (nxt, base) in self._pending_streams.items():
                 self.db.execute(
-                    "INSERT INTO stream_state (stream, next_seq) VALUES (?, ?) "
-                    "ON CONFLICT(stream) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)",
-                    (stream, nxt))
+                    "INSERT INTO stream_state (stream, next_seq, base) VALUES (?, ?, ?) "
+                    "ON CONFLICT(stream) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq),"
+                    " base = coalesce(?, base)", (stream, nxt, base or 0, base))
+            for key, value in self._pending_meta.items():
+                self.set_meta(key, value)
         for rows in self._pending.values():
             rows.clear()
         self._pending_streams.clear()
+        self._pending_meta.clear()
         self.rows_written += n
         return n
+
+    def revise(self, table: str, run_id: int, seqs: Sequence[int],
+               values: dict[str, Sequence[float | None]], *, every_row: bool = True) -> int:
+        """Replace derived values (``values[column][i]`` for row ``seqs[i]`` of run ``run_id``).
+
+        A stored row is never changed in place: it is replaced, in one transaction, by a new
+        revision (``rev`` + 1) with a new ``id``, so every sink, whose cursor only moves
+        forward, delivers it again after what it already sent (InfluxDB rewrites the same
+        point, MQTT subscribers get it with its ``rev``). With ``every_row`` (a run's final
+        analysis) every row is revised, changed or not, so that a database which cannot
+        overwrite gets the final values once under their own names; otherwise only rows whose
+        values differ. Returns the number of rows revised."""
+        cols = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS}[table]
+        bad = set(values) - set(cols) or {"seq", "run_id", "rev", "epoch"} & set(values)
+        if bad:
+            raise StoreError(f"{table}: cannot revise {sorted(bad)}")
+        self.flush()
+        current = {r[0]: list(r[1:]) for r in self.db.execute(
+            f"SELECT seq, {', '.join(cols)} FROM {table} WHERE run_id = ?", (run_id,))}
+        where = {c: cols.index(c) for c in values}
+        i_rev = cols.index("rev")
+        out: list[tuple[Any, ...]] = []
+        for i, seq in enumerate(seqs):
+            row = current.get(int(seq))
+            if row is None:
+                continue
+            changed = False
+            for c, k in where.items():
+                v = values[c][i]
+                v = None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+                if row[k] != v:
+                    row[k] = v
+                    changed = True
+            if changed or every_row:
+                row[i_rev] = (row[i_rev] or 0) + 1
+                out.append(tuple(row))
+        if not out:
+            return 0
+        i_seq = cols.index("seq")
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(f"DELETE FROM {table} WHERE seq = ?", [(r[i_seq],) for r in out])
+            self.db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) "
+                                f"VALUES ({', '.join('?' * len(cols))})", out)
+        return len(out)
 
     def stream_next(self, stream: int) -> int | None:
         row = self.db.execute("SELECT next_seq FROM stream_state WHERE stream = ?",
                               (stream,)).fetchone()
         return None if row is None else int(row[0])
+
+    def stream_base(self, stream: int) -> int:
+        row = self.db.execute("SELECT base FROM stream_state WHERE stream = ?",
+                              (stream,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def count(self, table: str, run_id: int | None = None) -> int:
         if table not in ("sweep_points", "aging_samples", "spectra"):
@@ -251,17 +411,29 @@ class Store:
         return out
 
     def spectra_of(self, run_id: int) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            f"SELECT {', '.join(SPECTRUM_COLUMNS)} FROM spectra WHERE run_id = ? ORDER BY seq",
-            (run_id,)).fetchall()
-        out = []
-        for r in rows:
-            d = dict(zip(SPECTRUM_COLUMNS, r, strict=True))
-            d["counts"] = np.frombuffer(d["counts"], dtype="<u2").astype(float)
-            out.append(d)
-        return out
+        return spectra_of(self.db, run_id)
+
+    def mark_probe_spectra(self, seqs: Iterable[int]) -> None:
+        """Auto-exposure probes: kept with their run, but no analysis uses them."""
+        self.flush()
+        self.db.executemany("UPDATE spectra SET probe = 1 WHERE seq = ?", [(int(s),) for s in seqs])
 
     def assign_spectra(self, seqs: Iterable[int], run_id: int) -> None:
         self.flush()
         self.db.executemany("UPDATE spectra SET run_id = ? WHERE seq = ?",
                             [(run_id, s) for s in seqs])
+
+
+def spectra_of(db: sqlite3.Connection, run_id: int) -> list[dict[str, Any]]:
+    """A run's spectra, oldest first: the table's columns, ``counts`` as floats, and ``probe``
+    (an auto-exposure probe, not analysed). Any connection to the store file will do."""
+    rows = db.execute(
+        f"SELECT {', '.join(SPECTRUM_COLUMNS)}, probe FROM spectra WHERE run_id = ? ORDER BY seq",
+        (run_id,)).fetchall()
+    out = []
+    for r in rows:
+        d = dict(zip(SPECTRUM_COLUMNS, r[:-1], strict=True))
+        d["counts"] = np.frombuffer(d["counts"], dtype="<u2").astype(float)
+        d["probe"] = bool(r[-1])
+        out.append(d)
+    return out

@@ -315,7 +315,7 @@ def sweep_row(seq: int, run_id: int | None, pixel: int, *, t0_us: int = 5_000_00
         voltage_v=v - 0.001, current_a=1e-4 * seq, photodiode_a=2e-7 * seq, dark_a=1e-12,
         current_density_ma_cm2=2.5 * seq, luminance_cd_m2=10.0 * seq,
         eqe_pct=float("nan") if seq % 7 == 0 else 5.0, ce_cd_a=4.0, pe_lm_w=3.0,
-        spectrum_seq=None)
+        spectrum_seq=None, epoch=0, rev=0)
     return tuple(d[c] for c in SWEEP_COLUMNS)
 
 
@@ -325,8 +325,17 @@ def aging_row(seq: int, run_id: int | None, pixel: int, *, t0_us: int = 7_000_00
     d: dict[str, Any] = dict(
         seq=seq, run_id=run_id, t_us=t0_us + seq * dt_us, channel=pixel - 1, pixel=pixel, flags=0,
         pd_gain=1, current_a=1e-3, voltage_v=3.1, photodiode_a=1e-6, temperature_c=25.5,
-        dark_a=1e-12, luminance_cd_m2=1000.0 - seq, l_rel=1.0 - seq * 1e-4, eqe_pct=10.0)
+        dark_a=1e-12, luminance_cd_m2=1000.0 - seq, l_rel=1.0 - seq * 1e-4, eqe_pct=10.0,
+        epoch=0, rev=0)
     return tuple(d[c] for c in AGING_COLUMNS)
+
+
+def on_schedule(t_us: list[int], hz: float, interval_us: int) -> list[int]:
+    """Indices an aging run sampled every ``interval_us`` keeps at ``hz`` (docs/mqtt.md): those
+    whose 1/hz board-time bucket differs from the bucket one interval earlier."""
+    import math
+    return [i for i, t in enumerate(t_us) if interval_us * hz >= 1e6
+            or math.floor(t * hz / 1e6) != math.floor((t - interval_us) * hz / 1e6)]
 
 
 def decimated(t_us: list[int], hz: float) -> list[int]:

@@ -372,3 +372,44 @@ def test_analyze_floors_the_noise_at_one_recorded_adc_step(tmp_path: Path) -> No
     k = luminance_per_photodiode_amp(cal, prepared, len(prepared.key) - 1)
     assert res.summary is not None
     assert res.summary.noise_floor_cd_m2 == pytest.approx(step_a * k, rel=1e-12)
+
+
+async def test_a_sweep_export_copied_without_the_store_reanalyses_to_its_summary(tmp_path):
+    """The export stands alone: copied away from the store, station analyze reproduces the
+    sweep's summary to 1e-9, and every spectrum the board sent for the run is in it with its
+    raw integer counts, dark level, integration time and flags."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from station.export import export_run
+    from station.procedures import SweepParams, run_sweep
+
+    from .stationkit import sim_station
+
+    async with sim_station(tmp_path, ["otac"], speed=1e4) as (_server, ctx):
+        res = await run_sweep(ctx, 1, SweepParams(start_v=0.0, stop_v=6.0, step_v=0.05))
+        out = export_run(ctx.store, res.run_id, tmp_path / "exp")
+        stored = ctx.store.spectra_of(res.run_id)
+    alone = tmp_path / "elsewhere" / "sweep"
+    shutil.copytree(out, alone)
+    meta = json.loads((alone / "run.json").read_text())
+    assert [s["seq"] for s in meta["spectra"]] == [s["seq"] for s in stored]
+    for s, row in zip(meta["spectra"], stored, strict=True):
+        assert s["raw_counts"] == [int(c) for c in row["counts"]]
+        assert all(isinstance(c, int) for c in s["raw_counts"])
+        assert (s["dark_counts"], s["integration_ms"], s["flags"]) == (
+            row["dark_counts"], row["integration_ms"], row["flags"])
+    assert sum(s["used"] for s in meta["spectra"]) == res.summary["spectra_used"] >= 8
+    r = subprocess.run([sys.executable, "-m", "station", "analyze", str(alone), "--json"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path / "elsewhere")
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    again = again.get("summary", again)
+    compared = 0
+    for k, v in res.summary.items():
+        if isinstance(v, float) and k in again and again[k] is not None:
+            assert again[k] == pytest.approx(v, rel=1e-9, abs=1e-300), k
+            compared += 1
+    assert compared >= 10 and again["n_points"] == res.summary["n_points"]

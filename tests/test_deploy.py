@@ -351,7 +351,8 @@ def test_udev_rules_leave_other_serial_devices_and_removals_alone():
 
 
 # == Mosquitto =====================================================================================
-USERS = {"lab-a": "pw-lab-a", "lab-b": "pw-lab-b", "viewer": "pw-viewer", "operator": "pw-operator"}
+USERS = {"lab-a": "pw-lab-a", "lab-b": "pw-lab-b", "viewer": "pw-viewer", "operator": "pw-operator",
+         "lab-a-control": "pw-lab-a-control", "lab-b-control": "pw-lab-b-control"}
 
 
 def adapt_conf(text: str, root: Path, plain_port: int, tls_port: int) -> str:
@@ -527,10 +528,11 @@ async def test_a_station_reads_its_own_commands_but_not_other_stations(broker):
         await publish(broker, "lab-b", "ledstation/lab-b/status")
         await publish(broker, "lab-b", "ledstation/lab-b/event/job/started")
         await publish(broker, "operator", "ledstation/lab-a/cmd/jobs/submit", b'{"job": "j1"}')
-        await publish(broker, "lab-a", "ledstation/lab-a/sentinel")
-        await seen(lab_a, "ledstation/lab-a/sentinel")
+        # (not published as lab-a: one connection per user, a second one would replace this one)
+        await publish(broker, "lab-a-control", "ledstation/lab-a/reply/sentinel")
+        await seen(lab_a, "ledstation/lab-a/reply/sentinel")
     assert sorted({t for t, _ in lab_a}) == ["ledstation/lab-a/cmd/jobs/submit",
-                                             "ledstation/lab-a/sentinel"]
+                                             "ledstation/lab-a/reply/sentinel"]
 
 
 async def test_viewer_reads_everything_and_publishes_nothing(broker):
@@ -570,6 +572,7 @@ def station_env(broker: Broker, store: Path) -> dict[str, str]:
     env = dict(line.split("=", 1) for line in STATION_ENV.read_text().splitlines()
                if line and not line.startswith("#"))
     env.update(STATION_MQTT__PASSWORD=USERS["lab-a"],
+               STATION_MQTT__CONTROL_PASSWORD=USERS["lab-a-control"],
                STATION_MQTT__URL=f"mqtts://127.0.0.1:{broker.tls_port}",
                STATION_MQTT__CA_FILE=str(broker.ca), STATION_STORE__PATH=str(store),
                STATION_MQTT__POLL_S="0.02", STATION_MQTT__HEALTH_INTERVAL_S="0.2",

@@ -43,8 +43,8 @@ from tests.services import (  # noqa: F401  (fixtures)
     Received,
     Victoria,
     _binary,
-    decimated,
     mqtt_certs,
+    on_schedule,
     victoria_factory,
     wait_until,
 )
@@ -156,13 +156,13 @@ def on(messages: list[Received], pattern: str) -> list[dict[str, Any]]:
 
 
 def mqtt_subset(store: StoreView) -> set[int]:
-    """The aging seqs the MQTT sink publishes: per run, the first sample of each
-    1/aging_publish_hz bucket of board time (docs/mqtt.md, decimation)."""
+    """The aging seqs the MQTT sink publishes: per run, the samples that are the first of their
+    1/aging_publish_hz bucket of board time on the run's schedule (docs/mqtt.md, decimation)."""
     out: set[int] = set()
     for run_id, in store.q("SELECT DISTINCT run_id FROM aging_samples"):
         rows = store.q("SELECT seq, t_us FROM aging_samples WHERE run_id = ? ORDER BY seq",
                        (run_id,))
-        out.update(rows[i][0] for i in decimated([t for _, t in rows], 1.0))
+        out.update(rows[i][0] for i in on_schedule([t for _, t in rows], 1.0, INTERVAL_S * 10**6))
     return out
 
 
@@ -335,15 +335,14 @@ async def test_daemon_outages_of_broker_and_database_lose_and_double_nothing(
     # -- MQTT: every sample (1 Hz decimation keeps all of a 60 s interval), the lifecycle ------
     aging_msgs = on(messages, "pixel/+/aging")
     assert {p["seq"] for p in aging_msgs} == to_publish
-    # decimation (1 Hz of board time, samples 60 s apart) leaves out only a channel's last
-    # sample when it stopped (flag STOPPED) within a second of the one before
+    # decimation (1 Hz of board time, samples 60 s apart) leaves nothing out
     left_out = set(seqs.tolist()) - to_publish
-    assert len(left_out) <= 2 and all(
-        f & 0x20 for f, in store.q(f"SELECT flags FROM aging_samples WHERE seq IN "
-                                   f"({','.join(map(str, left_out)) or 'NULL'})")), left_out
-    dup: dict[int, dict[str, Any]] = {}
-    for p in aging_msgs:  # a QoS 1 repeat is the same message
-        assert dup.setdefault(p["seq"], p) == p
+    assert not left_out, left_out
+    dup: dict[tuple[int, int], dict[str, Any]] = {}
+    for p in aging_msgs:  # a QoS 1 repeat is the same message; a revision has a higher rev
+        assert dup.setdefault((p["seq"], p["rev"]), p) == p
+    # every published sample was revised once when its run ended (the final L0 and L/L0)
+    assert {s for s, r in dup if r == 1} == to_publish
     events = {p["seq"]: p for p in on(messages, "event/job/#")
               if p["data"].get("job") == job_id}  # by seq: a QoS 1 repeat is the same
     kinds = [events[k]["kind"] for k in sorted(events)]

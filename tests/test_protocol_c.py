@@ -79,3 +79,26 @@ def test_c_rejects_corrupted_frames(cprog):
     out, err = run(cprog, bytes(bad) + good)
     assert out == good
     assert err.strip().startswith("reject")
+
+
+def test_c_reads_an_older_boards_capabilities_with_the_extension_fields_zero(cprog):
+    """capabilities grew extension fields (the board's ranges): the C decoder reads a payload
+    that ends before them as 0, and skips bytes after the last field it knows."""
+    from firmware_protocol.codec import decode_payload, encode_fields, encode_payload, frame_bytes, make_plan
+    from firmware_protocol.spec import MESSAGES_BY_NAME
+
+    full = Capabilities(spectrometer_pixels=288, max_integration_ms=5000.0, max_pd_reads=1000)
+    fields = MESSAGES_BY_NAME["capabilities"].fields
+    assert sum(f.extension for f in fields) >= 7
+    payload = encode_payload(full)
+    # as a board built before the extensions sends it
+    old = encode_fields(make_plan(tuple(f for f in fields if not f.extension)), full, "capabilities")
+    assert payload.startswith(old) and len(old) < len(payload)
+    assert decode_payload(Capabilities.MSG_ID, old).max_integration_ms == 0.0
+    out, err = run(cprog, frame_bytes(Capabilities.MSG_ID, old, seq=3)
+                   + frame_bytes(Capabilities.MSG_ID, payload + b"\x01\x02\x03", seq=4))
+    assert err == ""
+    a, b = (e.message for e in StreamDecoder().feed(out))
+    assert isinstance(a, Capabilities) and isinstance(b, Capabilities)
+    assert a.spectrometer_pixels == 288 and a.max_integration_ms == 0.0 and a.max_pd_reads == 0
+    assert b.to_dict() == full.to_dict()  # the newer peer's extra bytes skipped

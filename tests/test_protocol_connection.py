@@ -7,10 +7,13 @@ import pytest
 
 from firmware_protocol import BoardEndpoint, Connection, ConnState, Request, Resend
 from firmware_protocol.connection import (
+    BoardRebooted,
+    EpochStarted,
     GapDetected,
     Handshaked,
     HandshakeFailed,
     LocalProtocolError,
+    RecordsLost,
     RequestFailed,
     RequestTimedOut,
     Response,
@@ -29,6 +32,7 @@ from firmware_protocol.messages import (
     SmuConfigure,
     SmuMeasure,
     SpectrumAcquire,
+    Status,
     StreamAck,
 )
 from firmware_protocol.spec import MESSAGES_BY_ID, SPEC_HASH, ErrorCode, Stream
@@ -41,6 +45,7 @@ class Pair:
         self.host = Connection(timeout_s=1.0, max_attempts=3)
         self.board = BoardEndpoint()
         self.board_hash = spec_hash
+        self.boot_id = 11
         self.executed: list = []
 
     def board_handle(self, data: bytes) -> bytes:
@@ -53,7 +58,7 @@ class Pair:
                 m = item.message
                 if m.NAME == "hello":
                     out += self.board.respond(item.seq, HelloReply(
-                        protocol_version=1, spec_hash=self.board_hash, boot_id=11,
+                        protocol_version=1, spec_hash=self.board_hash, boot_id=self.boot_id,
                         firmware_version="test-fw 2.1", serial_number="SN9"))
                 elif m.NAME == "ping":
                     out += self.board.respond(item.seq, Pong(nonce=m.nonce, t_us=5))
@@ -188,3 +193,110 @@ def test_a_long_request_is_waited_for_its_declared_cost_and_so_are_those_queued_
     sends = [t for t in np.arange(100.0, 112.0, 0.25) if p.host.poll(float(t))]
     assert sends == [104.0, 106.0]  # 3 s + 1 s margin, then 2 s more
     assert p.host.events()[-1] == RequestTimedOut(s3, "smu_measure", 3)
+# -- board epochs: a reset that restarts the board's counters and clock -----------------------
+
+def _aging_block(p: Pair, first: int, n: int, t0_us: int) -> bytes:
+    r = np.zeros(n, AGING_SAMPLE_DTYPE)
+    r["seq"] = (np.arange(first, first + n) % 2**32).astype(np.uint32)
+    r["t_us"] = t0_us + 1_000_000 * np.arange(n)
+    return p.board.unsolicited(AgingSamples(records=r))
+
+
+def _status(boot: int, t_us: int, aging_head: int, oldest: int = 0) -> Status:
+    return Status(t_us=t_us, boot_id=boot, aging_head_seq=aging_head, sweep_head_seq=0,
+                  spectrum_head_seq=0, aging_oldest_seq=oldest)
+
+
+def test_a_board_reset_that_restarts_its_counters_opens_a_new_epoch_and_reports_the_loss():
+    p = Pair()
+    p.handshake()
+    # a host that never saw the board starts at its heads: nothing to replay
+    assert p.host.reconcile_heads(_status(11, 90_000_000, 100)) == []
+    assert p.host.trackers[Stream.AGING].expected == 100
+    # records 100..109 at t = 100..109 s, a hole 110..111, 112..114; the board then says (its
+    # once-a-second status) that it made records up to 119
+    p.host.receive_data(_aging_block(p, 100, 10, 100_000_000) + _aging_block(p, 112, 3, 112_000_000))
+    p.host.receive_data(p.board.unsolicited(_status(11, 120_000_000, 120)))
+    p.host.events()
+    # the board resets and loses its rings: counters and clock start again at 0
+    p.boot_id = 12
+    p.host.receive_data(p.board_handle(p.host.start_handshake(1.0)))
+    evs = p.host.events()
+    assert any(isinstance(e, BoardRebooted) for e in evs) and any(isinstance(e, Handshaked) for e in evs)
+    # the new boot's first records arrive before the host has read its status: held, not misplaced
+    p.host.receive_data(_aging_block(p, 0, 3, 1_000_000))
+    assert p.host.events() == []
+    replays = p.host.reconcile_heads(_status(12, 3_500_000, 3))
+    evs = p.host.events()
+    lost = [e for e in evs if isinstance(e, RecordsLost)]
+    assert [(e.from_seq, e.to_seq, e.count, e.reason, e.epoch) for e in lost] == [
+        (110, 111, 2, "board_reset", 0), (115, 119, 5, "board_reset", 0)]
+    assert lost[1].t_before_us == 114_000_000  # the last record the host got before the loss
+    started = [e for e in evs if isinstance(e, EpochStarted)]
+    assert len(started) == 1 and started[0].epoch == 1 and started[0].base[Stream.AGING] == 120
+    assert started[0].t_offset_us == 120_000_000 + 1  # after the latest board time seen
+    assert (Stream.AGING, 120) in replays  # the new epoch from its first record
+    # the replayed records get host seqs above everything before, and a time axis that goes on
+    p.host.receive_data(_aging_block(p, 0, 3, 1_000_000))
+    (ev,) = p.host.events()
+    assert isinstance(ev, StreamRecords) and ev.epoch == 1
+    assert ev.seq64.tolist() == [120, 121, 122]
+    assert ev.records["t_us"].tolist() == [121_000_001, 122_000_001, 123_000_001]
+    tr = p.host.trackers[Stream.AGING]
+    assert tr.to_board(122) == 2 and tr.missing == [] and tr.expected == 123
+    assert p.host.lost[Stream.AGING] == 7
+
+
+def test_a_restarted_host_on_the_same_boot_is_no_reset_and_no_loss():
+    """kill -9 of the daemon: the new host resumes from its store; a status read just before
+    records the old host already stored shows a head behind the host's next seq. Not a loss."""
+    p = Pair()
+    p.host.resume_stream(Stream.AGING, 186153, 0)
+    p.host.restore_epoch_state({"epoch": 0, "boot_id": 11, "t_offset_us": 0,
+                                "last_board_t_us": 9_000_000, "base": {"AGING": 0}})
+    p.handshake()
+    replays = p.host.reconcile_heads(_status(11, 9_100_000, 186147))
+    assert not any(isinstance(e, RecordsLost | EpochStarted) for e in p.host.events())
+    assert (Stream.AGING, 186153) in replays and p.host.epoch == 0
+    p.host.receive_data(_aging_block(p, 186153, 2, 9_200_000))
+    (ev,) = p.host.events()
+    assert ev.seq64.tolist() == [186153, 186154]
+
+
+def test_a_reset_that_keeps_the_rings_continues_the_epoch():
+    p = Pair()
+    p.handshake()
+    p.host.reconcile_heads(_status(11, 10_000_000, 50))
+    p.host.receive_data(_aging_block(p, 50, 5, 10_000_000))
+    p.host.events()
+    p.boot_id = 12
+    p.host.receive_data(p.board_handle(p.host.start_handshake(1.0)))
+    p.host.events()
+    replays = p.host.reconcile_heads(_status(12, 20_000_000, 58))  # clock and counters went on
+    assert not any(isinstance(e, RecordsLost | EpochStarted) for e in p.host.events())
+    assert (Stream.AGING, 55) in replays and p.host.epoch == 0
+
+
+def test_a_hole_the_board_can_no_longer_fill_is_declared_lost_once_and_passed():
+    p = Pair()
+    p.handshake()
+    p.host.reconcile_heads(_status(11, 0, 100))
+    p.host.receive_data(_aging_block(p, 100, 5, 0) + _aging_block(p, 120, 5, 20_000_000))
+    p.host.events()
+    tr = p.host.trackers[Stream.AGING]
+    assert tr.missing == [[105, 119]]
+    # the replay's answer: the oldest record the board still holds is 112
+    p.host.replay_answered(Stream.AGING, 105, 112)
+    (ev,) = p.host.events()
+    assert isinstance(ev, RecordsLost)
+    assert (ev.from_seq, ev.to_seq, ev.count, ev.reason) == (105, 111, 7, "ring_overwritten")
+    assert tr.missing == [[112, 119]]  # what the board still holds is asked for, not the rest
+    p.host.replay_answered(Stream.AGING, 105, 112)  # the same answer again: reported once
+    assert p.host.events() == []
+    # a replay from the host's head that finds the board's ring moved past it (an outage
+    # longer than the ring) skips ahead instead of waiting for records that cannot come
+    p.host.receive_data(_aging_block(p, 112, 8, 12_000_000))
+    p.host.events()
+    p.host.replay_answered(Stream.AGING, 125, 140)
+    (ev,) = p.host.events()
+    assert (ev.from_seq, ev.to_seq) == (125, 139) and tr.expected == 140 and tr.missing == []

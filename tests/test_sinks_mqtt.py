@@ -33,6 +33,7 @@ from tests.services import (  # noqa: F401  (fixtures)
     mqtt_broker,
     mqtt_certs,
     mqtt_toml,
+    on_schedule,
     running,
     sink_process,
     sweep_row,
@@ -139,6 +140,30 @@ async def test_aging_decimation_is_the_same_subset_on_replay(tmp_path, mqtt_brok
     second = [p["seq"] for p in sub.on("/aging")][len(first):]
     t = [r[AGING_COLUMNS.index("t_us")] for r in rows]
     assert first == second == [i for i in decimated(t, 3.0)]
+
+
+async def test_decimation_is_decided_by_the_stored_data_whatever_order_it_was_stored_in(
+        tmp_path, mqtt_broker):
+    """A daemon restart replays samples the board still held: they are stored after later ones.
+    The published subset of a run sampled every 37 ms at 3 Hz is the same as if they had come in
+    order (the first sample of each bucket on the run's schedule), each published once."""
+    store = Store(tmp_path / "s.db")
+    run = store.create_run(kind="aging", station="st4", pixel=2, area_m2=4e-6,
+                           params={"interval_s": 0.037})
+    rows = [aging_row(i, run, 2, dt_us=37_000) for i in range(120)]
+    cfg = mqtt_cfg(mqtt_broker, topic_prefix="ledstation/t4", batch_size=9, aging_publish_hz=3.0)
+    async with Collector(mqtt_broker, "ledstation/t4/+/pixel/#") as sub:
+        sink = MqttSink(store.path, cfg, "st4")
+        async with running(sink):
+            for part in (rows[:40], rows[60:120], rows[40:60]):  # 40..59 stored last
+                store.add_rows("aging_samples", AGING_COLUMNS, part)
+                store.flush()
+                await wait_until(caught_up(sink), what="published")
+    got = [p["seq"] for p in sub.on("/aging")]
+    t = [r[AGING_COLUMNS.index("t_us")] for r in rows]
+    expected = on_schedule(t, 3.0, 37_000)
+    assert sorted(got) == expected and len(set(got)) == len(got)
+    assert 0 < len(expected) < 120
 
 
 @pytest.mark.parametrize("listener", ["tls", "mutual_tls"])

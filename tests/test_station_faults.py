@@ -165,3 +165,73 @@ async def test_compliance_ends_a_sweep_with_its_reason(tmp_path):
             "SELECT current_density_ma_cm2 FROM sweep_points WHERE run_id = ?", (res.run_id,))]
         assert max(j) == pytest.approx(10.0, rel=0.02)  # current-limited at the compliance
         assert not server.board.status().smu_output_on
+
+
+async def test_a_reset_that_loses_the_rings_keeps_every_later_sample_and_counts_the_loss(tmp_path):
+    """A board reset that empties its rings restarts its seqs and clock at 0: the samples of the
+    new boot are stored beside the old ones (not dropped as duplicates), the run's time axis
+    goes on, and what the board lost is counted once: old-epoch records stored + reported lost
+    + never sent (frames still queued at the reset, of which no host can know) = made."""
+    async with sim_station(tmp_path, ["dbsa"], speed=1e5, faults="drop=1e-4,reboot=15h",
+                           reboot_loses_ring=True, seed=11) as (server, ctx):
+        losses: list[dict] = []
+        ctx.acq.lost_listeners.append(losses.append)
+        ag = await run_aging(ctx, 1, AgingParams(current_density_ma_cm2=1.0, until="40h"))
+        assert ag.reason == "duration" and server.board.counters.reboots == 1
+        ctx.acq.flush()
+        (old,) = server.board.counters.epoch_produced
+        db = ctx.store.db
+        by_epoch = dict(db.execute("SELECT epoch, count(*) FROM aging_samples GROUP BY epoch"))
+        lost = db.execute("SELECT coalesce(sum(count), 0) FROM records_lost WHERE stream = 'aging' "
+                          "AND epoch = 0").fetchone()[0]
+        unsent = server.board.counters.unsent[Stream.AGING]
+        assert by_epoch[0] + lost + unsent == old[Stream.AGING]
+        assert by_epoch[1] == server.board.counters.produced[Stream.AGING] - old[Stream.AGING]
+        assert sum(x["count"] for x in losses if x["stream"] == "aging") == lost
+        # each loss is also an alert for the sinks (event/alert/records_lost on MQTT)
+        import json
+        has_events = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+        alerts = [json.loads(p) for p, in db.execute(
+            "SELECT payload FROM events WHERE kind = 'alert/records_lost'")] if has_events else []
+        assert sum(a["count"] for a in alerts if a["stream"] == "aging") == lost
+        assert all(a["reason"] == "board_reset" and a["epoch"] == 0 for a in alerts)
+        # one time axis: monotonic board time, the run's samples every 60 s but for the outage
+        t = np.array([r[0] for r in db.execute(
+            "SELECT t_us FROM aging_samples WHERE run_id = ? ORDER BY seq", (ag.run_id,))])
+        gaps = np.diff(t)
+        assert np.all(gaps > 0)
+        # every interval has its sample but one: the board's own outage (the reset and the
+        # host's reconnection), which no record covers
+        assert np.count_nonzero(gaps > 60.5e6) == 1
+        regular = gaps[:-1][gaps[:-1] <= 60.5e6]  # (the last is the final sample at the stop)
+        assert np.all(np.abs(regular - 60e6) < 0.5e6)
+        # the samples of the run after the reset are in the store and in its analysis
+        summary = ctx.store.run(ag.run_id)["summary"]
+        assert summary["n_samples"] == len(t) and summary["records_lost"] == lost
+
+
+async def test_records_the_ring_overwrote_during_an_outage_are_declared_lost_once(tmp_path):
+    """A ring of 100 records and a 10 h outage at a sample a minute: the board overwrites what
+    the host has not got. On reconnection the replay's answer says so; the loss is counted
+    exactly once (stored + lost = produced), raised as alert/records_lost, and passed: no
+    endless repair, the acknowledgement moves on and the run ends normally."""
+    import json
+
+    async with sim_station(tmp_path, ["dbsa"], speed=1e5, faults="disconnect=10h+10h",
+                           ring_depth=100, seed=13) as (server, ctx):
+        ag = await run_aging(ctx, 1, AgingParams(current_density_ma_cm2=1.0, until="30h"))
+        assert ag.reason == "duration"
+        ctx.acq.flush()
+        db = ctx.store.db
+        stored = db.execute("SELECT count(*) FROM aging_samples").fetchone()[0]
+        losses = ctx.store.records_lost(stream="aging")
+        lost = sum(r["count"] for r in losses)
+        assert lost > 300 and all(r["reason"] == "ring_overwritten" for r in losses)
+        assert stored + lost == server.board.counters.produced[Stream.AGING]
+        alerts = [json.loads(p) for p, in db.execute(
+            "SELECT payload FROM events WHERE kind = 'alert/records_lost'")]
+        assert sum(a["count"] for a in alerts) == lost and len(alerts) == len(losses)
+        assert all(a["t_from_us"] < a["t_to_us"] for a in alerts)
+        assert not ctx.link.conn.trackers[Stream.AGING].missing
+        assert ctx.link.stats.replays_requested < 20
+        assert ctx.store.run(ag.run_id)["summary"]["records_lost"] == lost

@@ -166,6 +166,41 @@ async def test_noise_floor_is_never_below_one_photodiode_adc_step(tmp_path):
     assert s["noise_floor_cd_m2"] > 0
 
 
+@pytest.mark.parametrize("preset", ["dbsa", "otac"])
+async def test_until_t50_measures_t50_and_the_export_reanalyses_to_the_same_figures(tmp_path, preset):
+    """--until t50 on a pixel that brightens first (DBSA) and one that does not (OTAc): the
+    run ends only once the final analysis has seen L cross 0.5 L0, so T50 is measured (not
+    extrapolated), within 2 % of the model; station analyze of the export (whose auto-exposure
+    probe spectra are marked unused) gives the very same L0 and Tx."""
+    import json
+    import subprocess
+    import sys
+
+    from station.export import export_run
+
+    async with sim_station(tmp_path, [preset], speed=1e5) as (_server, ctx):
+        res = await run_aging(ctx, 1, AgingParams(current_density_ma_cm2=1.0, until="t50"))
+        out = export_run(ctx.store, res.run_id, tmp_path / "exp")
+        n_spectra = ctx.store.db.execute("SELECT count(*) FROM spectra WHERE run_id = ?",
+                                         (res.run_id,)).fetchone()[0]
+    assert res.reason == "reached_t50"
+    s = res.summary
+    truth = lifetime_truth(get_preset(preset), 1.0)
+    for k in ("l0_cd_m2", "t95_h", "t80_h", "t50_h"):
+        assert s[k] is not None, k
+        assert s[k] == pytest.approx(float(truth[k]), rel=0.02), k
+    meta = json.loads((out / "run.json").read_text())
+    used = [sp["used"] for sp in meta["spectra"]]
+    assert used.count(True) == s["spectra_used"] and False in used and len(used) <= n_spectra
+    r = subprocess.run([sys.executable, "-m", "station", "analyze", str(out), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    a = json.loads(r.stdout)
+    a = a.get("summary", a)
+    for k in ("l0_cd_m2", "t95_h", "t90_h", "t80_h", "t50_h"):
+        assert a[k] == pytest.approx(s[k], rel=1e-9), k
+
+
 def test_the_aging_watchdog_needs_both_board_and_host_time_to_call_a_run_stalled():
     """Issue 18: stalled = no sample for 3 intervals of board time AND 5 s on the host's clock
     (a fast simulator's board time races ahead of batched deliveries; a 1 h interval at 1x is

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 from station.store import AGING_COLUMNS, Store
 
@@ -62,3 +63,48 @@ def test_runs_round_trip_json(tmp_path):
     # the file is a plain SQLite database anyone can read
     con = sqlite3.connect(tmp_path / "s.db")
     assert con.execute("SELECT pixel FROM runs").fetchone() == (3,)
+
+
+def test_a_store_written_by_the_previous_release_opens_and_upgrades(tmp_path):
+    """tests/data/store-v1.db was written by the release before board epochs (schema 1): a
+    run, five aging samples, the AGING stream's next seq. It opens, upgrades to the current
+    schema in place, keeps every row, and takes new rows with the new columns."""
+    import shutil
+
+    from station.store import SCHEMA_VERSION
+
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "data" / "store-v1.db", path)
+    assert sqlite3.connect(str(path)).execute("PRAGMA user_version").fetchone()[0] == 1
+    st = Store(path)
+    assert st.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    d = st.fetch("aging_samples", 1)
+    assert d["seq"].tolist() == [100, 101, 102, 103, 104]
+    assert d["luminance_cd_m2"].tolist() == [200.0, 199.0, 198.0, 197.0, 196.0]
+    assert d["epoch"].tolist() == [0] * 5 and d["rev"].tolist() == [0] * 5
+    assert st.stream_next(0) == 105 and st.stream_base(0) == 0
+    assert st.records_lost() == []
+    st.add_rows("aging_samples", AGING_COLUMNS, [row(105, 1)])
+    st.set_stream_next(0, 106, base=0)
+    assert st.flush() == 1
+    assert st.revise("aging_samples", 1, [100], {"l_rel": [0.5]}) == 1
+    assert st.fetch("aging_samples", 1)["rev"].tolist()[:5] == [1, 0, 0, 0, 0]
+    st.close()
+    # and a second open finds nothing to do
+    st = Store(path)
+    assert st.count("aging_samples") == 6
+    st.close()
+
+
+def test_a_store_from_a_newer_release_is_refused_with_a_clear_error(tmp_path):
+    import pytest
+
+    from station.store import StoreError
+
+    path = tmp_path / "new.db"
+    Store(path).close()
+    con = sqlite3.connect(str(path))
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    with pytest.raises(StoreError, match="newer than this release"):
+        Store(path)

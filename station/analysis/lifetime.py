@@ -64,7 +64,14 @@ def stretched_exponential(t: npt.ArrayLike, a: float, tau: float, beta: float) -
     return a * np.exp(-np.power(tt / tau, beta))
 
 
-def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = 60.0, min_samples: int = 3) -> float:
+L0_WINDOW_S = 60.0
+"""L0 comes from the samples of the first minute (at least L0_MIN_SAMPLES): the live stop rule
+and the final analysis use the same window and the same estimator (:func:`l0_of`)."""
+L0_MIN_SAMPLES = 3
+
+
+def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
+          min_samples: int = L0_MIN_SAMPLES) -> float:
     """Initial luminance, the luminance at switch-on (the first sample's time).
 
     A robust straight line (Theil-Sen: the median of pairwise slopes, as scipy.stats.theilslopes)
@@ -334,8 +341,8 @@ def analyze_lifetime(
     t_s: npt.ArrayLike,
     luminance_cd_m2: npt.ArrayLike,
     *,
-    l0_window_s: float = 60.0,
-    l0_min_samples: int = 3,
+    l0_window_s: float = L0_WINDOW_S,
+    l0_min_samples: int = L0_MIN_SAMPLES,
     bins: int = 1000,
     fit: bool = True,
 ) -> LifetimeResult:

@@ -557,6 +557,28 @@ class PreparedSpectra:
         """Index (into the sorted arrays) of the spectrum nearest each query value."""
         return nearest_index(self.key, query)
 
+    def interpolated(self, query: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """``(sr_a_per_w, sv, photons_per_j)`` of the spectrum at each query value, linearly
+        interpolated between the two measured spectra around it (each normalised to unit
+        power, so the mixture is too and its integrals are the same mixture of theirs); the
+        end spectrum outside the measured range (no extrapolation)."""
+        k = self.key
+        q = np.asarray(query, dtype=float)
+        if k.size == 1:
+            z = np.zeros(q.shape, dtype=np.intp)
+            return self.sr_a_per_w[z], self.sv[z], self.photons_per_j[z]
+        hi = np.clip(np.searchsorted(k, q, side="right"), 1, k.size - 1)
+        lo = hi - 1
+        span = k[hi] - k[lo]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = np.where(span > 0, (q - k[lo]) / np.where(span > 0, span, 1.0), 0.0)
+        w = np.clip(w, 0.0, 1.0)
+
+        def mix(a: FloatArray) -> FloatArray:
+            return (1.0 - w) * a[lo] + w * a[hi]
+
+        return mix(self.sr_a_per_w), mix(self.sv), mix(self.photons_per_j)
+
 
 def nearest_index(sorted_keys: npt.ArrayLike, query: npt.ArrayLike) -> npt.NDArray[np.intp]:
     """For each query value the index of the nearest value in ``sorted_keys`` (ascending; ties go
@@ -642,11 +664,16 @@ class PointFactors:
 
 
 def point_factors(calibration: Calibration, prepared: PreparedSpectra) -> PointFactors:
-    sr = prepared.sr_a_per_w
+    return factors_of(calibration, prepared.sr_a_per_w, prepared.sv, prepared.photons_per_j)
+
+
+def factors_of(calibration: Calibration, sr: FloatArray, sv: FloatArray,
+               photons_per_j: FloatArray) -> PointFactors:
+    """:class:`PointFactors` of spectra with these integrals (see :class:`PreparedSpectra`)."""
     return PointFactors(
         lum_cd_m2_per_a=(K_M_LM_PER_W / (math.pi * calibration.pixel_area_m2))
-        * prepared.sv / (calibration.axial_fraction * sr),
-        eqe_pct_a_per_a=(100.0 * ELEMENTARY_CHARGE_C) * prepared.photons_per_j
+        * sv / (calibration.axial_fraction * sr),
+        eqe_pct_a_per_a=(100.0 * ELEMENTARY_CHARGE_C) * photons_per_j
         / (calibration.collection_fraction * sr),
     )
 
@@ -713,8 +740,9 @@ def compute_points(
 ) -> np.ndarray:
     """Photometry of a block of points (or one point), vectorised.
 
-    Each point uses the spectrum nearest to it: by voltage, or by time when ``t_s`` is given (an
-    aging run). Pass a :class:`PreparedSpectra` (from :func:`prepare_spectra`) to reuse the
+    A sweep's point uses the spectrum at its voltage, interpolated between the two measured
+    around it (:meth:`PreparedSpectra.interpolated`); an aging sample (``t_s`` given) the
+    spectrum nearest in time. Pass a :class:`PreparedSpectra` (from :func:`prepare_spectra`) to reuse the
     integrals across blocks. Returns a structured array of :data:`POINT_DTYPE`. EQE, CE and PE are
     NaN where the current is <= 0 (PE also where V <= 0) instead of infinite.
     """
@@ -750,10 +778,18 @@ def compute_points(
 
     area = calibration.pixel_area_m2
     net = pd - dark
-    sr = prepared.sr_a_per_w[idx]
-    sv = prepared.sv[idx]
+    if t_s is None:
+        # a sweep: the spectrum at each point's voltage, interpolated between the two measured
+        # around it (the emission shifts with voltage; docs/measurement.md)
+        sr, sv, ph = prepared.interpolated(query)
+        lum, eqe = luminance_and_eqe(net, i_a, factors_of(calibration, sr, sv, ph),
+                                     np.arange(v.shape[0]))
+    else:
+        # an aging run: the spectrum nearest in time (spectra are hours apart and barely change)
+        sr = prepared.sr_a_per_w[idx]
+        sv = prepared.sv[idx]
+        lum, eqe = luminance_and_eqe(net, i_a, point_factors(calibration, prepared), idx)
     p_total = net / (calibration.collection_fraction * sr)
-    lum, eqe = luminance_and_eqe(net, i_a, point_factors(calibration, prepared), idx)
 
     out = np.empty(v.shape[0], dtype=POINT_DTYPE)
     out["voltage_v"] = v

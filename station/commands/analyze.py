@@ -175,6 +175,7 @@ def reanalyze(
                 notes.append("summary over the forward branch (direction == 'forward')")
         summary = sweep_summary(sel, spectra, threshold_cd_m2, floor)
         out["summary"] = summary.to_dict()
+        out["summary"]["n_points"] = len(pts)  # every point, as the station's summary counts
         return Reanalysis(out, table, cal, spectra, summary=summary, notes=notes)
     if kind == "aging":
         _require(table, ("t_s", "current_a", "voltage_v", "photodiode_a"), f"{where}/samples.csv")

@@ -196,12 +196,14 @@ def _cell(v: Any, key: str = "") -> str:
         return "—"
     if isinstance(v, int | float) and key in ("created", "started", "ended", "ts", "updated",
                                               "created_at", "started_at", "ended_at",
-                                              "updated_at") and v > 1e8:
+                                              "updated_at", "since") and v > 1e8:
         return dt.datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S")
     if key == "faults" and isinstance(v, int) and not isinstance(v, bool):
         return fault_names(v)
     if key == "progress" and isinstance(v, dict):
         return progress_words(v)
+    if key == "records_lost" and isinstance(v, dict) and "records" in v:
+        return lost_words(v)
     if isinstance(v, float) and key == "progress" and 0 <= v <= 1:
         return f"{100 * v:.0f} %"
     if isinstance(v, float):
@@ -211,6 +213,18 @@ def _cell(v: Any, key: str = "") -> str:
             return ", ".join(_cell(x) for x in v)
         return json.dumps(v, separators=(",", ":"), default=str)
     return str(v)
+
+
+def lost_words(v: dict[str, Any]) -> str:
+    """The status's records_lost summary in words."""
+    if not v.get("records"):
+        return "none"
+    last = v.get("last") or {}
+    when = (dt.datetime.fromtimestamp(last["ts"]).strftime("%Y-%m-%d %H:%M:%S")
+            if last.get("ts") else "?")
+    return (f"{v['records']} records in {v['losses']} loss(es); last: {last.get('count')} "
+            f"{last.get('stream')} records ({str(last.get('reason', '')).replace('_', ' ')}) "
+            f"at {when}")
 
 
 def fault_names(bits: int) -> str:

@@ -91,6 +91,18 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
     log = logging.getLogger("station.daemon")
     holder: dict[str, JobManager] = {}
+    web_box: dict[str, Any] = {}
+    bound = None
+    if cfg.web.enabled:
+        # the port is taken (and the TLS files read) before the board is: a bad one stops here,
+        # and the page is served while the board is still unreachable
+        from station.web.server import WebError, WebServer, bind
+
+        try:
+            bound = bind(cfg.web)
+        except WebError as e:
+            print(f"station run: {e}", file=sys.stderr)
+            return EX_CONFIG
 
     def publish(kind: str, payload: dict[str, Any]) -> None:
         jm = holder.get("jm")
@@ -102,6 +114,20 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
         holder["jm"] = jm = JobManager(ctx, publish=publish)
         ctx.acq.on_commit = notify  # the sinks publish as soon as a batch is committed
         jm.prepare(ctx)
+        if bound is not None:
+            web_box["web"] = web = WebServer(cfg, jm, ctx, sink_health=sink_health, bound=bound)
+            web.commands_open = False  # until the board is up and the jobs run
+
+            def on_commit() -> None:
+                notify()
+                web.notify()
+
+            ctx.acq.on_commit = on_commit
+
+            async def start_web() -> None:
+                print(f"web: serving {await web.start()}", flush=True)
+
+            web_box["started"] = asyncio.ensure_future(start_web())
 
         def on_link(ev: object) -> None:
             if isinstance(ev, LinkState) and not ev.up:
@@ -125,11 +151,15 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
     def check_backlog() -> None:
         """alert/sink_backlog once when a sink falls more than store.backlog_alert_rows rows
-        behind, and once ("cleared") when it is back to half of that (no flapping)."""
+        behind, and once ("cleared") when it is back to half of that (no flapping). A burst
+        that a connected sink is delivering (its last acknowledgement within 10 s, e.g. the
+        revisions of a run that ended) is not an alert."""
         limit = cfg.store.backlog_alert_rows
         for name, h in sink_health().items():
             behind = int(h.get("rows_behind") or 0)
-            if name not in backlogged and behind > limit:
+            ack_age = h.get("last_ack_age_s")
+            stalled = not h.get("connected") or ack_age is None or ack_age > 10.0
+            if name not in backlogged and behind > limit and stalled:
                 state = "raised"
                 backlogged.add(name)
             elif name in backlogged and behind <= limit // 2:
@@ -144,8 +174,14 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
     stop = asyncio.Event()
     background: list[asyncio.Task[Any]] = []
-    async with open_station(cfg, prepare=prepare, connect_timeout_s=None) as ctx:
+    # the control plane, the sinks and the job queue run whatever the board does: unplugged,
+    # busy with another host or speaking another protocol, `station status` says so (and why)
+    async with open_station(cfg, prepare=prepare, connect_timeout_s=None,
+                            wait_for_board=False) as ctx:
         jm = holder["jm"]
+        web = web_box.get("web")
+        if web is not None:
+            await web_box["started"]
         if cfg.mqtt.enabled or cfg.influxdb.enabled:
             background.append(asyncio.create_task(run_sinks(cfg, cfg.store.path, stop)))
         if cfg.mqtt.enabled:
@@ -153,6 +189,8 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
             background.append(asyncio.create_task(ControlServer(cfg, jm).run(stop)))
         jm.start()
+        if web is not None:
+            web.commands_open = True
         me = f"{getpass.getuser()}@{socket.gethostname()} (command line)"
         for job in jobs:
             info = await jm.submit(job, me)
@@ -165,6 +203,8 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
                 if exit_when_idle and not jm.tasks:
                     break
         finally:
+            if web is not None:
+                await web.stop()
             await jm.shutdown()
             ctx.acq.flush()
             stop.set()

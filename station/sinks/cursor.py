@@ -131,6 +131,7 @@ class SinkDB:
         ensure_sink_schema(self.db)
         self._runs: dict[int, RunMeta] = {}
         self._anchors: dict[int, int] = {}
+        self._intervals: dict[int, int | None] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -180,6 +181,15 @@ class SinkDB:
                 seconds = max(0.0, (last[0] - first[0]) * scale)
         return {"cursor": cur, "head": head, "rows_behind": behind, "seconds_behind": seconds}
 
+    def records_lost(self) -> dict[str, int]:
+        """Records the board lost before the store got them, per stream (the store's
+        ``records_lost`` table): a sink's data has these holes whatever it delivers."""
+        try:
+            return {str(s): int(n) for s, n in self.db.execute(
+                "SELECT stream, sum(count) FROM records_lost GROUP BY stream")}
+        except sqlite3.OperationalError:  # a store from before the table existed
+            return {}
+
     # -- rows ---------------------------------------------------------------------------------
     def rows_after(self, table: str, columns: tuple[str, ...], after: int,
                    limit: int) -> list[tuple[Any, ...]]:
@@ -204,6 +214,22 @@ class SinkDB:
             else:
                 self._runs.pop(run_id, None)
         return meta
+
+    def run_interval_us(self, run_id: int | None) -> int | None:
+        """The run's sample interval (its parameters' ``interval_s``), µs; None if unknown."""
+        if run_id is None:
+            return None
+        if run_id not in self._intervals:
+            row = self.db.execute("SELECT params FROM runs WHERE id = ?", (run_id,)).fetchone()
+            iv = None
+            if row is not None and row[0]:
+                try:
+                    v = json.loads(row[0]).get("interval_s")
+                    iv = round(float(v) * 1e6) if v else None
+                except (ValueError, TypeError, AttributeError):
+                    iv = None
+            self._intervals[run_id] = iv
+        return self._intervals[run_id]
 
     def anchor_us(self, run_id: int | None, t_us: int) -> int:
         """Offset to add to a board time of this run to get Unix µs; persisted once per run."""
@@ -319,6 +345,7 @@ class Sink(ABC):
         self._last_ack_mono: float | None = None
         self._backlog: dict[str, dict[str, Any]] = {}
         self._backlog_at = -math.inf
+        self._records_lost: dict[str, int] = {}
 
     # -- for subclasses -------------------------------------------------------------------------
     @abstractmethod
@@ -368,6 +395,7 @@ class Sink(ABC):
             "last_error": self.last_error,
             "last_ack_age_s": (None if self._last_ack_mono is None
                                else round(time.monotonic() - self._last_ack_mono, 3)),
+            "records_lost": dict(self._records_lost),
         }
 
     def _caught_up(self) -> None:
@@ -385,10 +413,10 @@ class Sink(ABC):
         self._backlog_at = now
         db = self.db
 
-        def work() -> dict[str, dict[str, Any]]:
-            return {t: db.backlog(self.name, t) for t in self.tables}
+        def work() -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+            return {t: db.backlog(self.name, t) for t in self.tables}, db.records_lost()
 
-        self._backlog = await asyncio.to_thread(work)
+        self._backlog, self._records_lost = await asyncio.to_thread(work)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; reconnect with backoff after any failure."""
@@ -410,7 +438,12 @@ class Sink(ABC):
                     # counted once health holds the backlog, so whoever watches ``failures``
                     # reads a health that says how far behind the sink is
                     self.failures += 1
-                    await _wait(stop, delay)
+                    # health stays current while the sink waits to retry: rows keep arriving
+                    end = time.monotonic() + delay
+                    while not stop.is_set() and (left := end - time.monotonic()) > 0:
+                        await _wait(stop, min(left, self.health_every_s))
+                        with contextlib.suppress(Exception):
+                            await self.refresh_backlog()
         finally:
             self.connected = False
             self.state = "stopped"

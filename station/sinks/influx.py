@@ -10,15 +10,20 @@ Points (measurement ``sweep_point`` / ``aging_sample``)::
     sweep_point,station=S,run=R,pixel=N,substrate=..,device=..,job=..,direction=up
         voltage_set_v=..,voltage_v=..,current_a=..,current_density_ma_cm2=..,photodiode_a=..,
         luminance_cd_m2=..,eqe_pct=..,ce_cd_a=..,pe_lm_w=..,seq=123i,sweep_id=..i,idx=..i,
-        flags=..i  <time_us>
+        flags=..i,epoch=..i,rev=..i  <time_us>
     aging_sample,station=S,run=R,pixel=N,substrate=..,device=..,job=..
         current_a=..,voltage_v=..,photodiode_a=..,temperature_c=..,luminance_cd_m2=..,
-        l_rel=..,eqe_pct=..,seq=..i,channel=..i,flags=..i  <time_us>
+        l_rel=..,eqe_pct=..,seq=..i,channel=..i,flags=..i,epoch=..i,rev=..i  <time_us>
 
 The timestamp (precision µs) is the board's clock ``t_us`` plus a per-run offset to Unix time
 fixed once in the store (``sink_time_anchors``), so a replayed row rewrites the identical point
 (same tags, same timestamp) instead of adding one. Empty tags are left out; NaN fields are left
 out (line protocol has no NaN).
+
+A revision (``rev`` > 0: derived values recomputed when the run ended, see
+:meth:`station.store.Store.revise`) is a new row in the store after the cursor: written with
+the same measurement, tags and timestamp, it overwrites the provisional point's fields, so the
+database ends with the store's final values.
 """
 
 from __future__ import annotations
@@ -47,10 +52,20 @@ FLOAT_FIELDS = {
                       "luminance_cd_m2", "l_rel", "eqe_pct"),
 }
 INT_FIELDS = {
-    "sweep_points": ("seq", "sweep_id", "idx", "flags"),
-    "aging_samples": ("seq", "channel", "flags"),
+    "sweep_points": ("seq", "sweep_id", "idx", "flags", "epoch", "rev"),
+    "aging_samples": ("seq", "channel", "flags", "epoch", "rev"),
 }
 COLUMNS = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS}
+REVISED_FIELDS = {
+    "sweep_points": ("luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w"),
+    "aging_samples": ("luminance_cd_m2", "l_rel", "eqe_pct"),
+}
+"""Fields a run's final analysis may change (``revisions = "live_fields"`` writes them as
+``live_<field>`` until the final revision)."""
+
+
+def field_name(table: str, k: str, live: bool) -> str:
+    return f"live_{k}" if live and k in REVISED_FIELDS[table] else k
 
 _TAG_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " ",
                              "\\": "\\\\"})
@@ -67,8 +82,9 @@ def tags_of(station: str, meta: RunMeta, pixel: Any, direction: Any = None) -> s
     return "".join(f",{k}={escape_tag(v)}" for k, v in parts if v is not None and v != "")
 
 
-def line_of(table: str, station: str, meta: RunMeta, d: dict[str, Any], ts_us: int) -> str:
-    fields = [f"{k}={float(v)!r}" for k in FLOAT_FIELDS[table]
+def line_of(table: str, station: str, meta: RunMeta, d: dict[str, Any], ts_us: int,
+            live: bool = False) -> str:
+    fields = [f"{field_name(table, k, live)}={float(v)!r}" for k in FLOAT_FIELDS[table]
               if (v := d.get(k)) is not None and math.isfinite(v)]
     fields += [f"{k}={int(v)}i" for k in INT_FIELDS[table] if (v := d.get(k)) is not None]
     pixel = d.get("pixel") if d.get("pixel") is not None else meta.pixel
@@ -83,6 +99,8 @@ class _Query:
     names: tuple[str, ...]  # the selected columns, after ``id`` (the flag column not included)
     columns: tuple[str, ...]  # SQL expressions: ``names`` then the "needs the general path" flag
     fields: Callable[[tuple[Any, ...]], str]  # row -> "k=v,..." when the flag is 0
+    live_fields: Callable[[tuple[Any, ...]], str]  # the same with live_<k> for revised fields
+    rev_pos: int  # index of ``rev`` in a row
 
 
 def _query(table: str) -> _Query:
@@ -95,10 +113,13 @@ def _query(table: str) -> _Query:
     flag = f"CASE WHEN abs({' + '.join((*floats, *ints))}) < 9e999 THEN 0 ELSE 1 END"
     # row = (id, *names, flag): a float field k at position i becomes "k=<repr>", an int "k=<int>i"
     pos = {n: i + 1 for i, n in enumerate(names)}
-    parts = ([f"{k}={{r[{pos[k]}]!r}}" for k in floats] + [f"{k}={{r[{pos[k]}]}}i" for k in ints])
-    # the source is built here from the constant field names above, never from data
-    fields = eval(f"lambda r: f'{','.join(parts)}'")
-    return _Query(names, (*exprs, flag), fields)
+    def formatter(live: bool) -> Callable[[tuple[Any, ...]], str]:
+        parts = ([f"{field_name(table, k, live)}={{r[{pos[k]}]!r}}" for k in floats]
+                 + [f"{k}={{r[{pos[k]}]}}i" for k in ints])
+        # the source is built here from the constant field names above, never from data
+        return cast(Callable[[tuple[Any, ...]], str], eval(f"lambda r: f'{','.join(parts)}'"))
+
+    return _Query(names, (*exprs, flag), formatter(False), formatter(True), pos["rev"])
 
 
 _QUERIES = {table: _query(table) for table in MEASUREMENTS}
@@ -153,32 +174,87 @@ class InfluxSink(Sink):
                 after = db.cursor(self.name, table)
             q = _QUERIES[table]
             rows = db.rows_after(table, q.columns, after, self.cfg.batch_size)
-            lines: list[str] = []
-            prefixes: dict[tuple[Any, Any, Any], str] = {}
-            anchors: dict[Any, int] = {}
-            fmt = q.fields
-            for row in rows:
-                run_id, t, pixel, direction = row[1], row[2], row[3], row[4]
-                if t is None:  # no board time, no stable key: cannot be written idempotently
-                    self.skipped_no_time += 1
-                    continue
-                off = anchors.get(run_id)
-                if off is None:
-                    off = anchors[run_id] = db.anchor_us(run_id, int(t))
-                if row[-1]:  # a NULL or infinite field: the general path
-                    d = dict(zip(q.names, row[1:-1], strict=True))
-                    lines.append(line_of(table, self.station, db.run_meta(run_id), d, int(t) + off))
-                    continue
-                key = (run_id, pixel, direction)
-                prefix = prefixes.get(key)
-                if prefix is None:
-                    meta = db.run_meta(run_id)
-                    prefix = prefixes[key] = (
-                        MEASUREMENTS[table]
-                        + tags_of(self.station, meta, pixel if pixel is not None else meta.pixel,
-                                  direction) + " ")
-                lines.append(f"{prefix}{fmt(row)} {t + off}")
+            lines = self._lines(table, rows)
             return after, (rows[-1][0] if rows else after), lines
+
+    def _lines(self, table: str, rows: list[tuple[Any, ...]]) -> list[str]:
+        """Line protocol for ``(id, *_QUERIES[table].columns)`` rows (call under _db_lock)."""
+        db: SinkDB = self.db
+        q = _QUERIES[table]
+        lines: list[str] = []
+        prefixes: dict[tuple[Any, Any, Any], str] = {}
+        anchors: dict[Any, int] = {}
+        live_mode = self.cfg.revisions == "live_fields"
+        for row in rows:
+            live = live_mode and not row[q.rev_pos]
+            run_id, t, pixel, direction = row[1], row[2], row[3], row[4]
+            if t is None:  # no board time, no stable key: cannot be written idempotently
+                self.skipped_no_time += 1
+                continue
+            off = anchors.get(run_id)
+            if off is None:
+                off = anchors[run_id] = db.anchor_us(run_id, int(t))
+            if row[-1]:  # a NULL or infinite field: the general path
+                d = dict(zip(q.names, row[1:-1], strict=True))
+                lines.append(line_of(table, self.station, db.run_meta(run_id), d, int(t) + off,
+                                     live))
+                continue
+            key = (run_id, pixel, direction)
+            prefix = prefixes.get(key)
+            if prefix is None:
+                meta = db.run_meta(run_id)
+                prefix = prefixes[key] = (
+                    MEASUREMENTS[table]
+                    + tags_of(self.station, meta, pixel if pixel is not None else meta.pixel,
+                              direction) + " ")
+            lines.append(f"{prefix}{(q.live_fields if live else q.fields)(row)} {t + off}")
+        return lines
+
+    def resend_ids(self, table: str, *, since_unix_us: int | None = None,
+                   runs: list[int] | None = None) -> list[int]:
+        """Ids of the rows of ``table`` a resend covers: those of ``runs``, or those whose point
+        time (board time + the run's anchor) is at or after ``since_unix_us`` (rows never
+        delivered have no anchor yet: the normal delivery sends them)."""
+        db = self.db.db
+        if runs:
+            marks = ",".join("?" * len(runs))
+            return [r[0] for r in db.execute(
+                f"SELECT id FROM {table} WHERE run_id IN ({marks}) ORDER BY id", runs)]
+        return [r[0] for r in db.execute(
+            f"SELECT t.id FROM {table} t JOIN sink_time_anchors a "
+            "ON a.run_key = coalesce(t.run_id, 0) WHERE t.t_us + a.offset_us >= ? ORDER BY t.id",
+            (since_unix_us or 0,))]
+
+    async def resend(self, *, since_unix_us: int | None = None, runs: list[int] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+        """Write the selected rows again (``station sinks resend``): the same points (same
+        measurement, tags, timestamp and values), so a database restored from a backup or one
+        that lost its last seconds gets them back, and one that has them is unchanged. Does
+        not touch the sink's cursor. Returns the number of points written."""
+        work = {t: await asyncio.to_thread(self.resend_ids, t, since_unix_us=since_unix_us,
+                                           runs=runs) for t in self.tables}
+        total, done = sum(len(v) for v in work.values()), 0
+        async with self.connect() as api:
+            for table, ids in work.items():
+                q = _QUERIES[table]
+                for k in range(0, len(ids), self.cfg.batch_size):
+                    chunk = ids[k:k + self.cfg.batch_size]
+
+                    def build(chunk: list[int] = chunk, table: str = table,
+                              q: _Query = q) -> list[str]:
+                        with self._db_lock:
+                            rows = self.db.db.execute(
+                                f"SELECT id, {', '.join(q.columns)} FROM {table} WHERE id IN "
+                                f"({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+                            return self._lines(table, rows)
+
+                    lines = await asyncio.to_thread(build)
+                    if lines:
+                        await asyncio.to_thread(self._write, api, lines)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+        return total
 
     def _write(self, api: WriteApi, lines: Iterable[str]) -> None:
         api.write(bucket=self.cfg.bucket, org=self.cfg.org, record="\n".join(lines).encode(),

@@ -55,7 +55,11 @@ class _Msg(BaseModel):
 
 
 class _Sample(_Msg):
-    seq: int = Field(description="board stream sequence number: the deduplication key")
+    seq: int = Field(description="host stream sequence number (board seq + the board epoch's "
+                     "base): with ``rev``, the deduplication key")
+    epoch: int | None = Field(description="board epoch: restarts of the board's counters seen")
+    rev: int = Field(description="revision: 0 as measured; n > 0 replaces every earlier "
+                     "message with this seq (derived values recomputed when the run ended)")
     t_us: int | None = Field(description="board time, µs since the board started")
     time_us: int | None = Field(description="Unix time in µs: t_us + a per-run anchor")
     run_id: int | None
@@ -251,7 +255,8 @@ class MqttSink(Sink):
         meta = db.run_meta(d["run_id"])
         t = d["t_us"]
         pixel = d["pixel"] if d["pixel"] is not None else meta.pixel
-        return {"schema": SCHEMA_VERSION, "station": self.station, "seq": d["seq"], "t_us": t,
+        return {"schema": SCHEMA_VERSION, "station": self.station, "seq": d["seq"],
+                "epoch": d["epoch"], "rev": d["rev"] or 0, "t_us": t,
                 "time_us": None if t is None else t + db.anchor_us(d["run_id"], t),
                 "run_id": d["run_id"], "job": meta.job_id, "substrate": meta.substrate,
                 "device": meta.device, "label": meta.label, "pixel": pixel, "flags": d["flags"]}
@@ -300,11 +305,35 @@ class MqttSink(Sink):
         return after, out
 
     def _decimate(self, db: SinkDB, rows: list[tuple[Any, ...]]) -> list[bool]:
-        """Keep an aging sample when its board time is in a later 1/rate bucket than the
-        previous sample (by seq) of the same run and pixel: the same subset on every replay."""
+        """Which aging samples to publish at ``aging_publish_hz``.
+
+        For a run whose sample interval is known (its parameters), a sample is kept when it is
+        the first of its 1/rate bucket of board time on the run's schedule: floor(t·rate)
+        differs from floor((t − interval)·rate). That depends on the sample and its run alone,
+        so every delivery, replay and revision publishes the same subset, whatever order the
+        samples were stored in. Otherwise (no run, no interval) a sample is kept when its bucket
+        differs from the previous stored sample's (by seq) of the same run and pixel."""
         hz = self.cfg.aging_publish_hz
         i_seq, i_run, i_t, i_px = (1 + AGING_COLUMNS.index(c) for c in ("seq", "run_id", "t_us",
                                                                          "pixel"))
+        keep = [True] * len(rows)
+        scheduled: list[int] = []
+        for i, r in enumerate(rows):
+            iv = db.run_interval_us(r[i_run])
+            t = r[i_t]
+            if iv is None or t is None:
+                scheduled.append(i)
+                continue
+            if iv * hz < 1e6:  # more than one sample per bucket
+                keep[i] = math.floor(t * hz / 1e6) != math.floor((t - iv) * hz / 1e6)
+        rows_left = [rows[i] for i in scheduled]
+        keep_left = self._decimate_by_previous(db, rows_left, hz, i_seq, i_run, i_t, i_px)
+        for i, k in zip(scheduled, keep_left, strict=True):
+            keep[i] = k
+        return keep
+
+    def _decimate_by_previous(self, db: SinkDB, rows: list[tuple[Any, ...]], hz: float,
+                              i_seq: int, i_run: int, i_t: int, i_px: int) -> list[bool]:
         groups: dict[tuple[Any, Any], list[tuple[int, int | None, int]]] = {}
         for i, r in enumerate(rows):
             groups.setdefault((r[i_run], r[i_px]), []).append((r[i_seq], r[i_t], i))

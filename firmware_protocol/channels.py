@@ -1,0 +1,53 @@
+"""Aging channel sets of any size (up to 256 channels).
+
+``status.aging_active_mask`` (u32) names channels 0..31 only; boards with more channels also
+send the extension field ``status.aging_active``, a bitmask of ``ceil(n / 8)`` bytes (bit k % 8
+of byte k // 8 is channel k), and report their count in ``capabilities.aging_channels`` (the u8
+``n_aging_channels`` stops at 255). These helpers read and write both, so a host works with a
+32-channel board of an older spec and a 256-channel one alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+MAX_AGING_CHANNELS = 256  # channel numbers are u8 on the wire
+
+
+def aging_channel_count(caps: Any) -> int:
+    """The board's number of aging channels (``capabilities``)."""
+    return int(getattr(caps, "aging_channels", 0) or caps.n_aging_channels)
+
+
+def active_channels(status: Any) -> frozenset[int]:
+    """The running aging channels of a ``status`` message."""
+    bits = getattr(status, "aging_active", ())
+    if bits:
+        return frozenset(8 * i + b for i, byte in enumerate(bits) for b in range(8)
+                         if byte >> b & 1)
+    mask = int(status.aging_active_mask)
+    return frozenset(k for k in range(32) if mask >> k & 1)
+
+
+def channel_active(status: Any, channel: int) -> bool:
+    return channel in active_channels(status)
+
+
+def channel_set_fields(channels: Iterable[int], n_channels: int) -> dict[str, Any]:
+    """``aging_active_mask`` and ``aging_active`` of a status for the running ``channels`` of a
+    board with ``n_channels`` (the byte field only when it has more than 32)."""
+    chans = sorted(set(channels))
+    if chans and not 0 <= chans[0] <= chans[-1] < n_channels <= MAX_AGING_CHANNELS:
+        raise ValueError(f"channels {chans} not all in 0..{n_channels - 1}")
+    mask = sum(1 << k for k in chans if k < 32)
+    if n_channels <= 32:
+        return {"aging_active_mask": mask, "aging_active": ()}
+    out = bytearray((n_channels + 7) // 8)
+    for k in chans:
+        out[k // 8] |= 1 << (k % 8)
+    return {"aging_active_mask": mask, "aging_active": tuple(out)}
+
+
+__all__ = ["MAX_AGING_CHANNELS", "active_channels", "aging_channel_count", "channel_active",
+           "channel_set_fields"]

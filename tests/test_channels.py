@@ -1,0 +1,81 @@
+"""Aging channel sets of any size (issue 15): a board with more than 32 aging channels is
+described (capabilities.aging_channels, status.aging_active) and simulated up to 256, and the
+station ages pixels on channels past 31 — against the simulator over a real socket."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from firmware_protocol.channels import active_channels, aging_channel_count, channel_set_fields
+from firmware_protocol.codec import decode_payload, encode_payload
+from firmware_protocol.messages import AgingStart, Capabilities, GetCapabilities, GetStatus, Status
+from firmware_protocol.spec import Stream
+from sim.server import SimServer
+from station.jobs import JobManager
+from station.link import BoardLink
+from station.session import open_station
+
+from .stationkit import station_config
+
+
+@given(n=st.integers(1, 256), data=st.data())
+def test_a_channel_set_of_any_board_size_survives_the_wire(n, data):
+    chans = data.draw(st.sets(st.integers(0, n - 1)))
+    status = Status(**channel_set_fields(chans, n))
+    back = decode_payload(Status.MSG_ID, encode_payload(status))
+    assert active_channels(back) == chans
+    assert back.aging_active_mask == sum(1 << k for k in chans if k < 32)
+    assert (back.aging_active == ()) == (n <= 32)  # small boards: the u32 mask as before
+
+
+def test_an_older_32_channel_board_is_read_from_its_mask():
+    old = Status(aging_active_mask=0b1000_0000_0000_0000_0000_0000_0000_0101)
+    assert active_channels(old) == {0, 2, 31}
+    assert aging_channel_count(Capabilities(n_aging_channels=24)) == 24
+    with pytest.raises(ValueError):
+        channel_set_fields([40], 32)
+
+
+async def test_the_simulator_serves_a_256_channel_board(tmp_path):
+    server = SimServer("dbsa*64,dbsa*64,dbsa*64,dbsa*63", speed=1e4, seed=3, n_aging_channels=256)
+    url = await server.start()
+    link = BoardLink(url)
+    try:
+        await link.start()
+        caps = await link.request(GetCapabilities(), Capabilities)
+        assert (caps.n_aging_channels, caps.aging_channels, aging_channel_count(caps)) == (
+            255, 256, 256)
+        for ch, px in ((0, 1), (31, 32), (32, 33), (200, 201), (254, 255)):
+            await link.request(AgingStart(channel=ch, pixel=px, current_a=1e-4, interval_ms=100,
+                                          compliance_v=10.0, pd_gain=2))
+        st = await link.request(GetStatus(), Status)
+        assert active_channels(st) == {0, 31, 32, 200, 254}
+        assert len(st.aging_active) == 32 and st.aging_active_mask == (1 | 1 << 31)
+    finally:
+        await link.close()
+        await server.stop()
+    with pytest.raises(ValueError, match=r"n_aging_channels must be 1\.\.256"):
+        SimServer("dbsa", n_aging_channels=257)
+
+
+async def test_the_station_ages_pixels_on_channels_past_31(tmp_path):
+    presets = ["dbsa"] * 60
+    server = SimServer(presets, speed=2e4, seed=5, n_aging_channels=256)
+    url = await server.start()
+    try:
+        async with open_station(station_config(tmp_path, presets), url=url) as ctx:
+            jm = JobManager(ctx)
+            info = await jm.submit({"kind": "aging", "pixels": [1, 45, 60], "aging": {
+                "current_density_ma_cm2": 1.0, "until": "3h", "interval_s": 60}}, "t")
+            status = jm.status()
+            final = await jm.wait(info["id"])
+            assert final["state"] == "completed", final
+            assert sorted(r["pixel"] for r in final["runs"]) == [1, 45, 60]
+            assert all(r["status"] == "completed" for r in final["runs"]), final["runs"]
+            assert isinstance(status["aging_channels_active"], list)
+            produced = server.board.counters.produced[Stream.AGING]
+            assert produced > 3 * 100
+    finally:
+        await server.stop()
