@@ -286,14 +286,19 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
     The integration time is scaled until the peak uses 30-80 % of the detector's range, never
     beyond ``max_ms``; a saturated reading is retaken shorter. A dim pixel ends at ``max_ms``
     with ``low_signal`` set when its line stands above the noise there; one with no line at
-    ``max_ms`` goes on up to the board's ``MAX_SPECTRUM_INTEGRATION_MS`` (and is still low
-    signal, or unusable). With ``t0_us`` the spectrum is
-    tagged with its time since t0 (aging), else with ``t_s``. Each request's reply deadline
-    follows from its integration (the link derives it), so a long exposure is waited for.
+    ``max_ms`` goes on up to the board's longest integration (its capabilities', within the
+    spec's ``MAX_SPECTRUM_INTEGRATION_MS``), and is still low signal, or unusable. With
+    ``t0_us`` the spectrum is tagged with its time since t0 (aging), else with ``t_s``. Each
+    request's reply deadline follows from its integration (the link derives it), so a long
+    exposure is waited for.
     """
     caps = ctx.link.caps
     full = float(caps.spectrometer_max_counts) if caps else 65535.0
-    max_ms = min(max_ms, MAX_SPECTRUM_INTEGRATION_MS)
+    # the board's longest integration: its capabilities' (when it reports one), within the spec's
+    board_max = float(getattr(caps, "max_spectrum_integration_ms", 0.0) or 0.0)
+    hard_max = (min(board_max, MAX_SPECTRUM_INTEGRATION_MS) if board_max > 0
+                else MAX_SPECTRUM_INTEGRATION_MS)
+    max_ms = min(max_ms, hard_max)
     integ = min(start_ms, max_ms)
     msg: SpectrumMsg | None = None
     low = False
@@ -311,12 +316,12 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
             integ = max(integ * 0.3, 1.0)
             continue
         low = peak < AUTO_EXPOSURE_LOW * room
-        if not low or integ >= MAX_SPECTRUM_INTEGRATION_MS:
+        if not low or integ >= hard_max:
             break
         if integ >= max_ms and ctx.board_spectrum(got) is not None:
             break  # low signal, but its line stands above the noise: good enough
         # up to max_ms; beyond it (to the board's limit) only while there is no line at all
-        cap = max_ms if integ < max_ms else MAX_SPECTRUM_INTEGRATION_MS
+        cap = max_ms if integ < max_ms else hard_max
         integ = min(cap, integ * min(AUTO_EXPOSURE_TARGET * room / max(peak, 1.0), 50.0))
     assert msg is not None
     if len(taken) > 1:  # the exposure probes stay in the store, marked unused
