@@ -212,6 +212,8 @@ TRANSITIONS: dict[tuple[ConnState, str], ConnState] = {
     (ConnState.IDLE, "start_handshake"): ConnState.HANDSHAKING,
     (ConnState.READY, "start_handshake"): ConnState.HANDSHAKING,
     (ConnState.FAILED, "start_handshake"): ConnState.HANDSHAKING,
+    # the host gave up waiting for hello_reply (its own deadline) and connects again
+    (ConnState.HANDSHAKING, "start_handshake"): ConnState.HANDSHAKING,
     (ConnState.HANDSHAKING, "hello_ok"): ConnState.READY,
     (ConnState.HANDSHAKING, "hello_mismatch"): ConnState.FAILED,
     (ConnState.HANDSHAKING, "hello_timeout"): ConnState.FAILED,

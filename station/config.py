@@ -325,11 +325,18 @@ class StationConfig(BaseSettings):
         return self
 
     def pixel(self, number: int) -> tuple[SubstrateConfig | None, PixelConfig]:
-        """The configured pixel, or a default 4 mm² pixel when none is configured."""
+        """The configured pixel. A configuration without substrates (ad-hoc use of the CLI)
+        gives a default 4 mm² pixel; one that lists substrates but not this pixel is an error
+        naming it (its area would otherwise be guessed, and every figure scales with it)."""
         for s in self.substrates:
             for p in s.pixels:
                 if p.number == number:
                     return s, p
+        if self.substrates:
+            known = sorted(p.number for _s, p in self.all_pixels())
+            raise ConfigError(f"pixel {number} is not in the configuration's [[substrates]] "
+                              f"(configured pixels: {', '.join(map(str, known))}); add it with "
+                              f"its area_mm2")
         return None, PixelConfig(number=number, label=f"px{number}")
 
     def all_pixels(self) -> list[tuple[SubstrateConfig, PixelConfig]]:

@@ -87,6 +87,48 @@ class RequestTimeout(Exception):
     pass
 
 
+# pyserial's URL handlers (serial.protocol_handler_packages), plus tcp:// as the simulator and
+# most people write a TCP port
+_SERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
+
+
+def serial_url(url: str) -> str:
+    """The pyserial URL for a board URL: ``tcp://HOST:PORT`` is ``socket://HOST:PORT``; a device
+    path or another pyserial URL is used as it is. :class:`LinkError` for an unknown scheme or a
+    TCP URL without host or port."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if not url:
+            raise LinkError("no board URL (give --port or the config's board.url)")
+        return url  # a device path
+    scheme = scheme.lower()
+    if scheme in ("tcp", "socket"):
+        host, _, port = rest.partition("/")[0].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise LinkError(f"board URL {url!r}: expected {scheme}://HOST:PORT")
+        return "socket://" + rest
+    if scheme not in _SERIAL_SCHEMES:
+        raise LinkError(f"board URL {url!r}: unknown scheme {scheme!r} (expected a device path, "
+                        "tcp://HOST:PORT, socket://HOST:PORT or rfc2217://HOST:PORT)")
+    return url
+
+
+def _refusal(url: str, e: BaseException) -> str | None:
+    """Why opening ``url`` failed, when retrying cannot help a one-shot command: nothing listens
+    at a TCP port, no such device, no permission. None for anything else."""
+    errno_ = getattr(e, "errno", None)
+    text = str(e)
+    if isinstance(e, ConnectionRefusedError) or errno_ == 111 or "Connection refused" in text:
+        return f"connection refused by {url}: nothing listens there (is the simulator running?)"
+    if isinstance(e, FileNotFoundError) or errno_ == 2 or "No such file or directory" in text:
+        return f"no such device: {url} (is the board plugged in? see /dev/serial/by-id/)"
+    if isinstance(e, PermissionError) or errno_ == 13 or "Permission denied" in text:
+        return f"permission denied opening {url} (add the user to the dialout group)"
+    if isinstance(e, OSError) and errno_ in (-2, -3, -5):  # socket.gaierror: unknown host
+        return f"cannot resolve the host of {url}: {e}"
+    return None
+
+
 @dataclass
 class LinkStats:
     connects: int = 0
@@ -118,6 +160,7 @@ class BoardLink:
                  watchdog_s: float = 10.0, watchdog_policy: str = "keep_aging",
                  exclusive: bool = True) -> None:
         self.url = url
+        self.serial_url = serial_url(url)
         self.baudrate = baudrate
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
@@ -144,6 +187,8 @@ class BoardLink:
         self._fatal: Exception | None = None
         self._handshake_fut: asyncio.Future[HelloReply] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fail_fast = False
+        self._last_error: str | None = None
         # what the control plane reports (station status): connecting | up | down | failed,
         # since when (Unix time) and why; ``failures``: attempts failed since the last success
         self.state = "connecting"
@@ -178,10 +223,16 @@ class BoardLink:
         self.reason = reason
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, connect_timeout_s: float | None = 10.0, *, wait: bool = True) -> None:
+    async def start(self, connect_timeout_s: float | None = 10.0, *, wait: bool = True,
+                    fail_fast: bool = False) -> None:
         """Connect (retrying with backoff) and keep the link up in the background. With
         ``wait=False`` return at once: the link comes up whenever the board answers (see
-        :meth:`describe` and :meth:`wait_up`)."""
+        :meth:`describe` and :meth:`wait_up`).
+
+        ``fail_fast``: a first attempt that cannot succeed by retrying (connection refused, no
+        such device, permission denied) raises :class:`LinkError` at once instead of retrying
+        until ``connect_timeout_s``; a one-shot command wants that, a daemon does not."""
+        self._fail_fast = fail_fast
         self._loop = asyncio.get_running_loop()
         self._supervisor = asyncio.create_task(self._supervise(), name="board-link")
         self._poller = asyncio.create_task(self._poll_loop(), name="board-link-timers")
@@ -205,7 +256,11 @@ class BoardLink:
             waiter.cancel()
         if self._fatal is not None:
             raise self._fatal
+        if sup is not None and sup.done() and not sup.cancelled() and sup.exception() is not None:
+            raise LinkError(f"board link to {self.url}: {sup.exception()}")
         if not self._up.is_set():
+            if self._last_error is not None:
+                raise LinkError(f"no board at {self.url} after {timeout_s:g} s: {self._last_error}")
             raise LinkError(f"could not connect to the board at {self.url} within {timeout_s} s "
                             f"(is it plugged in / is the simulator running?)")
 
@@ -216,6 +271,8 @@ class BoardLink:
 
     async def close(self) -> None:
         self._closing = True
+        if self._handshake_fut is not None:
+            self._handshake_fut.cancel()
         for t in (self._supervisor, self._poller, self._repairer):
             if t is not None:
                 t.cancel()
@@ -250,7 +307,13 @@ class BoardLink:
                 return
             except (OSError, serial.SerialException, RequestTimeout, LinkDown, BoardError,
                     HandshakeRefused) as e:
-                reason = str(e) or type(e).__name__
+                why = _refusal(self.url, e) if not self.stats.connects else None
+                if why is not None and self._fail_fast:
+                    self._fatal = LinkError(why)
+                    self._set_state("failed", why)
+                    return
+                reason = why or str(e) or type(e).__name__
+                self._last_error = reason
                 self.failures += 1
                 # an unplugged board: said once, then quietly retried until something changes
                 repeat = self.state == "down" and self.reason == reason
@@ -276,10 +339,10 @@ class BoardLink:
         loop = asyncio.get_running_loop()
         self._lost.clear()
         kwargs: dict[str, Any] = {"baudrate": self.baudrate}
-        if self.exclusive and not self.url.startswith(("socket://", "rfc2217://", "loop://")):
+        if self.exclusive and "://" not in self.serial_url:
             kwargs["exclusive"] = True
         transport, _ = await serial_asyncio_fast.create_serial_connection(
-            loop, lambda: _Proto(self), self.url, **kwargs)
+            loop, lambda: _Proto(self), self.serial_url, **kwargs)
         self._transport = transport
         self._handshake_fut = loop.create_future()
         self._write(self.conn.start_handshake(time.monotonic()))
@@ -287,7 +350,10 @@ class BoardLink:
             reply = await asyncio.wait_for(asyncio.shield(self._handshake_fut),
                                            self.conn.timeout_s * 8)
         except TimeoutError:
-            raise RequestTimeout("no answer to hello") from None
+            self._handshake_fut.cancel()
+            raise RequestTimeout(f"the connection was accepted but the board did not "
+                                 f"answer (no reply to hello within {self.conn.timeout_s * 8:g} s:"
+                                 " a LED station board with this firmware?)") from None
         self.board = reply
         self.stats.connects += 1
         self.caps = await self._request_raw(GetCapabilities(), Capabilities)
@@ -398,7 +464,10 @@ class BoardLink:
                 entry = self._futures.pop(ev.seq, None)
                 if entry is None:
                     if isinstance(ev, RequestTimedOut) and ev.request == "hello":
-                        self._fail_handshake(RequestTimeout("no answer to hello"))
+                        self._fail_handshake(RequestTimeout(
+                            "the connection was accepted but the board did not answer "
+                            f"(no reply to hello after {ev.attempts} attempts: a LED station "
+                            "board with this firmware?)"))
                     continue
                 fut, name = entry
                 if fut.done():
@@ -552,4 +621,4 @@ class _LinkState:
 LinkState = _LinkState
 
 __all__ = ["BoardError", "BoardLink", "HandshakeRefused", "LinkDown", "LinkError", "LinkState",
-           "RequestTimeout"]
+           "RequestTimeout", "serial_url"]

@@ -61,7 +61,7 @@ from .analysis.photometry import (
     prepare_spectra,
 )
 from .analysis.summary import sweep_summary
-from .config import PixelConfig, StationConfig, SubstrateConfig
+from .config import ConfigError, PixelConfig, StationConfig, SubstrateConfig
 from .link import BoardError, BoardLink, LinkDown, RequestTimeout
 from .store import AGING_COLUMNS, SWEEP_COLUMNS, Store
 
@@ -200,7 +200,10 @@ class StationContext:
             n = caps.n_substrates * caps.pixels_per_substrate
             if not 1 <= number <= n:
                 raise LimitError(f"pixel {number} does not exist on this board (1..{n})")
-        return self.config.pixel(number)
+        try:
+            return self.config.pixel(number)
+        except ConfigError as e:
+            raise LimitError(str(e)) from None
 
     def board_spectrum(self, msg: SpectrumMsg, *, t_s: float | None = None) -> Spectrum | None:
         """A board spectrum as spectral density per nm; None if unusable (saturated or dark)."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from .acquisition import Acquisition
 from .analysis.photometry import load_reference_tables
 from .config import StationConfig
-from .link import BoardLink
+from .link import BoardLink, serial_url
 from .procedures import StationContext, all_outputs_off
 from .sinks.cursor import publish_event
 from .store import Store
@@ -35,9 +35,14 @@ async def open_station(config: StationConfig, *, url: str | None = None,
     (a restart after a crash) already find the procedures that own them. With
     ``wait_for_board=False`` the context is yielded at once, whether or not a board answers
     (the daemon: its control plane runs while the board is unplugged; ``ctx.link.describe()``
-    says why the link is down, and requests wait for it)."""
-    store = Store(config.store.path)
+    says why the link is down, and requests wait for it).
+
+    With a ``connect_timeout_s`` (a one-shot command) a board that cannot be reached by retrying
+    (connection refused, no such device) fails at once; without one (the daemon) the link keeps
+    retrying."""
     b = config.board
+    serial_url(url or b.url)  # a malformed URL fails before the store is created
+    store = Store(config.store.path)
     link = BoardLink(url or b.url, baudrate=b.baudrate, timeout_s=b.request_timeout_s,
                      max_attempts=b.max_attempts, reconnect_min_s=b.reconnect_min_s,
                      reconnect_max_s=b.reconnect_max_s, watchdog_s=b.watchdog_s,
@@ -59,7 +64,8 @@ async def open_station(config: StationConfig, *, url: str | None = None,
     try:
         if prepare is not None:
             prepare(ctx)
-        await link.start(connect_timeout_s, wait=wait_for_board)
+        await link.start(connect_timeout_s, wait=wait_for_board,
+                         fail_fast=wait_for_board and connect_timeout_s is not None)
         await tables
     except BaseException:
         with contextlib.suppress(BaseException):

@@ -311,7 +311,7 @@ def sweep_row(seq: int, run_id: int | None, pixel: int, *, t0_us: int = 5_000_00
     v = 2.0 + 0.01 * seq
     d: dict[str, Any] = dict(
         seq=seq, run_id=run_id, sweep_id=1, idx=seq, t_us=t0_us + seq * dt_us, pixel=pixel,
-        flags=0, pd_gain=2, direction="up" if seq % 2 == 0 else "down", voltage_set_v=v,
+        flags=0, pd_gain=2, direction="forward" if seq % 2 == 0 else "reverse", voltage_set_v=v,
         voltage_v=v - 0.001, current_a=1e-4 * seq, photodiode_a=2e-7 * seq, dark_a=1e-12,
         current_density_ma_cm2=2.5 * seq, luminance_cd_m2=10.0 * seq,
         eqe_pct=float("nan") if seq % 7 == 0 else 5.0, ce_cd_a=4.0, pe_lm_w=3.0,

@@ -720,7 +720,7 @@ def influx_schema() -> dict[str, tuple[set[str], set[str]]]:
     meta = RunMeta(id=1, kind="x", pixel=3, substrate="S1", label="l", device="d", job_id="j")
     for table, measurement in MEASUREMENTS.items():
         d: dict[str, Any] = {k: 1.5 for k in FLOAT_FIELDS[table]}
-        d.update({k: 2 for k in INT_FIELDS[table]}, pixel=3, direction="up")
+        d.update({k: 2 for k in INT_FIELDS[table]}, pixel=3, direction="forward")
         head, fields, _ts = line_of(table, "lab-a", meta, d, 1_000_000).split(" ")
         name, *tags = head.split(",")
         assert name == measurement

@@ -61,10 +61,10 @@ async def test_points_land_with_tags_unit_fields_and_board_timestamps(tmp_path, 
     seqs = samples(victoria, "sweep_point_seq", "inf1")
     assert sorted(int(x) for _, x in seqs) == list(range(30))  # every point, exactly once
     (s,) = [s for s in series(victoria, "sweep_point_voltage_v", "inf1")
-            if s["metric"]["direction"] == "up"]
+            if s["metric"]["direction"] == "forward"]
     assert s["metric"] == {"__name__": "sweep_point_voltage_v", "station": "inf1",
                            "run": str(sweep_run), "pixel": "3", "substrate": "S 01",
-                           "device": "pero,A", "job": "job=9", "direction": "up"}
+                           "device": "pero,A", "job": "job=9", "direction": "forward"}
     # timestamps: board time + one fixed per-run offset to Unix time (VictoriaMetrics keeps ms)
     off = SinkDB(store.path).anchor_us(sweep_run, 0)
     t_us = [sweep_row(i, sweep_run, 3)[SWEEP_COLUMNS.index("t_us")] for i in range(30)]
@@ -118,12 +118,12 @@ async def test_unreachable_database_delays_but_keeps_every_row(tmp_path):
 
 def test_line_protocol_escapes_tags_and_types_fields():
     d = {c: None for c in SWEEP_COLUMNS}
-    d.update(seq=5, t_us=10, pixel=2, direction="up", voltage_v=2.5, current_a=1e-9, flags=0,
+    d.update(seq=5, t_us=10, pixel=2, direction="forward", voltage_v=2.5, current_a=1e-9, flags=0,
              eqe_pct=float("nan"))
     meta = RunMeta(id=3, pixel=2, substrate="a b", device="x,y", job_id="k=v")
     line = line_of("sweep_points", "st 1", meta, d, 1_700_000_000_000_010)
     assert line == (r"sweep_point,station=st\ 1,run=3,pixel=2,substrate=a\ b,device=x\,y,job=k\=v,"
-                    r"direction=up voltage_v=2.5,current_a=1e-09,seq=5i,flags=0i "
+                    r"direction=forward voltage_v=2.5,current_a=1e-09,seq=5i,flags=0i "
                     "1700000000000010")
 
 

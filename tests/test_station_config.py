@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_example_config_validates():
     cfg = load_config(ROOT / "examples" / "sim-station.toml")
     assert cfg.station.id == "sim-station-1"
-    assert [p.number for _, p in cfg.all_pixels()] == [1, 2, 3, 4]
-    assert cfg.pixel(2)[1].device == "otac"
+    assert [p.number for _, p in cfg.all_pixels()] == list(range(1, 9))
+    assert cfg.pixel(2)[1].device == "dbsa" and cfg.pixel(5)[1].device == "otac"
 
 
 def test_environment_overrides_the_file(monkeypatch):
@@ -52,3 +52,19 @@ def test_bad_environment_value_is_named(monkeypatch):
     monkeypatch.setenv("STATION_BOARD__BAUDRATE", "fast")
     with pytest.raises(ConfigError, match=r"board\.baudrate"):
         load_config(None)
+
+
+def test_a_pixel_missing_from_the_configured_substrates_is_an_error_naming_it():
+    """Every figure scales with the pixel's area: a configuration that lists substrates but not
+    the pixel asked for refuses it (naming it and the configured ones) instead of assuming
+    4 mm²; a configuration without substrates (ad-hoc CLI use) still gets the default."""
+    import pytest
+
+    from station.config import ConfigError, load_config
+
+    cfg = load_config(None, substrates=[{"id": "S1", "pixels": [
+        {"number": 1, "area_mm2": 2.5}, {"number": 3, "area_mm2": 2.5}]}])
+    assert cfg.pixel(3)[1].area_mm2 == 2.5
+    with pytest.raises(ConfigError, match=r"pixel 2 is not in .*configured pixels: 1, 3"):
+        cfg.pixel(2)
+    assert load_config(None).pixel(2)[1].area_mm2 == 4.0

@@ -55,44 +55,148 @@ def _positive(y: npt.ArrayLike) -> np.ndarray:
     return np.where(a > 0, a, np.nan)
 
 
-def jvl_figure(points: np.ndarray, title: str | None = None, log_j: bool = True) -> Figure:
-    """Current density (left) and luminance (right, log) against voltage."""
+# forward: filled markers, solid; reverse (the scan back down): open markers, dashed
+_BRANCH_STYLE: dict[str, dict[str, str | None]] = {
+    "forward": {"ls": "-", "mfc": None},
+    "reverse": {"ls": "--", "mfc": "white"},
+}
+
+
+def _branches(points: np.ndarray) -> list[tuple[str | None, np.ndarray]]:
+    """The points split by ``direction`` (forward first), or all of them when there is none."""
+    names = points.dtype.names or ()
+    if "direction" not in names:
+        return [(None, np.ones(points.shape[0], dtype=bool))]
+    d = np.asarray(points["direction"]).astype(str)
+    out: list[tuple[str | None, np.ndarray]] = [
+        (b, d == b) for b in ("forward", "reverse") if np.any(d == b)]
+    rest = ~np.isin(d, ("forward", "reverse"))
+    if np.any(rest):
+        out.append((None, rest))
+    return out
+
+
+def _style(branch: str | None) -> dict[str, Any]:
+    """Reverse: larger open markers underneath, so that a reverse branch lying on the forward
+    one (no hysteresis) still shows both."""
+    st = _BRANCH_STYLE.get(branch or "forward", _BRANCH_STYLE["forward"])
+    rev = branch == "reverse"
+    return {"ls": st["ls"], "ms": 5.5 if rev else 3, "zorder": 2 if rev else 3,
+            **({"mfc": st["mfc"]} if st["mfc"] else {})}
+
+
+def _label(what: str, branch: str | None, n_branches: int) -> str:
+    return f"{what}, {branch}" if branch and n_branches > 1 else what
+
+
+def jvl_figure(points: np.ndarray, title: str | None = None, log_j: bool = True,
+               noise_floor_cd_m2: float | None = None) -> Figure:
+    """Current density (left) and luminance (right, log) against voltage. Forward and reverse
+    branches are told apart (filled/solid and open/dashed); luminance below the detector's noise
+    floor is not data and is not drawn (the floor is drawn as a line)."""
     fig, ax = _new(title or "J–V–L")
-    v = points["voltage_v"]
-    j = points["current_density_ma_cm2"]
-    if log_j:
-        ax.semilogy(v, _positive(np.abs(j)), "o-", ms=3, lw=1.2, color="tab:blue", label="|J|")
-    else:
-        ax.plot(v, j, "o-", ms=3, lw=1.2, color="tab:blue", label="J")
+    ax2 = ax.twinx()
+    branches = _branches(points)
+    lum_all = np.asarray(points["luminance_cd_m2"], dtype=float)
+    floor = noise_floor_cd_m2 if noise_floor_cd_m2 is not None and noise_floor_cd_m2 > 0 else None
+    for branch, sel in branches:
+        v = points["voltage_v"][sel]
+        j = np.asarray(points["current_density_ma_cm2"][sel], dtype=float)
+        st = _style(branch)
+        if log_j:
+            ax.semilogy(v, _positive(np.abs(j)), marker="o", lw=1.2, color="tab:blue",
+                        label=_label("|J|", branch, len(branches)), **st)
+        else:
+            ax.plot(v, j, marker="o", lw=1.2, color="tab:blue",
+                    label=_label("J", branch, len(branches)), **st)
+        lum = _positive(lum_all[sel])
+        if floor is not None:
+            lum = np.where(lum >= floor, lum, np.nan)
+        ax2.semilogy(v, lum, marker="s", lw=1.2, color="tab:red",
+                     label=_label("L", branch, len(branches)), **st)
+    if floor is not None:
+        ax2.axhline(floor, color="tab:red", lw=0.8, ls=":", alpha=0.7,
+                    label=f"L noise floor ({floor:.2g} cd/m²)")
+        good = lum_all[np.isfinite(lum_all) & (lum_all >= floor)]
+        if good.size:
+            ax2.set_ylim(floor / 3, float(good.max()) * 3)
     ax.set_xlabel("Voltage (V)")
     ax.set_ylabel("Current density (mA/cm²)", color="tab:blue")
     ax.tick_params(axis="y", labelcolor="tab:blue")
-    ax2 = ax.twinx()
-    ax2.semilogy(v, _positive(points["luminance_cd_m2"]), "s-", ms=3, lw=1.2, color="tab:red", label="L")
     ax2.set_ylabel("Luminance (cd/m²)", color="tab:red")
     ax2.tick_params(axis="y", labelcolor="tab:red")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax2.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     return fig
 
 
-def efficiency_figure(points: np.ndarray, title: str | None = None) -> Figure:
-    """EQE (left) and CE (right) against current density (log)."""
-    fig, ax = _new(title or "Efficiency vs. current density")
-    j = _positive(points["current_density_ma_cm2"])
-    ax.semilogx(j, points["eqe_pct"], "o-", ms=3, lw=1.2, color="tab:green")
-    ax.set_xlabel("Current density (mA/cm²)")
-    ax.set_ylabel("EQE (%)", color="tab:green")
-    ax.tick_params(axis="y", labelcolor="tab:green")
-    ax.set_ylim(bottom=0)
-    ax2 = ax.twinx()
-    ax2.semilogx(j, points["ce_cd_a"], "s-", ms=3, lw=1.2, color="tab:purple")
-    ax2.set_ylabel("Current efficiency (cd/A)", color="tab:purple")
-    ax2.tick_params(axis="y", labelcolor="tab:purple")
-    ax2.set_ylim(bottom=0)
+_EFFICIENCIES = (  # column, axis label, colour
+    ("eqe_pct", "EQE (%)", "tab:green"),
+    ("ce_cd_a", "Current efficiency (cd/A)", "tab:purple"),
+    ("pe_lm_w", "Power efficiency (lm/W)", "tab:brown"),
+)
+
+
+def efficiency_figure(points: np.ndarray, title: str | None = None, threshold_cd_m2: float = 1.0,
+                      noise_floor_cd_m2: float | None = None) -> Figure:
+    """EQE, current efficiency and power efficiency against current density (log), one panel
+    each with its own axis and range from the data, over the points at or above turn-on
+    (L >= ``threshold_cd_m2`` and above the noise floor): below it the ratios are noise."""
+    names = points.dtype.names or ()
+    cols = [c for c in _EFFICIENCIES if c[0] in names]
+    fig = Figure(figsize=(6.4, 2.2 + 1.9 * len(cols)), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(len(cols), 1, sharex=True, squeeze=False)[:, 0]
+    fig.suptitle(title or "Efficiencies vs. current density", fontsize=11)
+    lum = np.asarray(points["luminance_cd_m2"], dtype=float)
+    lit = np.isfinite(lum) & (lum >= max(threshold_cd_m2, noise_floor_cd_m2 or 0.0))
+    branches = _branches(points)
+    for ax, (col, label, colour) in zip(axes, cols, strict=True):
+        ax.grid(True, which="major", alpha=0.3)
+        top = 0.0
+        for branch, sel in branches:
+            m = sel & lit
+            j = _positive(points["current_density_ma_cm2"][m])
+            y = np.asarray(points[col][m], dtype=float)
+            if y.size:
+                top = max(top, float(np.nanmax(y)) if np.isfinite(y).any() else 0.0)
+            ax.semilogx(j, y, marker="o", lw=1.2, color=colour,
+                        label=_label(label.split(" (")[0], branch, len(branches)), **_style(branch))
+        ax.set_ylabel(label, color=colour)
+        ax.tick_params(axis="y", labelcolor=colour)
+        if top > 0:
+            ax.set_ylim(0, top * 1.1)
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1].set_xlabel("Current density (mA/cm²)")
+    if not lit.any():
+        axes[0].text(0.5, 0.5, f"no point reaches {threshold_cd_m2:g} cd/m²", ha="center",
+                     transform=axes[0].transAxes)
+    else:
+        axes[0].set_title(f"points with L ≥ {max(threshold_cd_m2, noise_floor_cd_m2 or 0):.3g} cd/m² "
+                          "(at and above turn-on)", fontsize=8, color="0.35")
     return fig
+
+
+def _emission_range(spectra: Sequence[Spectrum], level: float = 0.01, pad_nm: float = 15.0
+                    ) -> tuple[float, float] | None:
+    """The wavelengths where any spectrum is above ``level`` of its maximum, padded."""
+    lo, hi = math.inf, -math.inf
+    for s in spectra:
+        p = np.asarray(s.power(), dtype=float)
+        if not p.size or not np.nanmax(p) > 0:
+            continue
+        on = np.nonzero(p >= level * np.nanmax(p))[0]
+        lo = min(lo, float(s.wavelength_nm[on[0]]))
+        hi = max(hi, float(s.wavelength_nm[on[-1]]))
+    if not math.isfinite(lo):
+        return None
+    span = max(hi - lo, 20.0)
+    return lo - max(pad_nm, 0.15 * span), hi + max(pad_nm, 0.15 * span)
 
 
 def spectra_figure(spectra: Sequence[Spectrum], title: str | None = None, normalise: bool = True) -> Figure:
-    """EL spectra (power) at several voltages (or times), each normalised to its maximum."""
+    """EL spectra (power) at several voltages (or times), each normalised to its maximum; the
+    wavelength axis cropped to the emission."""
     fig, ax = _new(title or "EL spectra")
     keyed = sorted(spectra, key=lambda s: s.voltage_v if s.voltage_v is not None else (s.t_s or 0.0))
     from matplotlib import colormaps
@@ -109,8 +213,13 @@ def spectra_figure(spectra: Sequence[Spectrum], title: str | None = None, normal
         else:
             label = None
         ax.plot(s.wavelength_nm, p, lw=1.3, color=cmap(k / max(len(keyed) - 1, 1) * 0.9), label=label)
+    rng = _emission_range(keyed)
+    if rng is not None:
+        ax.set_xlim(*rng)
     ax.set_xlabel("Wavelength (nm)")
     ax.set_ylabel("Normalised EL intensity" if normalise else "EL intensity (a.u.)")
+    if normalise:
+        ax.set_ylim(bottom=0)
     if keyed and any(s.voltage_v is not None or s.t_s is not None for s in keyed):
         ax.legend(fontsize=8, ncols=2 if len(keyed) > 6 else 1)
     return fig
@@ -177,6 +286,11 @@ def cie_figure(devices: Sequence[tuple[str, float, float]], title: str | None = 
             mew=1.5,
             label=f"{label} ({x:.4f}, {y:.4f})",
         )
+        # the point itself is labelled too (several points close together: staggered)
+        ax.annotate(label, (x, y), xytext=(28, -22 - 20 * k), textcoords="offset points",
+                    fontsize=8, ha="left",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.5", "alpha": 0.9},
+                    arrowprops={"arrowstyle": "-", "color": "0.2", "lw": 0.8})
     ax.set_xlim(0, 0.8)
     ax.set_ylim(0, 0.9)
     ax.set_aspect("equal")
@@ -254,10 +368,14 @@ def aging_figure(
     if voltage_v is not None:
         vb = binned_trace(t_h, np.asarray(voltage_v, dtype=float), max_points)[1]
         ax2 = ax.twinx()
-        ax2.plot(tb, vb, lw=1.0, color="tab:gray", alpha=0.8)
+        ax2.plot(tb, vb, lw=1.0, color="tab:gray", alpha=0.8, label="voltage (right axis)")
         ax2.set_ylabel("Voltage (V)", color="tab:gray")
         ax2.tick_params(axis="y", labelcolor="tab:gray")
-    ax.legend(fontsize=8, loc="lower left")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax2.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
+    else:
+        ax.legend(fontsize=8, loc="lower left")
     return fig
 
 

@@ -18,7 +18,7 @@ from .lifetime import LEVELS, LifetimeResult
 from .photometry import Spectrum
 from .summary import SweepSummary
 
-__all__ = ["SEED_TABLE_S1", "render_report", "seed_row"]
+__all__ = ["SEED_TABLE_S1", "render_report", "report_title", "run_label", "seed_row", "sweep_figures"]
 
 #: Table S1 of the seed (Jin et al. 2023, Supporting Information): measured CsPbBr3 NC LEDs.
 SEED_TABLE_S1: dict[str, dict[str, Any]] = {
@@ -112,20 +112,96 @@ def _figure_html(fig: Any, caption: str) -> str:
 
 
 def _meta_table(meta: Mapping[str, Any]) -> str:
+    """The run's identity and its calibration, lengths in mm and areas in mm² throughout."""
     rows = []
-    for key in ("run_id", "kind", "station", "pixel", "device", "preset", "started", "ended"):
-        if key in meta and meta[key] is not None:
-            rows.append(f"<tr><td>{key}</td><td>{html.escape(str(meta[key]))}</td></tr>")
+    names = {"run_id": "run", "kind": "kind", "station": "station", "substrate": "substrate",
+             "pixel": "pixel", "label": "pixel label", "device": "device", "started": "started",
+             "ended": "ended", "status": "status", "end_reason": "end"}
+    for key, name in names.items():
+        if meta.get(key) is not None:
+            val = str(meta[key])
+            if key in ("started", "ended") and len(val) >= 19 and val[10] == "T":
+                val = val[:10] + " " + val[11:19] + (" UTC" if val.endswith("+00:00") else "")
+            rows.append(f"<tr><td>{name}</td><td>{html.escape(val)}</td></tr>")
     cal = meta.get("calibration")
     if isinstance(cal, Mapping):
         geom = cal.get("geometry") or {}
         area = cal.get("pixel_area_m2")
         if isinstance(area, int | float):
             rows.append(f"<tr><td>pixel area</td><td>{_fmt(area * 1e6)} mm²</td></tr>")
-        for k in ("photodiode_radius_m", "distance_m", "geometry_factor", "collection_fraction"):
-            if isinstance(geom, Mapping) and geom.get(k) is not None:
-                rows.append(f"<tr><td>{k}</td><td>{_fmt(geom[k])}</td></tr>")
+        if isinstance(geom, Mapping):
+            for k, name in (("photodiode_radius_m", "photodiode radius"),
+                            ("distance_m", "photodiode distance")):
+                if isinstance(geom.get(k), int | float):
+                    rows.append(f"<tr><td>{name}</td><td>{_fmt(geom[k] * 1e3)} mm</td></tr>")
+            for k, name in (("geometry_factor", "geometry factor F (measured)"),
+                            ("collection_fraction", "collection fraction F")):
+                if isinstance(geom.get(k), int | float):
+                    rows.append(f"<tr><td>{name}</td><td>{_fmt(geom[k])}</td></tr>")
     return '<table class="meta">' + "".join(rows) + "</table>"
+
+
+def report_title(meta: Mapping[str, Any]) -> str:
+    """``J–V–L sweep — otac, pixel 1 (S7-P1), substrate S7, 2026-12-02``."""
+    kind = meta.get("kind")
+    what = "J–V–L sweep" if kind == "sweep" else "Operational lifetime"
+    parts = [str(meta["device"])] if meta.get("device") else []
+    if meta.get("pixel") is not None:
+        px = f"pixel {meta['pixel']}"
+        if meta.get("label"):
+            px += f" ({meta['label']})"
+        parts.append(px)
+    if meta.get("substrate"):
+        parts.append(f"substrate {meta['substrate']}")
+    started = meta.get("started")
+    if isinstance(started, str) and started:
+        parts.append(started[:10])
+    if not parts:
+        parts.append(f"run {meta.get('run_id', '')}".strip())
+    return f"{what} — {', '.join(parts)}"
+
+
+def run_label(meta: Mapping[str, Any]) -> str:
+    """``pixel 3 (S1-P3) otac``: what a figure's legend calls the run."""
+    parts = []
+    if meta.get("pixel") is not None:
+        parts.append(f"pixel {meta['pixel']}")
+        if meta.get("label") and str(meta["label"]).lower() not in (f"p{meta['pixel']}",
+                                                                      f"px{meta['pixel']}"):
+            parts[-1] += f" ({meta['label']})"
+    if meta.get("device"):
+        parts.append(str(meta["device"]))
+    return " ".join(parts) or f"run {meta.get('run_id', '')}".strip()
+
+
+def sweep_figures(meta: Mapping[str, Any], points: np.ndarray, summary: SweepSummary,
+                  spectra: Sequence[Spectrum]) -> list[tuple[str, Any, str]]:
+    """The figures of a sweep as ``(name, figure, caption)``: the report embeds them and
+    ``station report --figures`` writes them, from this one function."""
+    who = run_label(meta)
+    floor = summary.noise_floor_cd_m2
+    figs: list[tuple[str, Any, str]] = [
+        ("jvl", plots.jvl_figure(points, f"J–V–L, {who}", noise_floor_cd_m2=floor),
+         "J–V–L: current density and luminance (log) against voltage; luminance below the "
+         "detector's noise floor is not drawn"),
+        ("efficiency", plots.efficiency_figure(points, f"Efficiencies, {who}",
+                                               threshold_cd_m2=summary.threshold_cd_m2,
+                                               noise_floor_cd_m2=floor),
+         "EQE, current efficiency and power efficiency against current density, at and above "
+         "turn-on"),
+    ]
+    if spectra:
+        figs.append(("spectra", plots.spectra_figure(spectra, f"EL spectra, {who}"),
+                     "EL spectra at the recorded voltages, each normalised to its maximum"))
+    devices: list[tuple[str, float, float]] = []
+    if summary.cie_x is not None and summary.cie_y is not None:
+        devices.append((who, summary.cie_x, summary.cie_y))
+    seed = seed_row(meta)
+    if seed:
+        devices.append((f"seed Table S1, {seed['device']}", seed["cie_x"], seed["cie_y"]))
+    if devices:
+        figs.append(("cie", plots.cie_figure(devices), "CIE 1931 chromaticity"))
+    return figs
 
 
 def _sweep_html(
@@ -165,19 +241,8 @@ def _sweep_html(
         f"{_fmt(summary.noise_floor_cd_m2, 3)} cd/m² ({html.escape(summary.noise_floor_source)}). "
         f"EL peak, FWHM and CIE from the {html.escape(summary.spectrum_basis)}."
     )
-    figs = [
-        _figure_html(plots.jvl_figure(points), "J–V–L: current density and luminance (log) against voltage"),
-        _figure_html(plots.efficiency_figure(points), "EQE and current efficiency against current density"),
-    ]
-    if spectra:
-        figs.append(_figure_html(plots.spectra_figure(spectra), "EL spectra at the recorded voltages"))
-    devices: list[tuple[str, float, float]] = []
-    if summary.cie_x is not None and summary.cie_y is not None:
-        devices.append((str(meta.get("run_id", "this run")), summary.cie_x, summary.cie_y))
-    if seed:
-        devices.append((f"seed {seed['device']}", seed["cie_x"], seed["cie_y"]))
-    if devices:
-        figs.append(_figure_html(plots.cie_figure(devices), "CIE 1931 chromaticity"))
+    figs = [_figure_html(fig, caption) for _name, fig, caption
+            in sweep_figures(meta, points, summary, spectra)]
     return (
         "<h2>Summary</h2><table>" + head + "".join(body) + "</table>"
         f'<p class="note">{notes}</p>'
@@ -218,7 +283,8 @@ def _aging_html(meta: Mapping[str, Any], samples: np.ndarray, result: LifetimeRe
     )
     names = samples.dtype.names or ()
     volt = samples["voltage_v"] if "voltage_v" in names else None
-    fig = plots.aging_figure(samples["t_s"], samples["luminance_cd_m2"], result, volt)
+    fig = plots.aging_figure(samples["t_s"], samples["luminance_cd_m2"], result, volt,
+                             title=f"Operational lifetime, {run_label(meta)}")
     return (
         "<h2>Lifetime</h2><table><tr><th>quantity</th><th>measured</th><th>note / fit</th></tr>"
         + table
@@ -241,7 +307,7 @@ def render_report(
 ) -> str:
     """The HTML page for a sweep (give ``summary``) or an aging run (give ``lifetime``)."""
     kind = meta.get("kind")
-    title = f"{'J–V–L sweep' if kind == 'sweep' else 'Operational lifetime'} — {meta.get('run_id', '')}"
+    title = report_title(meta)
     if kind == "sweep":
         if summary is None:
             raise ValueError("a sweep report needs its summary")

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
-from .common import LIFETIME_KEYS, AgingBar, add_measure_args, clean, dump_json, measure_config, print_table
+from .common import (
+    LIFETIME_KEYS,
+    AgingBar,
+    NewFiles,
+    Stop,
+    add_measure_args,
+    clean,
+    dump_json,
+    last_run_id,
+    measure_config,
+    newest_run,
+    print_table,
+    run_interruptible,
+    save_interrupted,
+    uncancel,
+)
 
 EPILOG = """examples:
-  station age --port socket://127.0.0.1:7000 --pixel 1 --current-density 10 --out age1
+  station age --port tcp://127.0.0.1:7000 --pixel 1 --current-density 10 --out age1
   station age --port /dev/ttyACM0 --pixel 2 --initial-luminance 1000 --until t90 --out age2
-  station age --port socket://127.0.0.1:7000 --pixel 1 --current-density 5 --until 300h \\
+  station age --port tcp://127.0.0.1:7000 --pixel 1 --current-density 5 --until 300h \\
       --interval 30 --interim-sweep-every 24 --out age3 --json
 
 --until takes t95, t90, t80 or t50 (relative to L0, default t50) or a duration such as 300h,
@@ -27,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "brightening, T95/T90/T80/T50 (from L0 and from the peak) and the "
                        "stretched-exponential extrapolation.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", metavar="URL", help="board: device path or pyserial URL "
-                   "(default: the config's board.url)")
+    p.add_argument("--port", metavar="URL", help="board: device path, tcp://HOST:PORT (the simulator) "
+                   "or another pyserial URL; default: the config's board.url")
     p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--current-density", type=float, metavar="MA_CM2",
@@ -50,12 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from station.session import run_with_signals
-
-    return run_with_signals(lambda: _run(args))
+    return run_interruptible(lambda stop: _run(args, stop))
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: argparse.Namespace, stop: Stop) -> int:
     from station.export import export_run
     from station.link import BoardError, LinkError
     from station.procedures import AgingParams, LimitError, run_aging
@@ -73,16 +87,29 @@ async def _run(args: argparse.Namespace) -> int:
     except LimitError as e:
         print(f"station age: {e}", file=sys.stderr)
         return 2
+    files = NewFiles(cfg.store.path, out)
     try:
         async with open_station(cfg, url=args.port) as ctx:
+            before = last_run_id(ctx.store)
             bar = AgingBar(f"pixel {args.pixel}", total, disable=args.no_progress or args.json)
             try:
                 res = await run_aging(ctx, args.pixel, params, progress=bar)
+            except asyncio.CancelledError:
+                if stop.signum is None:
+                    raise
+                uncancel()
+                bar.close()
+                run_id = newest_run(ctx.store, before)
+                if run_id is not None:
+                    print(f"station age: {save_interrupted(ctx.store, run_id, out, stop)}",
+                          file=sys.stderr)
+                return stop.exit_status
             finally:
                 bar.close()
             export_run(ctx.store, res.run_id, out)
     except (LimitError, BoardError, LinkError) as e:
         print(f"station age: {e}", file=sys.stderr)
+        files.discard()
         return 2
     s = clean(res.summary)
     if args.json:

@@ -38,6 +38,8 @@ def guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[a
 
         try:
             return func(args)
+        except BrokenPipeError:
+            raise  # our reader went away: the CLI ends quietly
         except (CommandError, ExportError, ValueError, OSError) as exc:
             print(f"station {name}: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -300,6 +302,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="recompute every figure of an exported run from its raw columns",
         description="Recompute L, EQE, CE, PE and the summary (sweep) or lifetime (aging) of an export "
         "from its raw voltage, current, photodiode and dark columns, its spectra and a calibration.",
+        epilog="""examples:
+  station analyze run1                        # recompute and compare with the recorded summary
+  station analyze run1 --json
+  station analyze run1 --calibration examples/calibration.json --out run1-recal
+  station analyze age1 --noise-floor 0.05
+
+A calibration file is the JSON object of run.json's "calibration" (a run.json itself works):
+pixel_area_m2, responsivity {wavelength_nm[], a_per_w[]} of the photodiode, and geometry
+{photodiode_radius_m, distance_m} or {geometry_factor}; see examples/calibration.json and
+docs/measurement.md.
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("export_dir", metavar="EXPORT_DIR")
     p.add_argument("--calibration", metavar="CAL.json", help="use this calibration instead of the sidecar's")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import math
+import signal
+import sqlite3
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +139,142 @@ class AgingBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class Stop:
+    """Which signal (SIGINT, SIGTERM) interrupted a command, if any."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGINT).name
+
+
+def run_interruptible(main: Callable[[Stop], Coroutine[Any, Any, int]]) -> int:
+    """Run a measurement command under asyncio. The first SIGINT or SIGTERM cancels it (its
+    ``finally`` blocks switch the outputs off and it may catch the cancellation to save what it
+    has); later ones only say that it is stopping, so nothing cuts the clean-up short. A command
+    cancelled by a signal exits 128 + the signal's number, without a traceback."""
+    stop = Stop()
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_signal(sig: int) -> None:
+            if stop.signum is None:
+                stop.signum = sig
+                print(f"station: {signal.Signals(sig).name}: stopping, switching the outputs off",
+                      file=sys.stderr, flush=True)
+                task.cancel()
+            else:
+                print("station: still stopping (switching the outputs off)", file=sys.stderr,
+                      flush=True)
+
+        sigs = (signal.SIGTERM, signal.SIGINT)
+        for sig in sigs:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await main(stop)
+        except asyncio.CancelledError:
+            if stop.signum is None:
+                raise
+            return stop.exit_status
+        finally:
+            for sig in sigs:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())
+
+
+def uncancel() -> None:
+    """After catching the CancelledError of a signal: let the clean-up's awaits run normally."""
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()
+
+
+def newest_run(store: Any, after: int) -> int | None:
+    """The id of the newest run created after run ``after`` (this command's run), if any."""
+    row = store.db.execute("SELECT max(id) FROM runs WHERE id > ?", (after,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def last_run_id(store: Any) -> int:
+    row = store.db.execute("SELECT max(id) FROM runs").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def save_interrupted(store: Any, run_id: int, out: Path, stop: Stop) -> str:
+    """End an interrupted run as ``interrupted``, with the summary of its data so far when it
+    can be computed, and write its export. Returns a line for the user."""
+    from station.commands.analyze import reanalyze
+    from station.export import export_run
+    from station.exportfmt import read_export
+
+    store.finish_run(run_id, "interrupted", f"interrupted by {stop.name}")
+    export_run(store, run_id, out)
+    note = ""
+    try:
+        meta, table = read_export(out)
+        summary = dict(reanalyze(meta, table, where=str(out)).meta["summary"])
+    except Exception as e:
+        summary = {"note": f"no summary of the data so far: {e}"}
+        note = f" ({summary['note']})"
+    summary["end_reason"] = "interrupted"
+    store.update_run(run_id, summary=clean(summary))
+    export_run(store, run_id, out)
+    return f"interrupted by {stop.name}: run {run_id} ended as interrupted; data so far in {out}{note}"
+
+
+def store_files(path: str | Path) -> list[Path]:
+    p = Path(path)
+    return [p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")]
+
+
+class NewFiles:
+    """What a measurement command may create: its store and directories. Taken before it
+    starts, so that a refused command can leave nothing behind (:meth:`discard`)."""
+
+    def __init__(self, store_path: str | Path, *dirs: Path) -> None:
+        self.store = Path(store_path)
+        self.store_existed = self.store.exists()
+        self.new_dirs = [d for d in dict.fromkeys((*dirs, self.store.parent)) if not d.exists()]
+
+    def discard(self) -> None:
+        discard_new_store(self.store, self.store_existed, self.new_dirs)
+
+
+def discard_new_store(path: str | Path, existed: bool, new_dirs: list[Path]) -> None:
+    """A refused command changes nothing: remove the store it created if it holds no run, and
+    the directories it created if they are empty."""
+    p = Path(path)
+    if existed or not p.exists():
+        return
+    try:
+        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            n = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        n = 0
+    if n:
+        return
+    for f in store_files(p):
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+    for d in new_dirs:
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only if empty

@@ -16,6 +16,10 @@ simulator's clock runs fast; a fresh pixel is aged because a sweep to high curre
 ages a perovskite LED noticeably), prints the measured Table S1 next to the seed's and the
 model's truth, and leaves the store, the exports, the plots and an HTML report per run in --out.
 Nothing needs to be installed or running beyond this package.
+
+examples:
+  station demo                                   # about 20 s; everything in demo-out/
+  station demo --out /tmp/demo --hours 100
 """
 
 DEVICES = ("dbsa", "otac")

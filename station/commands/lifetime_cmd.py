@@ -56,12 +56,15 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2, default=str))
         return 0
     name = args.metric.removesuffix("_h").upper().replace("_FROM_PEAK", " from peak")
-    print(f"{'run':28}{'pixel':>8}{'L0 (cd/m²)':>14}{name + ' (h)':>18}")
+    print(f"{'export':28}{'pixel':>8}{'L0 (cd/m²)':>14}{name + ' (h)':>18}")
     for p in pixels:
         mark = " (fit)" if p["extrapolated"] else ""
         value = p[args.metric]
         shown = f"{value:>12.4g}" if value is not None else f"{'not reached':>12}"
-        print(f"{str(p['run_id'] or p['run_dir'])[:27]:28}{p['pixel']!s:>8}{p['l0_cd_m2']:>14.4g}"
+        # the export directory names the run; run ids repeat across stores
+        label = str(p["run_dir"]) + (f" (run {p['run_id']})" if p["run_id"] is not None else "")
+        label = label if len(label) <= 27 else "…" + label[-26:]
+        print(f"{label:28}{p['pixel']!s:>8}{p['l0_cd_m2']:>14.4g}"
               f"{shown}{mark:6}")
     if fit is None:
         print(f"acceleration law not fitted: {why_not}")
@@ -114,6 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "confidence interval. A pixel that has not reached the level uses its fit's extrapolation. "
         "With one run (or fewer than 3 distinct L0 and no --n) each run's lifetimes are reported "
         "without the acceleration law.",
+        epilog="""examples:
+  station lifetime age1                                   # one run: its L0, T95..T50, fit
+  station lifetime age1 age2 age3 --reference-luminance 100   # n fitted from three L0
+  station lifetime age1 age2 --n 1.8 --metric t90_h --json    # n given
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument(

@@ -12,7 +12,7 @@ from .analyze import CommandError, guarded, load_export
 def _run(args: argparse.Namespace) -> int:
     from station.analysis import plots
     from station.analysis.lifetime import analyze_lifetime
-    from station.analysis.report import render_report, seed_row
+    from station.analysis.report import render_report, run_label, sweep_figures
     from station.analysis.summary import sweep_summary
     from station.exportfmt import spectra_from_meta
 
@@ -27,19 +27,12 @@ def _run(args: argparse.Namespace) -> int:
             forward = table["direction"] == "forward"
             if forward.any():
                 sel = table[forward]  # the summary is that of the forward branch, as recorded
-        summary = sweep_summary(sel, spectra, args.threshold)
+        recorded = meta.get("summary") if isinstance(meta.get("summary"), dict) else {}
+        floor = recorded.get("noise_floor_cd_m2") if recorded else None
+        floor = float(floor) if isinstance(floor, int | float) and floor > 0 else None
+        summary = sweep_summary(sel, spectra, args.threshold, floor)
         page = render_report(meta, table, summary=summary, spectra=spectra)
-        figs = {"jvl": plots.jvl_figure(table), "efficiency": plots.efficiency_figure(table)}
-        if spectra:
-            figs["spectra"] = plots.spectra_figure(spectra)
-        devices = []
-        if summary.cie_x is not None and summary.cie_y is not None:
-            devices.append((str(meta.get("run_id", "run")), summary.cie_x, summary.cie_y))
-        seed = seed_row(meta)
-        if seed:
-            devices.append((f"seed {seed['device']}", seed["cie_x"], seed["cie_y"]))
-        if devices:
-            figs["cie"] = plots.cie_figure(devices)
+        figs = {name: fig for name, fig, _caption in sweep_figures(meta, table, summary, spectra)}
     else:
         result = analyze_lifetime(table["t_s"], table["luminance_cd_m2"])
         page = render_report(meta, table, lifetime=result, spectra=spectra)
@@ -50,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
                 table["luminance_cd_m2"],
                 result,
                 table["voltage_v"] if "voltage_v" in names else None,
+                title=f"Operational lifetime, {run_label(meta)}",
             )
         }
     if out.parent and not out.parent.exists():
@@ -70,6 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="write a self-contained HTML report of an export",
         description="Write an HTML report (summary table, figures embedded) of a sweep or aging export.",
+        epilog="""examples:
+  station report run1                         # run1/report.html
+  station report age1 --out age1.html --figures age1-figs   # and each figure as PNG + SVG
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/report.html")

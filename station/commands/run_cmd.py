@@ -54,6 +54,9 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"station run: {e}", file=sys.stderr)
         return EX_CONFIG
+    from .run_startup import announce_config
+
+    announce_config(path, how, cfg)
     try:
         jobs = [load_job_file(j) for j in args.job]
     except JobError as e:
@@ -188,6 +191,9 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
             from station.control import ControlServer
 
             background.append(asyncio.create_task(ControlServer(cfg, jm).run(stop)))
+        from .run_startup import announce_started
+
+        announce_started(cfg, ctx, jm)
         jm.start()
         if web is not None:
             web.commands_open = True

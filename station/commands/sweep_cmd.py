@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
-from .common import SWEEP_KEYS, SweepBar, add_measure_args, clean, dump_json, measure_config, print_table
+from .common import (
+    SWEEP_KEYS,
+    NewFiles,
+    Stop,
+    SweepBar,
+    add_measure_args,
+    clean,
+    dump_json,
+    last_run_id,
+    measure_config,
+    newest_run,
+    print_table,
+    run_interruptible,
+    save_interrupted,
+    uncancel,
+)
 
 EPILOG = """examples:
-  station sweep --port socket://127.0.0.1:7000 --pixel 1 --start 0 --stop 6 --step 0.05 --out run1
+  station sweep --port tcp://127.0.0.1:7000 --pixel 1 --start 0 --stop 6 --step 0.05 --out run1
   station sweep --port /dev/serial/by-id/usb-LEDboard-if00 --pixel 3 --start 2 --stop 5 \\
       --step 0.1 --reverse --spectrum-at 3,4,5 --out run2 --json
 """
@@ -21,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "CE and PE for every point as it arrives, print the pixel's Table S1 "
                        "summary and write the export (CSV + JSON sidecar) to --out.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", metavar="URL", help="board: device path or pyserial URL "
-                   "(socket://HOST:PORT); default: the config's board.url")
+    p.add_argument("--port", metavar="URL", help="board: device path, tcp://HOST:PORT (the simulator) "
+                   "or another pyserial URL; default: the config's board.url")
     p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
     p.add_argument("--start", type=float, default=0.0, help="start voltage, V (default 0)")
     p.add_argument("--stop", type=float, required=True, help="stop voltage, V")
@@ -43,12 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from station.session import run_with_signals
-
-    return run_with_signals(lambda: _run(args))
+    return run_interruptible(lambda stop: _run(args, stop))
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: argparse.Namespace, stop: Stop) -> int:
     from station.export import export_run
     from station.link import BoardError, LinkError
     from station.procedures import LimitError, SweepParams, run_sweep
@@ -74,16 +88,29 @@ async def _run(args: argparse.Namespace) -> int:
     except LimitError as e:
         print(f"station sweep: {e}", file=sys.stderr)
         return 2
+    files = NewFiles(cfg.store.path, out)
     try:
         async with open_station(cfg, url=args.port) as ctx:
+            before = last_run_id(ctx.store)
             bar = SweepBar(f"pixel {args.pixel}", n, disable=args.no_progress or args.json)
             try:
                 res = await run_sweep(ctx, args.pixel, params, progress=bar)
+            except asyncio.CancelledError:
+                if stop.signum is None:
+                    raise
+                uncancel()
+                bar.close()
+                run_id = newest_run(ctx.store, before)
+                if run_id is not None:
+                    print(f"station sweep: {save_interrupted(ctx.store, run_id, out, stop)}",
+                          file=sys.stderr)
+                return stop.exit_status
             finally:
                 bar.close()
             export_run(ctx.store, res.run_id, out)
     except (LimitError, BoardError, LinkError) as e:
         print(f"station sweep: {e}", file=sys.stderr)
+        files.discard()
         return 2
     s = clean(res.summary)
     if args.json:

@@ -7,7 +7,7 @@ is not used: it drops a batch after its retries, and its buffer dies with the pr
 
 Points (measurement ``sweep_point`` / ``aging_sample``)::
 
-    sweep_point,station=S,run=R,pixel=N,substrate=..,device=..,job=..,direction=up
+    sweep_point,station=S,run=R,pixel=N,substrate=..,device=..,job=..,direction=forward|reverse
         voltage_set_v=..,voltage_v=..,current_a=..,current_density_ma_cm2=..,photodiode_a=..,
         luminance_cd_m2=..,eqe_pct=..,ce_cd_a=..,pe_lm_w=..,seq=123i,sweep_id=..i,idx=..i,
         flags=..i,epoch=..i,rev=..i  <time_us>
