@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_protocol.messages import SpectrumAcquire
+from firmware_protocol.messages import AgingSet, SpectrumAcquire
 from firmware_protocol.spec import SampleFlags
 from sim.presets import get_preset
 from sim.server import SimServer
 from sim.truth import lifetime_truth, sweep_truth
 from station.jobs import JobManager
-from station.procedures import AgingParams, SweepParams, run_aging, run_sweep
+from station.procedures import AgingParams, SweepParams, aging_current_a, run_aging, run_sweep
 
 from .stationkit import sim_station
 
@@ -110,6 +110,34 @@ async def test_eight_pixels_aged_by_one_job_at_1x_all_keep_sampling(tmp_path):
             assert np.all(np.isfinite(d["luminance_cd_m2"][live])), r
         assert not [k for k, _ in events if k.startswith("alert/")], events
         assert not server.board.status().aging_active_mask
+
+
+async def test_a_channel_that_stops_sampling_is_re_armed_by_the_run_watchdog(tmp_path):
+    """The board keeps a channel on but its schedule goes wrong (here: set to one sample a day
+    behind the run's back). After 3 intervals of board time and 5 s of host time without a
+    sample, the run's watchdog raises alert/aging_stalled and re-arms the channel at the run's
+    interval; the samples come again and the run ends normally."""
+    alerts: list[tuple[str, dict]] = []
+    async with sim_station(tmp_path, ["dbsa"], speed=1.0, seed=13) as (_server, ctx):
+        current_a = aging_current_a(ctx, ctx.pixel(1)[1], 10.0)
+        task = asyncio.create_task(run_aging(
+            ctx, 1, AgingParams(current_density_ma_cm2=10.0, until="12s", interval_s=0.2),
+            on_alert=lambda k, d: alerts.append((k, d))))
+        while ctx.store.count("aging_samples") < 10:
+            assert not task.done()
+            await asyncio.sleep(0.05)
+        await ctx.link.request(AgingSet(channel=0, current_a=current_a, interval_ms=86_400_000))
+        out = await task
+        stalled = [d for k, d in alerts if k == "aging_stalled"]
+        assert stalled and stalled[0]["action"] == "re-armed the channel", alerts
+        assert stalled[0]["last_sample_age_s"] > 5.0
+        assert out.reason == "duration"
+        d = ctx.store.fetch("aging_samples", out.run_id)
+        live = (d["flags"].astype(np.int64) & int(SampleFlags.STOPPED)) == 0
+        gaps = np.diff(d["t_us"][live].astype(np.int64))
+        assert np.count_nonzero(gaps > 600_000) == 1  # the one stall, then every interval again
+        k = int(np.argmax(gaps > 600_000))
+        assert len(gaps) - k > 5 and np.all(gaps[k + 1:] == 200_000)
 
 
 def _config(tmp_path: Path, url: str, n: int) -> Path:
