@@ -14,10 +14,15 @@ Time is whatever the caller passes as ``now`` (seconds, any monotonic origin). N
 touches sockets, serial ports, asyncio or clocks.
 
 Requests are retried with the same seq and the RETRY flag; the board answers a retried seq
-from its cache of recent replies instead of executing the command twice, so every request is
-safe to repeat. Stream records carry 32-bit sequence numbers which the connection unwraps to
-64 bits, de-duplicates, and checks for gaps (:class:`GapDetected` tells the caller to ask for
-a replay).
+from its cache of recent replies instead of executing the command twice (and ignores a retry of
+one still queued or running), so every request is safe to repeat. A request is first retried
+only once its reply is overdue: when the board would have finished the requests queued ahead of
+it and its own declared cost (:func:`~firmware_protocol.spec.request_cost_ms`: a spectrum's
+integration, a photodiode average's n × integration, an SMU reading's integration) plus
+``timeout_s``, the link's margin. A 6 s spectrum is never given up after 0.5 s.
+
+Stream records carry 32-bit sequence numbers which the connection unwraps to 64 bits,
+de-duplicates, and checks for gaps (:class:`GapDetected` tells the caller to ask for a replay).
 
 Board epochs. A board reset that loses its ring buffers restarts its sequence counters (and its
 clock, which lives in the same retained RAM) at 0. The host keeps one monotonic sequence per
@@ -58,6 +63,7 @@ from .spec import (
     ErrorCode,
     FrameFlags,
     Stream,
+    request_cost_ms,
 )
 
 # --- events -----------------------------------------------------------------------------------
@@ -356,6 +362,8 @@ class _Pending:
     data: bytes
     deadline: float
     attempts: int
+    done_by: float = 0.0
+    """When the board should have finished it: after the requests queued ahead and its cost."""
 
 
 @dataclass
@@ -389,6 +397,8 @@ class Connection:
         self._pending: dict[int, _Pending] = {}
         self._next_seq = 1
         self._hello_seq: int | None = None
+        self.smu_integration_ms: float | None = None
+        """The SMU integration of the last ``smu_configure`` sent (None: not known)."""
         # board epochs (see the module docstring)
         self.epoch = 0
         self.epoch_boot_id: int | None = None
@@ -422,6 +432,7 @@ class Connection:
         """Begin (or redo, after a reconnect) the handshake; returns the hello frame."""
         self._transition("start_handshake")
         self._pending.clear()
+        self.smu_integration_ms = None  # a new session: the board may have been reset
         self.decoder = StreamDecoder(self.protocol_version)
         self.stats.frame_errors = self.decoder.errors
         seq, data = self._request(Hello(protocol_version=self.protocol_version,
@@ -443,9 +454,18 @@ class Connection:
     def _request(self, msg: BaseMessage, now: float) -> tuple[int, bytes]:
         seq = self._alloc_seq()
         data = encode_frame(msg, seq)
-        self._pending[seq] = _Pending(seq, msg.NAME, data, now + self.timeout_s, 1)
+        done_by = self.expected_done(msg, now)
+        if msg.NAME == "smu_configure":
+            self.smu_integration_ms = float(getattr(msg, "integration_ms", 0.0))
+        self._pending[seq] = _Pending(seq, msg.NAME, data, done_by + self.timeout_s, 1, done_by)
         self.stats.frames_out += 1
         return seq, data
+
+    def expected_done(self, msg: BaseMessage, now: float) -> float:
+        """When the board should have executed ``msg`` if it were sent at ``now``: after every
+        request still pending (the board runs them in arrival order) and its own cost."""
+        start = max([now, *(p.done_by for p in self._pending.values())])
+        return start + request_cost_ms(msg, self.smu_integration_ms) / 1000.0
 
     def send_unacked(self, msg: BaseMessage) -> bytes:
         """Frame a message the board does not answer (``stream_ack``)."""

@@ -6,10 +6,15 @@ from .spec import (
     CRC_SEEDS,
     ENUMS,
     HEADER_SIZE,
+    MAX_DWELL_MS,
+    MAX_INTEGRATION_MS,
     MAX_PAYLOAD,
+    MAX_PD_READS,
+    MAX_SPECTRUM_INTEGRATION_MS,
     MESSAGES,
     PROTOCOL_VERSION,
     RECORDS,
+    REQUEST_COSTS,
     SPEC_HASH,
     Field,
     max_payload_size,
@@ -112,6 +117,48 @@ def generate() -> str:
     w("   leave no trace and cannot be counted. The station stores each loss (`records_lost`")
     w("   table), raises `event/alert/records_lost`, and shows it in `station status`, sink")
     w("   health, the run's summary and its export.")
+    w("")
+    w("## Timing")
+    w("")
+    w("What a host may assume of the board's time (not on the wire, so not part of the spec hash).")
+    w("The board runs requests one at a time, in arrival order. These take time to execute:")
+    w("")
+    w("| request | execution time |")
+    w("|---|---|")
+    for name, cost in REQUEST_COSTS.items():
+        w(f"| `{name}` | {cost} |")
+    w("")
+    w("Every other request is answered as soon as it is its turn (`sweep_start` at once: its")
+    w("program then runs on the board and ends with `sweep_done`). A reply is due after the")
+    w("execution times of the requests queued ahead of it and its own, plus the link's round trip:")
+    w("the host waits that long plus its margin (`board.request_timeout_s`) before it retries,")
+    w("then retries with linear backoff. A retry of a request still queued or running is ignored")
+    w("(its one reply is on the way) and one already answered gets the cached reply: nothing is")
+    w("ever executed twice.")
+    w("")
+    w("| limit | value |")
+    w("|---|---|")
+    w(f"| SMU, sweep and photodiode integration | ≤ {MAX_INTEGRATION_MS:g} ms |")
+    w(f"| spectrometer integration | ≤ {MAX_SPECTRUM_INTEGRATION_MS:g} ms |")
+    w(f"| sweep dwell | ≤ {MAX_DWELL_MS:g} ms |")
+    w(f"| `pd_read` n | ≤ {MAX_PD_READS} |")
+    w("")
+    w("Auto-exposure (the host's rule, `station.procedures.acquire_spectrum`): the first spectrum")
+    w("is taken at 200 ms; a saturated one is retaken at 0.3 × its integration; one whose peak")
+    w("(dark subtracted) is below 30 % of the detector's range is retaken at the integration that")
+    w("puts it at 60 % (at most 50 × longer), and so on up to six spectra. The integration never")
+    w("exceeds the host's longest allowed integration (`AUTO_EXPOSURE_MAX_MS`, 10 s) while the")
+    w("spectrum shows its line above the noise: a pixel too dim to reach 30 % there gets its")
+    w("spectrum at 10 s, flagged *low signal*, and it is used. Only a spectrum with no line at all")
+    w("at 10 s is retaken longer, up to the board's limit above (60 s); if even that shows none,")
+    w("it is taken again later: never a failure of the run. A sweep whose own")
+    w("spectra (at its fixed `spectrum_integration_ms`) are all noise gets one such spectrum at its")
+    w("brightest point after the program ends (the SMU holding that voltage; the summary's")
+    w("`spectrum_after_sweep`).")
+    w("")
+    w("`all_off` and `aging_stop` wait their turn like any request: a host that stops while the")
+    w("board takes a spectrum has its outputs off when that spectrum ends: within 10 s for a pixel")
+    w("whose line shows, within the board's limit for one that shows none.")
     w("")
     w("## Messages")
     w("")

@@ -550,6 +550,57 @@ MESSAGES: tuple[Message, ...] = (
     ),
 )
 
+# --- timing: what a host may assume of the board's time (not on the wire) -------------------
+# These do not change a frame's layout, so they are not part of SPEC_HASH; the generated
+# docs/protocol.md states them, and the host's request deadlines are computed from them.
+
+MAX_INTEGRATION_MS = INTEGRATION_MS.hi
+"""Longest SMU, sweep and photodiode integration any board accepts (ms)."""
+MAX_SPECTRUM_INTEGRATION_MS = SPECTRUM_INTEGRATION_MS.hi
+"""Longest spectrometer integration any board accepts (ms)."""
+MAX_DWELL_MS = DWELL_MS.hi
+"""Longest sweep dwell any board accepts (ms)."""
+MAX_PD_READS = int(PD_READS.hi)
+"""Largest ``n`` of a ``pd_read``."""
+
+REQUEST_COSTS: dict[str, str] = {
+    "smu_measure": "the SMU integration_ms last set by smu_configure",
+    "pd_read": "n × integration_ms",
+    "spectrum_acquire": "integration_ms",
+}
+"""Requests whose execution takes time, and how long (board time). The board runs requests one
+at a time in arrival order; every other request is answered as soon as it is its turn. A
+request's reply therefore comes after the costs of the requests queued ahead of it plus its own,
+plus the link's round trip. ``sweep_start`` is answered at once: its program runs on the board
+and ends with ``sweep_done``."""
+
+
+def request_cost_ms(msg: object, smu_integration_ms: float | None = None) -> float:
+    """The board time (ms) ``msg`` takes to execute, as :data:`REQUEST_COSTS` declares it.
+
+    ``smu_integration_ms`` is the SMU integration the board is set to (the last
+    ``smu_configure``); unknown (None) counts as :data:`MAX_INTEGRATION_MS`. Values outside the
+    board's ranges are clipped to them (the board refuses such a request at once anyway).
+    """
+    name = getattr(msg, "NAME", "")
+    if name == "spectrum_acquire":
+        return _clip(getattr(msg, "integration_ms", 0.0), MAX_SPECTRUM_INTEGRATION_MS)
+    if name == "pd_read":
+        n = min(max(int(getattr(msg, "n", 1)), 0), MAX_PD_READS)
+        return n * _clip(getattr(msg, "integration_ms", 0.0), MAX_INTEGRATION_MS)
+    if name == "smu_measure":
+        return _clip(MAX_INTEGRATION_MS if smu_integration_ms is None else smu_integration_ms,
+                     MAX_INTEGRATION_MS)
+    return 0.0
+
+
+def _clip(v: float, hi: float) -> float:
+    v = float(v)
+    if v != v:  # NaN: refused by the board at once
+        return 0.0
+    return min(max(v, 0.0), hi)
+
+
 MESSAGES_BY_NAME: dict[str, Message] = {m.name: m for m in MESSAGES}
 MESSAGES_BY_ID: dict[int, Message] = {m.id: m for m in MESSAGES}
 RECORDS_BY_NAME: dict[str, Record] = {r.name: r for r in RECORDS}
@@ -681,7 +732,8 @@ def max_payload_size(m: Message) -> int:
 _validate()
 
 __all__ = [
-    "CRC_SEEDS", "HEADER_SIZE", "MAX_PAYLOAD", "MESSAGES", "MESSAGES_BY_ID", "MESSAGES_BY_NAME",
-    "PROTOCOL_VERSION", "RECORDS", "RECORDS_BY_NAME", "SPEC_HASH", "Field", "Message", "Range",
-    "Record", "field_range",
+    "CRC_SEEDS", "HEADER_SIZE", "MAX_DWELL_MS", "MAX_INTEGRATION_MS", "MAX_PAYLOAD", "MAX_PD_READS",
+    "MAX_SPECTRUM_INTEGRATION_MS", "MESSAGES", "MESSAGES_BY_ID", "MESSAGES_BY_NAME",
+    "PROTOCOL_VERSION", "RECORDS", "RECORDS_BY_NAME", "REQUEST_COSTS", "SPEC_HASH", "Field",
+    "Message", "Range", "Record", "field_range", "request_cost_ms",
 ]

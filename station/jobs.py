@@ -473,7 +473,23 @@ class JobManager:
             "link_stats": asdict(link.stats),
             "board_epoch": link.conn.epoch,
             "records_lost": records_lost_summary(self.ctx.store),
+            "aging_runs": self._aging_runs(),
         }
+
+    def _aging_runs(self) -> dict[str, dict[str, Any]]:
+        """Each aging run this station is collecting: its pixel, samples and the age of its
+        newest sample (seconds on this host since it arrived; None before the first one of this
+        session) — a run that stopped producing shows here, and raises alert/aging_stalled."""
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for ch, col in sorted(self.ctx.acq.aging.items()):
+            last = getattr(col, "last_mono", None)
+            run_id = getattr(col, "run_id", None)
+            out[f"run {run_id}"] = {
+                "pixel": getattr(col, "pixel", None), "channel": ch,
+                "samples": getattr(col, "n", None),
+                "last_sample_age_s": None if last is None else round(now - last, 2)}
+        return out
 
     async def wait(self, job_id: str) -> dict[str, Any]:
         task = self.tasks.get(job_id)
@@ -492,7 +508,7 @@ class JobManager:
                 UNFINISHED).fetchall():
             for run_id, pixel in self.db.execute(
                     "SELECT id, pixel FROM runs WHERE job_id = ? AND kind = 'aging' AND "
-                    "status IN ('running', 'paused')", (job_id,)).fetchall():
+                    "status IN ('running', 'paused', 'interrupted')", (job_id,)).fetchall():
                 self._resumed[(job_id, int(pixel))] = rebuild_aging_collector(ctx, int(run_id))
                 log.info("job %s: will resume aging run %d of pixel %d", job_id, run_id, pixel)
             # sweeps cut by the crash are run again
@@ -512,6 +528,7 @@ class JobManager:
     async def shutdown(self) -> None:
         """Stop the tasks (outputs off via their cleanup) but keep the jobs unfinished, so the
         next start resumes them."""
+        self.ctx.shutting_down = True  # the runs cut now end 'interrupted', resumable
         tasks = list(self.tasks.values())
         for t in tasks:
             t.cancel()

@@ -538,6 +538,11 @@ class BoardLink:
                       wait_up_s: float | None = 30.0) -> Any:
         """Send an acknowledged request and await its reply (retried safely on timeouts).
 
+        The first retry waits for what the request costs the board — a spectrum's integration,
+        a photodiode average, the requests queued ahead of it — plus ``timeout_s``, the link's
+        margin (:meth:`firmware_protocol.connection.Connection.expected_done`); the board never
+        executes a retried request twice.
+
         If the link is down, waits up to ``wait_up_s`` for it to come back first. Raises
         :class:`BoardError` when the board refuses, :class:`LinkDown` when the link drops
         while waiting, :class:`RequestTimeout` when the board never answers.

@@ -25,6 +25,7 @@ import numpy as np
 from firmware_protocol.channels import aging_channel_count, channel_active
 from firmware_protocol.connection import Unsolicited
 from firmware_protocol.messages import (
+    AgingSet,
     AgingStart,
     AgingStop,
     AllOff,
@@ -43,7 +44,7 @@ from firmware_protocol.messages import (
     SweepStart,
 )
 from firmware_protocol.messages import Spectrum as SpectrumMsg
-from firmware_protocol.spec import SampleFlags, SmuMode, Stream, SweepEnd
+from firmware_protocol.spec import MAX_SPECTRUM_INTEGRATION_MS, SampleFlags, SmuMode, Stream, SweepEnd
 
 from .acquisition import Acquisition, empty_rows
 from .analysis.lifetime import L0_MIN_SAMPLES, L0_WINDOW_S, analyze_lifetime, l0_of
@@ -146,6 +147,8 @@ class StationContext:
     _sweep_id: int = 0
     _darks: dict[tuple[int, int, float], _TakenDark] = field(default_factory=dict)
     last_spectra: dict[int, list[Spectrum]] = field(default_factory=dict)
+    shutting_down: bool = False
+    """Set when the station stops (SIGTERM): runs cancelled now are interrupted, not ended."""
 
     async def dark_reading(self, pixel_no: int, n: int, integration_ms: float,
                            max_age_s: float) -> DarkReading:
@@ -259,19 +262,49 @@ def board_spectrum(counts: np.ndarray, dark_counts: float, flags: int,
                     voltage_v=voltage_v, t_s=t_s)
 
 
+AUTO_EXPOSURE_START_MS = 200.0
+AUTO_EXPOSURE_MAX_MS = 10_000.0
+"""The longest integration auto-exposure asks for while the spectrum shows its line: a pixel too
+dim to fill 30 % of the detector's range in this time gets its spectrum at this integration,
+flagged low signal; only a pixel with no line above the noise here goes on to the board's
+``MAX_SPECTRUM_INTEGRATION_MS`` (docs/protocol.md, Timing)."""
+AUTO_EXPOSURE_LOW = 0.3
+AUTO_EXPOSURE_TARGET = 0.6
+
+
+class SpectrumResult(NamedTuple):
+    spectrum: Spectrum | None
+    """Spectral density per nm; None when unusable (saturated, or no line above the noise)."""
+    msg: SpectrumMsg
+    low_signal: bool
+    """The peak stayed below 30 % of the range at the longest allowed integration."""
+
+
 async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | None = None,
-                           start_ms: float = 200.0, max_ms: float = 60000.0,
-                           t0_us: int | None = None) -> tuple[Spectrum | None, SpectrumMsg]:
+                           start_ms: float = AUTO_EXPOSURE_START_MS,
+                           max_ms: float = AUTO_EXPOSURE_MAX_MS,
+                           t0_us: int | None = None) -> SpectrumResult:
     """One spectrum of a pixel at its present operating point, with auto-exposure.
 
-    The integration time is scaled until the peak uses 30-80 % of the detector's range (or the
-    longest allowed integration is reached); a saturated reading is retaken shorter. With
-    ``t0_us`` the spectrum is tagged with its time since t0 (aging), else with ``t_s``.
+    The integration time is scaled until the peak uses 30-80 % of the detector's range, never
+    beyond ``max_ms``; a saturated reading is retaken shorter. A dim pixel ends at ``max_ms``
+    with ``low_signal`` set when its line stands above the noise there; one with no line at
+    ``max_ms`` goes on up to the board's longest integration (its capabilities', within the
+    spec's ``MAX_SPECTRUM_INTEGRATION_MS``), and is still low signal, or unusable. With
+    ``t0_us`` the spectrum is tagged with its time since t0 (aging), else with ``t_s``. Each
+    request's reply deadline follows from its integration (the link derives it), so a long
+    exposure is waited for.
     """
     caps = ctx.link.caps
     full = float(caps.spectrometer_max_counts) if caps else 65535.0
-    integ = start_ms
+    # the board's longest integration: its capabilities' (when it reports one), within the spec's
+    board_max = float(getattr(caps, "max_spectrum_integration_ms", 0.0) or 0.0)
+    hard_max = (min(board_max, MAX_SPECTRUM_INTEGRATION_MS) if board_max > 0
+                else MAX_SPECTRUM_INTEGRATION_MS)
+    max_ms = min(max_ms, hard_max)
+    integ = min(start_ms, max_ms)
     msg: SpectrumMsg | None = None
+    low = False
     taken: list[int] = []
     for _ in range(6):
         ok = await ctx.link.request(SpectrumAcquire(pixel=pixel_no, integration_ms=integ))
@@ -285,15 +318,23 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
         if got.flags & 0x01:
             integ = max(integ * 0.3, 1.0)
             continue
-        if peak >= 0.3 * room or integ >= max_ms:
+        low = peak < AUTO_EXPOSURE_LOW * room
+        if not low or integ >= hard_max:
             break
-        integ = min(max_ms, integ * min(0.6 * room / max(peak, 1.0), 50.0))
+        if integ >= max_ms and ctx.board_spectrum(got) is not None:
+            break  # low signal, but its line stands above the noise: good enough
+        # up to max_ms; beyond it (to the board's limit) only while there is no line at all
+        cap = max_ms if integ < max_ms else hard_max
+        integ = min(cap, integ * min(AUTO_EXPOSURE_TARGET * room / max(peak, 1.0), 50.0))
     assert msg is not None
     if len(taken) > 1:  # the exposure probes stay in the store, marked unused
         ctx.store.mark_probe_spectra(taken[:-1])
     if t0_us is not None:
         t_s = (msg.t_us - t0_us) / 1e6
-    return ctx.board_spectrum(msg, t_s=t_s), msg
+    if low:
+        log.info("pixel %d: spectrum at the longest integration (%g ms) is low signal",
+                 pixel_no, msg.integration_ms)
+    return SpectrumResult(ctx.board_spectrum(msg, t_s=t_s), msg, low)
 
 
 async def all_outputs_off(link: BoardLink) -> None:
@@ -385,6 +426,8 @@ class SweepCollector:
         self.done = asyncio.Event()
         self.done_msg: SweepDone | None = None
         self.last_flags = 0
+        self.spectrum_after_sweep: dict[str, Any] | None = None
+        """Set when the sweep's own spectra were all too dim (see _spectrum_after_sweep)."""
 
     def _prep(self) -> PreparedSpectra | None:
         if self.prepared is None:
@@ -533,11 +576,12 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
             status = await _wait_sweep_end(link, col)
             await sync_stream(link, Stream.SWEEP, status.sweep_head_seq)
             await sync_stream(link, Stream.SPECTRUM, status.spectrum_head_seq)
-            if col.done_msg is not None:
-                reason = SweepEnd(col.done_msg.reason).name.lower()
-            else:
-                # sweep_done was lost with the link; the points tell how the sweep ended
-                reason = col.inferred_end()
+            end_reason = (SweepEnd(col.done_msg.reason).name.lower() if col.done_msg is not None
+                          # sweep_done was lost with the link; the points tell how it ended
+                          else col.inferred_end())
+            if not col.spectra and not ctx.last_spectra.get(pixel_no):
+                await _spectrum_after_sweep(ctx, col, pixel_no, compliance_a)
+            reason = end_reason
         finally:
             if reason == "error":
                 await _safe(link, SweepAbort())
@@ -546,12 +590,16 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
             if col is not None:
                 with contextlib.suppress(ValueError):
                     link._listeners.remove(col.on_event)
-            if reason == "error":
+            if reason == "error" and ctx.shutting_down:
+                store.finish_run(run_id, "interrupted", "station stopped; taken again at its next start")
+            elif reason == "error":
                 store.finish_run(run_id, "failed", "error")
     assert col is not None
     ctx.acq.flush()
     summary = finalize_sweep(ctx, run_id, col, dark_std_a=dark.std_a, threshold=params.threshold_cd_m2,
                              adc_step_a=ctx.pd_adc_step_a(dark.gain_index))
+    if col.spectrum_after_sweep is not None:
+        summary["spectrum_after_sweep"] = col.spectrum_after_sweep
     summary["dark_age_s"] = dark.age_s
     summary["dark_pd_gain"] = dark.gain_index
     summary["end_reason"] = reason
@@ -559,6 +607,40 @@ async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
     if col.spectra:
         ctx.last_spectra[pixel_no] = col.spectra
     return SweepOutcome(run_id, summary, reason, col.n_points)
+
+
+async def _spectrum_after_sweep(ctx: StationContext, col: SweepCollector, pixel_no: int,
+                                compliance_a: float) -> bool | None:
+    """A dim pixel: none of the sweep's spectra (taken at its fixed integration) stood above
+    the noise. Take one with auto-exposure (up to the longest allowed integration) at the
+    brightest point of the sweep, the SMU holding that voltage; the sweep's photometry uses it.
+    Returns whether it is low signal (None: no point to take it at, or nothing usable)."""
+    link = ctx.link
+    ctx.acq.flush()
+    d = ctx.store.fetch("sweep_points", col.run_id)
+    ok = (d["direction"] == "forward") & ((d["flags"].astype(np.int64)
+                                           & int(SampleFlags.COMPLIANCE)) == 0)
+    if not ok.any():
+        return None
+    i = int(np.flatnonzero(ok)[np.argmax(d["photodiode_a"][ok])])
+    v = float(d["voltage_set_v"][i])
+    await link.request(MuxSelect(pixel=pixel_no))  # the sweep program ended with the mux open
+    await link.request(SmuConfigure(mode=int(SmuMode.SOURCE_V), range_index=0xFF,
+                                    compliance=compliance_a, integration_ms=20.0))
+    try:
+        await link.request(SmuOutput(enable=1, level=v))
+        res = await acquire_spectrum(ctx, pixel_no)
+    finally:
+        await _safe(link, SmuOutput(enable=0, level=0.0))
+    if res.spectrum is None:
+        log.warning("pixel %d: no usable spectrum even at %g ms and %g V", pixel_no,
+                    res.msg.integration_ms, v)
+        return None
+    col.spectra.append(res.spectrum)
+    col.prepared = None
+    col.spectrum_after_sweep = {"voltage_v": v, "integration_ms": res.msg.integration_ms,
+                                "low_signal": res.low_signal}
+    return res.low_signal
 
 
 async def _wait_sweep_end(link: BoardLink, col: SweepCollector) -> Status:
@@ -698,6 +780,10 @@ class AgingCollector:
         self.paused_flag = False
         self.on_alert: Callable[[str, dict[str, Any]], None] | None = None
         self._alerted: set[float] = set()
+        self.last_t_us: int | None = None
+        """Board time of the newest sample."""
+        self.last_mono: float | None = None
+        """Host monotonic time the newest sample arrived (None: none in this process yet)."""
 
     def add_spectrum(self, s: Spectrum) -> None:
         self.spectra.append(s)
@@ -756,6 +842,8 @@ class AgingCollector:
             self.v0 = float(rec["voltage_v"][0])
         self.n += len(rec)
         self.last_t_s = float(t_s[-1])
+        self.last_t_us = int(rec["t_us"][-1])
+        self.last_mono = time.monotonic()
         self._check_stop(rec, rows, t_s)
         if self.progress is not None:
             self.progress(self.last_t_s / 3600.0, {
@@ -878,7 +966,7 @@ async def find_current_for_luminance(ctx: StationContext, pixel_no: int, pixel: 
             for _ in range(10):
                 await link.request(SmuOutput(enable=1, level=i))
                 if prep is None:
-                    s, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+                    s = (await acquire_spectrum(ctx, pixel_no, t_s=0.0)).spectrum
                     if s is not None:
                         prep = prepare_spectra([s], cal, "t_s")
                 r: SmuReading = await link.request(SmuMeasure(), SmuReading)
@@ -903,6 +991,98 @@ async def find_current_for_luminance(ctx: StationContext, pixel_no: int, pixel: 
                              f"(last: {hist[-1][1]:.4g} cd/m² at {hist[-1][0] * 1e3:.4g} mA)")
         finally:
             await _safe(link, SmuOutput(enable=0, level=0.0), MuxSelect(pixel=0))
+
+
+WATCHDOG_INTERVALS = 3.0
+"""An aging run is stalled when no sample came for this many intervals of board time..."""
+WATCHDOG_MIN_S = 5.0
+"""... and for at least this long on the host's clock (samples reach the host in batches, and a
+fast simulator's board time races ahead of the host's)."""
+WATCHDOG_RECOVERIES = 2
+"""Recoveries (replay, re-arm) tried on a stalled run before it is ended with reason 'stalled'."""
+BOARD_SILENT_ALERT_S = 30.0
+"""The board not answering a run's status requests for this long raises board_not_answering."""
+
+
+class AgingWatchdog:
+    """No run is ever stuck: the per-run watchdog of :func:`run_aging`.
+
+    Each monitor round compares the board's time (its status) with the newest sample's: a run
+    with no sample for ``WATCHDOG_INTERVALS`` intervals of board time and ``WATCHDOG_MIN_S`` of
+    host time is stalled. A stalled run raises ``alert/aging_stalled`` and is recovered — the
+    records the board holds and the host lacks are fetched again, or, when there are none, the
+    channel is re-armed (``aging_set`` restarts its schedule) — at most ``WATCHDOG_RECOVERIES``
+    times without a sample in between; then the run ends with reason ``stalled``. A board that
+    does not answer for ``BOARD_SILENT_ALERT_S`` raises ``alert/board_not_answering`` (the run
+    waits: the board keeps aging and buffering, and the link replays what it missed)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_us = max(interval_s, 0.0) * 1e6
+        self.ref_t_us: int | None = None  # board time the watch (re)started, before any sample
+        self.ref_mono = time.monotonic()
+        self.recoveries = 0
+        self.seen_n = -1
+        self.last_answer = time.monotonic()
+        self.silent_alerted = False
+
+    def rearm(self) -> None:
+        """The channel was (re)started or paused: watch afresh."""
+        self.ref_t_us = None
+        self.ref_mono = time.monotonic()
+
+    def answered(self) -> None:
+        self.last_answer = time.monotonic()
+        self.silent_alerted = False
+
+    def silent_s(self, now: float) -> float:
+        return now - self.last_answer
+
+    def not_answering(self, now: float) -> bool:
+        """True once per silence, when it has lasted BOARD_SILENT_ALERT_S."""
+        if self.silent_alerted or self.silent_s(now) < BOARD_SILENT_ALERT_S:
+            return False
+        self.silent_alerted = True
+        return True
+
+    def stalled(self, col: AgingCollector, board_t_us: int, now: float) -> tuple[bool, float]:
+        """(stalled?, host seconds since the newest sample or the watch's start)."""
+        if col.n != self.seen_n:  # a new sample: progress, the recoveries start over
+            self.seen_n = col.n
+            self.recoveries = 0
+        if self.ref_t_us is None:
+            self.ref_t_us = board_t_us
+        last_t = self.ref_t_us if col.last_t_us is None else max(col.last_t_us, self.ref_t_us)
+        last_mono = self.ref_mono if col.last_mono is None else max(col.last_mono, self.ref_mono)
+        age_s = now - last_mono
+        late = board_t_us - last_t > WATCHDOG_INTERVALS * self.interval_us
+        return late and age_s > WATCHDOG_MIN_S, age_s
+
+
+async def _watch_aging(ctx: StationContext, col: AgingCollector, wd: AgingWatchdog, status: Status,
+                       start_msg: AgingStart) -> None:
+    """One watchdog round of a running channel: recover or end a stalled run."""
+    stalled, age_s = wd.stalled(col, int(status.t_us), time.monotonic())
+    if not stalled:
+        return
+    link = ctx.link
+    info = {"channel": col.channel, "last_sample_age_s": round(age_s, 3),
+            "interval_s": col.params.interval_s}
+    if wd.recoveries >= WATCHDOG_RECOVERIES:
+        col._alert("aging_stalled", {**info, "action": "ended", "recoveries": wd.recoveries})
+        col._stop("stalled", col.last_t_s)
+        return
+    wd.recoveries += 1
+    missing = link.missing_before(Stream.AGING, status.aging_head_seq)
+    if missing > 0:
+        action = f"fetching {missing} records the board holds"
+        link.note_head(Stream.AGING, status.aging_head_seq)
+    else:
+        action = "re-armed the channel"
+        await link.request(AgingSet(channel=col.channel, current_a=start_msg.current_a,
+                                    interval_ms=start_msg.interval_ms))
+    log.warning("aging pixel %d: no sample for %.1f s; %s", col.pixel, age_s, action)
+    col._alert("aging_stalled", {**info, "action": action, "recovery": wd.recoveries})
+    wd.rearm()
 
 
 async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
@@ -971,29 +1151,75 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
     next_spectrum_h = t_h0 + params.spectrum_every_h if col.spectra else 0.0
     next_sweep_h = (t_h0 + params.interim_sweep_every_h) if params.interim_sweep_every_h else None
     paused = False
+    wd = AgingWatchdog(params.interval_s)
+    spec_task: asyncio.Task[SpectrumResult] | None = None
+    low_signal_alerted = False
+
+    def start_spectrum(first: bool) -> asyncio.Task[SpectrumResult]:
+        async def take() -> SpectrumResult:
+            async with ctx.instrument_lock:
+                if first:  # the spectrum at switch-on is the run's t = 0 spectrum
+                    return await acquire_spectrum(ctx, pixel_no, t_s=0.0)
+                return await acquire_spectrum(ctx, pixel_no, t_s=0.0, t0_us=col.t0_us)
+        return asyncio.create_task(take(), name=f"spectrum-pixel-{pixel_no}")
+
     try:
         if resume is None:
             await link.request(start_msg)
-            # the spectrum at switch-on (t = 0), before the first sample
-            async with ctx.instrument_lock:
-                s0, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0)
-            if s0 is not None:
-                col.add_spectrum(s0)
-                next_spectrum_h = params.spectrum_every_h
+            # the spectrum at switch-on, taken beside the monitor (at 1x it lasts seconds, and a
+            # queue of pixels waiting for the spectrometer must not stop the watchdog)
+            spec_task = start_spectrum(first=True)
+            next_spectrum_h = math.inf
+        elif run["status"] != "running":
+            store.update_run(run_id, status="running", end_reason=None, ended_at=None)
         while not col.stopped.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(col.stopped.wait(), 0.5)
+            stop_wait = asyncio.ensure_future(col.stopped.wait())
+            try:  # a round every 0.5 s, and at once when the spectrum is in
+                await asyncio.wait({stop_wait, *([spec_task] if spec_task else [])}, timeout=0.5,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
             if col.stopped.is_set():
                 break
             t_h = col.last_t_s / 3600.0
+            if spec_task is not None and spec_task.done():
+                done, spec_task = spec_task, None
+                try:
+                    res = done.result()
+                except (LinkDown, RequestTimeout, BoardError, TimeoutError) as e:
+                    log.info("aging pixel %d: spectrum not taken (%s); trying again", pixel_no, e)
+                    res = None
+                if res is not None and res.spectrum is not None:
+                    if not col.spectra:  # what came before it is routed before it
+                        ctx.acq.flush()
+                    col.add_spectrum(res.spectrum)
+                    next_spectrum_h = t_h + params.spectrum_every_h
+                else:
+                    # no usable spectrum: soon again while the run has none, else in 0.1 h
+                    next_spectrum_h = t_h + (0.1 if col.spectra else
+                                             min(0.1, 10 * params.interval_s / 3600.0))
+                if res is not None and res.low_signal and not low_signal_alerted:
+                    low_signal_alerted = True
+                    col._alert("spectrum_low_signal", {
+                        "integration_ms": res.msg.integration_ms, "usable": res.spectrum is not None,
+                        "t_h": t_h})
             try:
                 if running is not None and not running.is_set():
                     if not paused:
                         await link.request(AgingStop(channel=channel))
                         paused = True
                         store.update_run(run_id, status="paused")
+                    wd.rearm()
                     continue
-                status: Status = await link.request(GetStatus(), Status)
+                try:
+                    status: Status = await link.request(GetStatus(), Status)
+                except RequestTimeout:
+                    if wd.not_answering(time.monotonic()):
+                        col._alert("board_not_answering", {
+                            "channel": channel, "since_s": wd.silent_s(time.monotonic()),
+                            "action": "asking again (the board keeps aging and buffering)"})
+                    raise
+                wd.answered()
                 active = channel_active(status, channel)
                 if not active and status.interlock_closed and col.stop_reason is None:
                     if not paused:
@@ -1004,32 +1230,54 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
                         store.update_run(run_id, status="running")
                     paused = False
                     col.paused_flag = False
+                    wd.rearm()
                     continue
-                if active and t_h >= next_spectrum_h:
-                    async with ctx.instrument_lock:
-                        s, _msg = await acquire_spectrum(ctx, pixel_no, t_s=0.0, t0_us=col.t0_us)
-                    if s is not None:
-                        col.add_spectrum(s)
-                        next_spectrum_h = t_h + params.spectrum_every_h
-                    else:
-                        next_spectrum_h = t_h + 0.1
+                if active:
+                    await _watch_aging(ctx, col, wd, status, start_msg)
+                    if col.stopped.is_set():
+                        break
+                if active and t_h >= next_spectrum_h and spec_task is None:
+                    spec_task = start_spectrum(first=False)
+                    next_spectrum_h = math.inf
                 if next_sweep_h is not None and active and t_h >= next_sweep_h:
+                    if spec_task is not None:
+                        with contextlib.suppress(Exception):
+                            await spec_task
                     await link.request(AgingStop(channel=channel))
                     try:
                         await run_sweep(ctx, pixel_no, params.interim_sweep or SweepParams(),
                                         job_id=job_id)
                     finally:
                         await link.request(start_msg)
+                        wd.rearm()
                     next_sweep_h = t_h + (params.interim_sweep_every_h or math.inf)
             except (LinkDown, RequestTimeout) as e:
                 log.info("aging monitor: %s (the board keeps aging; waiting)", e)
             except BoardError as e:
                 log.warning("aging monitor: %s", e)
+        lit = not (col.stop_reason or "").startswith(("failure", "voltage", "stalled"))
+        if spec_task is None and not col.spectra and lit:
+            spec_task = start_spectrum(first=col.t0_us is None)  # the channel is still on
+        if spec_task is not None and not col.spectra:
+            # the run ended before it had a spectrum (a short run, pixels queued at the
+            # spectrometer, a resumed run): its samples need one
+            with contextlib.suppress(LinkDown, RequestTimeout, BoardError, TimeoutError):
+                res = await spec_task
+                if res.spectrum is not None:
+                    ctx.acq.flush()
+                    col.add_spectrum(res.spectrum)
+            spec_task = None
         reason = col.stop_reason or "stopped"
     except asyncio.CancelledError:
-        reason = "cancelled"
+        # the daemon stopping (SIGTERM) interrupts the run, which its next start resumes;
+        # anything else cancelling it (a job stopped, Ctrl-C of `station age`) ends it
+        reason = "interrupted" if ctx.shutting_down else "cancelled"
         raise
     finally:
+        if spec_task is not None:
+            spec_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await spec_task
         await _safe(link, AgingStop(channel=channel))
         with contextlib.suppress(Exception):
             status = await asyncio.wait_for(link.request(GetStatus(), Status, wait_up_s=5.0), 10.0)
@@ -1037,7 +1285,9 @@ async def run_aging(ctx: StationContext, pixel_no: int, params: AgingParams, *,
         ctx.acq.flush()
         if ctx.acq.aging.get(channel) is col:
             ctx.acq.aging.pop(channel, None)
-        if reason in ("error", "cancelled"):
+        if reason == "interrupted":
+            store.finish_run(run_id, "interrupted", "station stopped; resumes at its next start")
+        elif reason in ("error", "cancelled"):
             store.finish_run(run_id, "failed" if reason == "error" else "cancelled", reason)
     summary = finalize_aging(ctx, run_id, col)
     summary["end_reason"] = reason
@@ -1076,6 +1326,7 @@ def rebuild_aging_collector(ctx: StationContext, run_id: int) -> tuple[AgingColl
     if col.n and col.t0_us is not None:
         t_s = (d["t_us"] - col.t0_us) / 1e6
         col.last_t_s = float(t_s[-1])
+        col.last_t_us = int(d["t_us"][-1])
         col.v0 = float(d["voltage_v"][0])
         if col.prepared is not None:
             pts = compute_points(d["voltage_v"], d["current_a"], d["photodiode_a"], cal,

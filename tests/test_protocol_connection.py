@@ -26,8 +26,12 @@ from firmware_protocol.messages import (
     AgingStop,
     HelloReply,
     Ok,
+    PdRead,
     Ping,
     Pong,
+    SmuConfigure,
+    SmuMeasure,
+    SpectrumAcquire,
     Status,
     StreamAck,
 )
@@ -166,6 +170,29 @@ def test_unacked_messages_and_state_rules():
         p.host.send_request(StreamAck(stream=0, seq=1), 0.0)
 
 
+def test_a_long_request_is_waited_for_its_declared_cost_and_so_are_those_queued_behind_it():
+    """A 6.7 s spectrum is not retried after the link margin (issue 18): its first deadline is
+    its integration plus the margin; a request sent behind it waits for it too; an SMU reading
+    costs the integration of the last smu_configure; retries then back off as before."""
+    p = Pair()
+    p.handshake()
+    s1, _ = p.host.send_request(SpectrumAcquire(pixel=1, integration_ms=6700.0), now=0.0)
+    s2, _ = p.host.send_request(Ping(nonce=1), now=0.1)
+    assert p.host.poll(6.0) == b"" and p.host.poll(7.6) == b""
+    assert p.host.poll(7.7)  # 6.7 s + 1 s margin: the spectrum's first retry
+    assert p.host.events() == []
+    assert p.host.poll(7.75) == b""  # the ping, queued behind it, is due at the same time
+    p.host.cancel(s1)
+    p.host.cancel(s2)
+    _, cfg = p.host.send_request(SmuConfigure(mode=0, range_index=0xFF, compliance=0.01,
+                                              integration_ms=3000.0), now=100.0)
+    p.host.receive_data(p.board_handle(cfg))
+    p.host.events()
+    s3, _ = p.host.send_request(SmuMeasure(), now=100.0)
+    assert p.host.expected_done(PdRead(pixel=1, n=10, integration_ms=200.0), 100.0) == 105.0
+    sends = [t for t in np.arange(100.0, 112.0, 0.25) if p.host.poll(float(t))]
+    assert sends == [104.0, 106.0]  # 3 s + 1 s margin, then 2 s more
+    assert p.host.events()[-1] == RequestTimedOut(s3, "smu_measure", 3)
 # -- board epochs: a reset that restarts the board's counters and clock -----------------------
 
 def _aging_block(p: Pair, first: int, n: int, t0_us: int) -> bytes:

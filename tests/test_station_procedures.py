@@ -199,3 +199,28 @@ async def test_until_t50_measures_t50_and_the_export_reanalyses_to_the_same_figu
     a = a.get("summary", a)
     for k in ("l0_cd_m2", "t95_h", "t90_h", "t80_h", "t50_h"):
         assert a[k] == pytest.approx(s[k], rel=1e-9), k
+
+
+def test_the_aging_watchdog_needs_both_board_and_host_time_to_call_a_run_stalled():
+    """Issue 18: stalled = no sample for 3 intervals of board time AND 5 s on the host's clock
+    (a fast simulator's board time races ahead of batched deliveries; a 1 h interval at 1x is
+    not late after 5 s). A new sample resets the recoveries; rearm() restarts the watch."""
+    from types import SimpleNamespace
+
+    from station.procedures import WATCHDOG_MIN_S, AgingWatchdog
+
+    wd = AgingWatchdog(interval_s=1.0)
+    t0 = wd.ref_mono
+    col = SimpleNamespace(n=0, last_t_us=None, last_mono=None)
+    assert wd.stalled(col, 10_000_000, t0 + 1.0) == (False, 1.0)  # the watch starts at board 10 s
+    assert not wd.stalled(col, 12_000_000, t0 + WATCHDOG_MIN_S + 1)[0]  # 2 intervals: not late
+    assert not wd.stalled(col, 14_000_000, t0 + 2.0)[0]  # late on the board, not on the host
+    assert wd.stalled(col, 14_000_000, t0 + WATCHDOG_MIN_S + 1)[0]
+    wd.recoveries = 2
+    col.n, col.last_t_us, col.last_mono = 1, 14_500_000, t0 + 6.5  # a sample came
+    assert not wd.stalled(col, 15_000_000, t0 + 7.0)[0] and wd.recoveries == 0
+    assert wd.stalled(col, 18_000_000, t0 + 6.5 + WATCHDOG_MIN_S + 0.1)[0]
+    slow = AgingWatchdog(interval_s=3600.0)  # 1 h interval: 5 s without a sample is normal
+    assert not slow.stalled(SimpleNamespace(n=0, last_t_us=None, last_mono=None), 0, t0)[0]
+    assert not slow.stalled(SimpleNamespace(n=0, last_t_us=None, last_mono=None), 60_000_000,
+                            slow.ref_mono + 60)[0]

@@ -74,7 +74,7 @@ def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
           min_samples: int = L0_MIN_SAMPLES) -> float:
     """Initial luminance, the luminance at switch-on (the first sample's time).
 
-    A robust straight line (Theil-Sen: the median of pairwise slopes, scipy.stats.theilslopes)
+    A robust straight line (Theil-Sen: the median of pairwise slopes, as scipy.stats.theilslopes)
     through the samples of the first ``window_s`` seconds after the first sample - or the first
     ``min_samples`` samples if fewer fall in the window - evaluated at the first sample's time.
     Robust to a spike or dropout in the window like a median, but without a median's bias when
@@ -84,10 +84,14 @@ def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
     n = min(max(in_window, min(min_samples, t_s.size)), 200)
     if n < 3 or np.ptp(t_s[:n]) <= 0:
         return float(np.median(lum[:n]))
-    from scipy.stats import theilslopes
-
     x = t_s[:n] - t_s[0]
-    slope = float(theilslopes(lum[:n], x).slope)
+    # Theil-Sen slope as scipy.stats.theilslopes computes it (the median of the slopes of all
+    # pairs with distinct times), in numpy: the aging procedure calls this live, and importing
+    # scipy.stats there would stall the event loop for half a second
+    dx = x[:, None] - x[None, :]
+    dy = lum[:n][:, None] - lum[:n][None, :]
+    pos = dx > 0
+    slope = float(np.median(dy[pos] / dx[pos]))
     return float(np.median(lum[:n] - slope * x))
 
 
@@ -204,7 +208,9 @@ def _initial_guess(t: FloatArray, y: FloatArray) -> tuple[float, float, float]:
             slope, icept = np.polyfit(lt, z, 1)
             if math.isfinite(slope) and slope > 0:
                 beta0 = float(np.clip(slope, 0.1, 3.0))
-                tau0 = float(math.exp(-icept / slope))
+                # a nearly flat record (a run of seconds) gives a tiny slope: exp() would
+                # overflow; the clip below bounds tau0 anyway
+                tau0 = float(math.exp(min(-icept / slope, 700.0)))
     if not (math.isfinite(tau0) and tau0 > 0):
         tau0 = max(float(t[-1]), 1e-6)
     tau0 = float(np.clip(tau0, 1e-6, 1e9))

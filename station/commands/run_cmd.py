@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
@@ -64,6 +65,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         return run_with_signals(lambda: _daemon(cfg, [job_dict(j) for j in jobs],
                                                 args.exit_when_idle))
+    except asyncio.CancelledError:
+        # SIGTERM / Ctrl-C: the daemon was cancelled and its cleanup has run (outputs off, store
+        # closed, the runs cut 'interrupted' and resumed at the next start): a clean stop
+        return 0
     except JobError as e:
         print(f"station run: {e}", file=sys.stderr)
         return 2
