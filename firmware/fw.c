@@ -31,7 +31,7 @@
 
 /* ---- sequence rings (64-bit seqs inside, u32 on the wire; sim/hardware.py _SeqRing) ---------- */
 typedef struct {
-    int64_t base, head, acked, lost_to;
+    int64_t base, head, acked, lost_to, overwritten_unacked;
     uint32_t depth;
     uint8_t overflow;
 } ring_t;
@@ -46,14 +46,14 @@ static int64_t ring_unwrap(const ring_t *r, uint32_t seq32) {
     return r->head + delta;
 }
 static void ring_init(ring_t *r, uint32_t depth, int64_t first) {
-    r->depth = depth; r->base = r->head = first; r->acked = r->lost_to = first - 1; r->overflow = 0;
+    r->depth = depth; r->base = r->head = first; r->acked = r->lost_to = first - 1; r->overflow = 0; r->overwritten_unacked = 0;
 }
 static void ring_advance(ring_t *r, int64_t n) {
     int64_t new_head = r->head + n;
     int64_t new_oldest = new_head - (int64_t)r->depth, lo = ring_oldest(r);
     if (new_oldest < r->base) new_oldest = r->base;
     if (r->acked + 1 > lo) lo = r->acked + 1;
-    if (new_oldest > lo) { r->lost_to = new_oldest - 1; r->overflow = 1; }
+    if (new_oldest > lo) { r->overwritten_unacked += new_oldest - lo; r->lost_to = new_oldest - 1; r->overflow = 1; }
     r->head = new_head;
 }
 static void ring_ack(ring_t *r, uint32_t seq32) {
@@ -264,6 +264,7 @@ static void respond_error(uint16_t seq, uint8_t code, uint8_t ref, const char *d
     out_msg.error.ref_msg_id = ref;
     copy_str(out_msg.error.detail, detail, 96);
     counters.errors++;
+    counters.errors_by_code[code & 15]++;
     respond(seq, FP_MSG_ERROR, &out_msg);
 }
 
@@ -274,6 +275,7 @@ static void event(uint8_t code, uint8_t ch, uint8_t pixel, float value, const ch
     m.event.t_us = fw_clock_us(); m.event.value = value;
     copy_str(m.event.detail, detail, 64);
     counters.events++;
+    counters.events_by_code[code & 15]++;
     emit(FP_MSG_EVENT, &m, 0);
 }
 
@@ -522,6 +524,7 @@ static void sweep_step(void) {
     sw.meas_v = rec.voltage_v;
     sw.meas_i = rec.current_a;
     smu.level = v;
+    hal_smu_apply(&smu);
     sw.k++;
     sw.next_t = now_us + sw.point_us;
     block_add(2, slot);
@@ -972,12 +975,14 @@ static void cmd_step(void) {
     q_head = (uint8_t)((q_head + 1) % FW_QUEUE_DEPTH);
     q_count--;
     counters.requests++;
+    counters.requests_by_id[req->msg_id & 63]++;
     rc = execute(req);
     if (rc == R_FAIL) {
         respond_error(req->seq, err_code, req->msg_id, err_detail);
         return;
     }
     counters.executed++;
+    counters.executed_by_id[req->msg_id & 63]++;
     if (rc == R_DEFERRED) {
         running = *req;
         if (defer_cost == 0) { finish(&running); return; }
@@ -1016,6 +1021,7 @@ static void on_frame(const uint8_t *enc, size_t len) {
             out_msg.error.ref_msg_id = raw[1];
             snprintf(out_msg.error.detail, sizeof out_msg.error.detail, "unknown message id 0x%02X", raw[1]);
             counters.errors++;
+            counters.errors_by_code[FP_ERROR_CODE_UNKNOWN_MESSAGE]++;
             emit(FP_MSG_ERROR, &out_msg, 0);
         }
         return;
@@ -1267,3 +1273,29 @@ uint32_t fw_boot_id(void) { return boot_id; }
 uint64_t fw_now_us(void) { return now_us; }
 uint64_t fw_clock_us(void) { return now_us - clock_base_us; }
 uint8_t fw_channel_pixel(uint16_t ch) { return ch < cfg.n_channels && channels[ch].active ? channels[ch].pixel : 0; }
+
+size_t fw_status_payload(uint8_t *buf, size_t cap) {
+    fp_status_t st;
+    size_t n;
+    status_msg(&st);
+    n = fp_status_pack(&st, buf, cap);
+    return n == FP_PACK_ERROR ? 0 : n;
+}
+
+static ring_t *ring_of(uint8_t stream) {
+    return stream == FP_STREAM_AGING ? &r_aging : stream == FP_STREAM_SWEEP ? &r_sweep : &r_spec;
+}
+
+void fw_ring_info(uint8_t stream, int64_t *out) {
+    const ring_t *r = ring_of(stream);
+    out[0] = r->head; out[1] = ring_oldest(r); out[2] = r->acked; out[3] = r->overwritten_unacked;
+    out[4] = r->overflow;
+}
+
+int fw_ring_record(uint8_t stream, int64_t seq, uint8_t *out) {
+    const ring_t *r = ring_of(stream);
+    if (stream > FP_STREAM_SWEEP || seq < ring_oldest(r) || seq >= r->head) return -1;
+    if (stream == FP_STREAM_AGING) memcpy(out, aging_buf[(uint64_t)seq % r->depth], FP_AGING_SAMPLE_SIZE);
+    else memcpy(out, sweep_buf[(uint64_t)seq % r->depth], FP_SWEEP_POINT_SIZE);
+    return 0;
+}

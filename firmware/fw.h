@@ -89,6 +89,8 @@ typedef struct {
     uint64_t unsent[3];
     uint32_t frames_built, valid_frames_in, frame_errors_in, resends, retries_ignored;
     uint32_t requests, executed, errors, reboots, watchdog_expiries, events;
+    /* by message id (requests processed, requests executed) and by code (errors, events) */
+    uint32_t requests_by_id[64], executed_by_id[64], errors_by_code[16], events_by_code[16];
 } fw_counters_t;
 const fw_counters_t *fw_counters(void);
 uint32_t fw_boot_id(void);
@@ -101,6 +103,13 @@ uint8_t fw_channel_pixel(uint16_t ch);
 uint64_t fw_aging_due(uint64_t target_us);
 /* Earliest pending sweep/command event time (UINT64_MAX when none). */
 uint64_t fw_next_event_us(void);
+/* The payload of a status message as get_status would answer now (for tests); its length. */
+size_t fw_status_payload(uint8_t *buf, size_t cap);
+/* A stream's ring: out[0] head, out[1] oldest, out[2] acked, out[3] records overwritten
+ * before being acknowledged, out[4] overflow flag (64-bit seqs). */
+void fw_ring_info(uint8_t stream, int64_t *out);
+/* The packed record of seq (AGING or SWEEP stream); 0, or -1 when it is no longer held. */
+int fw_ring_record(uint8_t stream, int64_t seq, uint8_t *out);
 /* Make the running fw_advance return after the step in progress (a HAL callback that learnt of
  * something the caller must handle first, e.g. a new predicted driver fault). */
 void fw_yield(void);

@@ -83,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "256; channel k drives pixel k+1 by default)")
     p.add_argument("--reboot-loses-ring", action="store_true",
                    help="a reboot also empties the ring buffers and restarts seqs at 0")
+    p.add_argument("--firmware", choices=("python", "c"), default="python",
+                   help="the board's firmware: the Python model (default) or the C core of "
+                        "firmware/ with the simulator's physics as its HAL (built with gcc on first use)")
     p.add_argument("--truth", action="store_true",
                    help="print the model's truth for --preset (one preset) and exit")
     p.add_argument("--json", action="store_true", help="with --truth: print JSON")
@@ -180,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
         server = SimServer(layout, listen=args.listen, speed=args.speed, seed=args.seed, faults=plan,
                            baud=args.baud, usb_latency_ms=args.usb_latency_ms, link_path=args.link,
                            ring_depth=args.ring_depth, reboot_loses_ring=args.reboot_loses_ring,
-                           n_aging_channels=args.aging_channels)
-    except (LayoutError, FaultSpecError, ValueError) as e:
+                           n_aging_channels=args.aging_channels, firmware=args.firmware)
+    except (LayoutError, FaultSpecError, ValueError, RuntimeError) as e:
         return _fail(str(e))
     return asyncio.run(_serve(server))
 
