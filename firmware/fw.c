@@ -1299,3 +1299,15 @@ int fw_ring_record(uint8_t stream, int64_t seq, uint8_t *out) {
     else memcpy(out, sweep_buf[(uint64_t)seq % r->depth], FP_SWEEP_POINT_SIZE);
     return 0;
 }
+
+void fw_channel_schedule(uint16_t ch, uint64_t *next_t, uint64_t *interval_us) {
+    int on = ch < cfg.n_channels && channels[ch].active;
+    *next_t = on ? channels[ch].next_t : 0;
+    *interval_us = on ? channels[ch].interval_us : 0;
+}
+
+uint64_t fw_next_command_us(void) {
+    if (has_running) return running_done;
+    if (q_count) return busy_until > now_us ? busy_until : now_us;
+    return UINT64_MAX;
+}

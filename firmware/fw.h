@@ -99,6 +99,10 @@ uint64_t fw_now_us(void);
 uint64_t fw_clock_us(void);
 /* Running channel's pixel (0: channel idle). */
 uint8_t fw_channel_pixel(uint16_t ch);
+/* A running channel's schedule: its next sample time and interval (0, 0 when idle). */
+void fw_channel_schedule(uint16_t ch, uint64_t *next_t, uint64_t *interval_us);
+/* Time of the next request to run or finish (UINT64_MAX when none is queued or running). */
+uint64_t fw_next_command_us(void);
 /* Aging samples due up to target (inclusive), for a caller that budgets work. */
 uint64_t fw_aging_due(uint64_t target_us);
 /* Earliest pending sweep/command event time (UINT64_MAX when none). */

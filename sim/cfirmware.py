@@ -58,7 +58,8 @@ SOURCES = (FW_DIR / "fw.c", FW_DIR / "hal_host.c")
 HEADERS = (FW_DIR / "fw.h", FW_DIR / "hal.h", FW_DIR / "fw_names.h",
            ROOT / "firmware_protocol" / "firmware_protocol.h")
 CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2")
-FIRMWARE_VERSION = "c-core 0.1.0"
+FIRMWARE_VERSION = "sim c-core 0.1.0"
+"""Reported in hello_reply: a simulated board ("sim ...") running the C core."""
 
 _STOP_CAUSE = {"short": 1, "open": 2, "compliance": 3}
 _build_lock = threading.Lock()
@@ -163,6 +164,8 @@ def _load(path: Path) -> C.CDLL:
     lib.fw_boot_id.restype = C.c_uint32
     lib.fw_now_us.restype = C.c_uint64
     lib.fw_clock_us.restype = C.c_uint64
+    lib.fw_channel_schedule.argtypes = [C.c_uint16, C.POINTER(C.c_uint64), C.POINTER(C.c_uint64)]
+    lib.fw_next_command_us.restype = C.c_uint64
     lib.fw_aging_due.argtypes = [C.c_uint64]
     lib.fw_aging_due.restype = C.c_uint64
     lib.fw_status_payload.argtypes = [C.c_void_p, C.c_size_t]
@@ -242,6 +245,8 @@ class CFirmwareBoard(Board):
         self._yield = False
         self._sweep_dose_h = 0.0
         self._sweep_pixel = 0
+        self._horizon = 0
+        self._aging_cache: dict[int, tuple[NDArray[np.int64], NDArray[np.void], int]] = {}
         self._lib = _load(build_library())
         self._hal = self._make_hal()
         self._lib.fw_host_set_hal(C.byref(self._hal))
@@ -273,7 +278,13 @@ class CFirmwareBoard(Board):
 
     @boot_id.setter
     def boot_id(self, value: int) -> None:
-        pass  # the C core draws its boot id (hal_random_u32)
+        # Board.__init__ drew the first boot id: the C core's first hal_random_u32 returns it
+        # (the same draws as the Python board's, reset after reset)
+        self._first_boot_id: int | None = value
+
+    def _hal_random(self) -> int:
+        first, self._first_boot_id = self._first_boot_id, None
+        return first if first is not None else int(self._rng_id.integers(1, 1 << 32))
 
     @property
     def hello_busy(self) -> int:
@@ -358,7 +369,7 @@ class CFirmwareBoard(Board):
     def _make_hal(self) -> _Hal:
         g = self._guard
         return _Hal(
-            random_u32=_CB_RANDOM(g(lambda: int(self._rng_id.integers(1, 1 << 32)), 1)),
+            random_u32=_CB_RANDOM(g(self._hal_random, 1)),
             millis=_CB_MILLIS(g(lambda: int(self._wall_now * 1000.0), 0)),
             uart_write=_CB_UART(g(self._hal_uart)),
             interlock_closed=_CB_INTERLOCK(g(lambda: 0 if self.interlock_open else 1, 0)),
@@ -471,10 +482,12 @@ class CFirmwareBoard(Board):
                              rng=self._rng_ch[ch])
             self._predict_stop(c)
             self.channels[ch] = c
+        self._aging_cache.clear()
         self._yield = True  # the core returns: the driver's predicted fault is a new event
         self._lib.fw_yield()
 
     def _hal_aging_off(self, ch: int) -> None:
+        self._aging_cache.clear()
         c = self.channels[ch]
         if c is not None:
             c.sync(self.t_us)
@@ -484,12 +497,34 @@ class CFirmwareBoard(Board):
         c = self.channels[ch]
         if c is None:
             raise RuntimeError(f"C core sampled aging channel {ch}, which the HAL has off")
-        c.gain = int(gain[0])
-        rec = self._aging_samples([(c, np.array([t], dtype=np.int64))])
-        out[0], out[1] = float(rec["current_a"][0]), float(rec["voltage_v"][0])
-        out[2], out[3] = float(rec["photodiode_a"][0]), float(rec["temperature_c"][0])
-        gain[0] = int(rec["pd_gain"][0])
-        flags[0] = int(rec["flags"][0])
+        rec = self._cached_sample(c, t, int(gain[0]))
+        out[0], out[1] = float(rec["current_a"]), float(rec["voltage_v"])
+        out[2], out[3] = float(rec["photodiode_a"]), float(rec["temperature_c"])
+        gain[0] = int(rec["pd_gain"])
+        flags[0] = int(rec["flags"])
+
+    def _cached_sample(self, c: AgingChannel, t: int, gain: int) -> np.void:
+        """The channel's sample at ``t``. The physics of the samples the core will ask for next
+        (its schedule, up to the next request or the end of this advance: nothing can change the
+        channel before) is computed in one numpy pass, as the Python board does, and served from
+        a cache: the same values, at the Python board's speed."""
+        hit = self._aging_cache.get(c.index)
+        if hit is not None:
+            times, recs, i = hit
+            if i < len(times) and times[i] == t and (i == 0 or int(recs["pd_gain"][i - 1]) == gain):
+                self._aging_cache[c.index] = (times, recs, i + 1)
+                return recs[i]
+        nxt, interval = C.c_uint64(), C.c_uint64()
+        self._lib.fw_channel_schedule(c.index, C.byref(nxt), C.byref(interval))
+        n = 1
+        if nxt.value == t and interval.value > 0:  # a scheduled sample, not a final one
+            horizon = min(self._horizon, int(self._lib.fw_next_command_us()) - 1)
+            n = max(1, min(4096, (horizon - t) // interval.value + 1))
+        times = t + int(interval.value) * np.arange(n, dtype=np.int64)
+        c.gain = gain
+        recs = self._aging_samples([(c, times)])
+        self._aging_cache[c.index] = (times, recs, 1)
+        return recs[0]
 
     def _hal_spectrum(self, pixel: int, integration_ms: float, counts: Any, n: int, out: Any,
                       flags: Any) -> int:
@@ -580,6 +615,7 @@ class CFirmwareBoard(Board):
         while True:
             t_e, kind = self._hw_event(target)
             self._yield = False
+            self._horizon = t_e if kind is None else t_e - 1
             reached = int(self._call(self._lib.fw_advance, t_e, int(kind is None)))
             self.t_us = reached
             if self._yield:
@@ -603,6 +639,7 @@ class CFirmwareBoard(Board):
         super()._dispatch(kind)
 
     def inject_failure(self, pixel: int, mode: FailureMode) -> None:
+        self._aging_cache.clear()
         px = self.pixels[pixel - 1]
         px.forced = mode
         cause = _STOP_CAUSE["short" if mode == FailureMode.SHORT else "open"]
@@ -623,6 +660,7 @@ class CFirmwareBoard(Board):
         for ch in self.channels:
             if ch is not None:
                 ch.sync(self.t_us)
+        self._aging_cache.clear()
         self._call(self._lib.fw_reboot)
         if self._sweep_pixel:
             self.pixels[self._sweep_pixel - 1].dose_ref_h += self._sweep_dose_h
