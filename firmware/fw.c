@@ -141,7 +141,6 @@ static uint8_t wd_policy, wd_fired;
 static uint64_t last_heard_ms;
 static request_t queue[FW_QUEUE_DEPTH];
 static uint8_t q_head, q_count;
-static request_t running;
 static uint8_t has_running;
 static uint64_t running_done, busy_until;
 static cache_entry_t cache[FW_REPLY_CACHE];
@@ -159,13 +158,28 @@ static uint8_t rx_overrun;
 /* scratch */
 static uint8_t tx_frame[FP_MAX_ENCODED];
 static uint8_t payload_buf[FP_MAX_PAYLOAD];
+/* the request being parsed or executed, and other scratch (a spectrum being built) */
 static fp_message_t req_msg;
-static fp_message_t out_msg;
+/* the reply being built: only the messages a request is answered with */
+typedef union {
+    fp_ok_t ok;
+    fp_error_t error;
+    fp_hello_reply_t hello_reply;
+    fp_capabilities_t capabilities;
+    fp_pong_t pong;
+    fp_status_t status;
+    fp_smu_reading_t smu_reading;
+    fp_pd_reading_t pd_reading;
+} fw_reply_t;
+static fw_reply_t out_msg;
+/* every member of a message union sits at offset 0: a message struct is passed as the union */
+#define AS_MSG(p) ((const fp_message_t *)(const void *)(p))
 
 /* the stream block being filled (records sent as produced, several to a frame) */
 static uint8_t blk_stream; /* 0 none, 1 aging, 2 sweep */
 static uint16_t blk_n;
-static uint8_t blk_payload[2 + SWEEP_PER_FRAME * FP_SWEEP_POINT_SIZE + AGING_PER_FRAME * FP_AGING_SAMPLE_SIZE];
+/* the block is built in payload_buf: whatever packs another payload flushes the block first */
+#define blk_payload payload_buf
 
 /* the error of the request being executed */
 static uint8_t err_code;
@@ -236,8 +250,9 @@ static const cache_entry_t *cache_find(uint16_t seq) {
 }
 
 static void respond(uint16_t seq, uint8_t id, const fp_message_t *m) {
-    size_t n = fp_pack(id, m, payload_buf, sizeof payload_buf), k;
+    size_t n, k;
     flush_block();
+    n = fp_pack(id, m, payload_buf, sizeof payload_buf);
     if (n == FP_PACK_ERROR) return;
     k = encode(id, FP_FRAME_FLAGS_RESPONSE, seq, payload_buf, n);
     if (seq && k > 0 && k <= REPLY_MAX) {
@@ -265,18 +280,18 @@ static void respond_error(uint16_t seq, uint8_t code, uint8_t ref, const char *d
     copy_str(out_msg.error.detail, detail, 96);
     counters.errors++;
     counters.errors_by_code[code & 15]++;
-    respond(seq, FP_MSG_ERROR, &out_msg);
+    respond(seq, FP_MSG_ERROR, AS_MSG(&out_msg));
 }
 
 static void event(uint8_t code, uint8_t ch, uint8_t pixel, float value, const char *detail) {
-    fp_message_t m;
+    fp_event_t m;
     memset(&m, 0, sizeof m);
-    m.event.code = code; m.event.channel = ch; m.event.pixel = pixel;
-    m.event.t_us = fw_clock_us(); m.event.value = value;
-    copy_str(m.event.detail, detail, 64);
+    m.code = code; m.channel = ch; m.pixel = pixel;
+    m.t_us = fw_clock_us(); m.value = value;
+    copy_str(m.detail, detail, 64);
     counters.events++;
     counters.events_by_code[code & 15]++;
-    emit(FP_MSG_EVENT, &m, 0);
+    emit(FP_MSG_EVENT, AS_MSG(&m), 0);
 }
 
 /* ---- errors ------------------------------------------------------------------------------------- */
@@ -433,7 +448,7 @@ static float sweep_fwd_v(uint16_t i) {
 static float sweep_v(uint16_t k) { return k < sw.n_fwd ? sweep_fwd_v(k) : sweep_fwd_v((uint16_t)(sw.n - 1 - k)); }
 
 static void sweep_end(uint8_t reason) {
-    fp_message_t m;
+    fp_sweep_done_t m;
     if (!sw.active) return;
     sw.active = 0;
     flush_block();
@@ -441,11 +456,11 @@ static void sweep_end(uint8_t reason) {
     smu.pixel = 0;
     hal_smu_apply(&smu);
     memset(&m, 0, sizeof m);
-    m.sweep_done.sweep_id = sw.sweep_id;
-    m.sweep_done.n_points = sw.n_emitted;
-    m.sweep_done.reason = reason;
-    m.sweep_done.last_seq = sw.last_seq < 0 ? NO_SEQ : (uint32_t)sw.last_seq;
-    emit(FP_MSG_SWEEP_DONE, &m, 0);
+    m.sweep_id = sw.sweep_id;
+    m.n_points = sw.n_emitted;
+    m.reason = reason;
+    m.last_seq = sw.last_seq < 0 ? NO_SEQ : (uint32_t)sw.last_seq;
+    emit(FP_MSG_SWEEP_DONE, AS_MSG(&m), 0);
 }
 
 static void smu_off(uint8_t sweep_reason) {
@@ -475,16 +490,16 @@ static int sweep_is_spec(uint16_t k) {
 }
 
 static void sweep_spectrum(uint16_t k) {
-    static fp_spectrum_t m;
-    memset(&m, 0, sizeof m);
-    m.sweep_id = sw.sweep_id; m.index = k; m.pixel = sw.pixel;
-    m.voltage_v = sw.meas_v; m.current_a = sw.meas_i; m.integration_ms = sw.spec_integration_ms;
-    if (hal_spectrum(sw.pixel, sw.spec_integration_ms, m.counts, caps.spectrometer_pixels, &m.dark_counts,
-                     &m.flags, NULL, NULL) != 0)
+    fp_spectrum_t *m = &req_msg.spectrum;
+    memset(m, 0, sizeof *m);
+    m->sweep_id = sw.sweep_id; m->index = k; m->pixel = sw.pixel;
+    m->voltage_v = sw.meas_v; m->current_a = sw.meas_i; m->integration_ms = sw.spec_integration_ms;
+    if (hal_spectrum(sw.pixel, sw.spec_integration_ms, m->counts, caps.spectrometer_pixels, &m->dark_counts,
+                     &m->flags, NULL, NULL) != 0)
         return;
-    m.counts_count = caps.spectrometer_pixels;
-    push_spectrum(&m);
-    emit(FP_MSG_SPECTRUM, (const fp_message_t *)&m, 1);
+    m->counts_count = caps.spectrometer_pixels;
+    push_spectrum(m);
+    emit(FP_MSG_SPECTRUM, AS_MSG(m), 1);
 }
 
 static void sweep_step(void) {
@@ -857,8 +872,8 @@ static void do_replay(void) {
 
 /* deferred requests finish here, after their cost in board time */
 static void finish(const request_t *req) {
-    fp_message_t m;
-    fp_unpack(req->msg_id, &m, req->payload, req->len);
+    fp_message_t *m = &req_msg;
+    fp_unpack(req->msg_id, m, req->payload, req->len);
     memset(&out_msg, 0, sizeof out_msg);
     post = POST_NONE;
     if (req->msg_id == FP_MSG_SMU_MEASURE) {
@@ -869,32 +884,35 @@ static void finish(const request_t *req) {
         r->pd_gain = smu.pixel ? gain : 0;
         r->flags = flags;
         r->t_us = fw_clock_us();
-        respond(req->seq, FP_MSG_SMU_READING, &out_msg);
+        respond(req->seq, FP_MSG_SMU_READING, AS_MSG(&out_msg));
     } else if (req->msg_id == FP_MSG_PD_READ) {
         fp_pd_reading_t *r = &out_msg.pd_reading;
-        uint8_t g = pd_gain[m.pd_read.pixel];
-        hal_pd_read(m.pd_read.pixel, m.pd_read.n, m.pd_read.integration_ms, &g, pd_auto[m.pd_read.pixel],
-                    &r->mean_a, &r->std_a, &r->flags);
-        pd_gain[m.pd_read.pixel] = g;
-        r->pixel = m.pd_read.pixel;
+        uint8_t px = m->pd_read.pixel, g = pd_gain[px];
+        hal_pd_read(px, m->pd_read.n, m->pd_read.integration_ms, &g, pd_auto[px], &r->mean_a, &r->std_a, &r->flags);
+        pd_gain[px] = g;
+        r->pixel = px;
         r->gain_index = g;
-        respond(req->seq, FP_MSG_PD_READING, &out_msg);
+        respond(req->seq, FP_MSG_PD_READING, AS_MSG(&out_msg));
     } else if (req->msg_id == FP_MSG_SPECTRUM_ACQUIRE) {
-        static fp_spectrum_t s;
-        memset(&s, 0, sizeof s);
-        s.sweep_id = NO_SWEEP_ID;
-        s.pixel = m.spectrum_acquire.pixel;
-        s.integration_ms = m.spectrum_acquire.integration_ms;
-        if (hal_spectrum(s.pixel, s.integration_ms, s.counts, caps.spectrometer_pixels, &s.dark_counts, &s.flags,
-                         &s.voltage_v, &s.current_a) != 0) {
+        uint8_t px = m->spectrum_acquire.pixel;
+        float integ = m->spectrum_acquire.integration_ms;
+        fp_spectrum_t *s = &req_msg.spectrum; /* the request's fields are read: reuse its space */
+        uint32_t slot;
+        memset(s, 0, sizeof *s);
+        s->sweep_id = NO_SWEEP_ID;
+        s->pixel = px;
+        s->integration_ms = integ;
+        if (hal_spectrum(px, integ, s->counts, caps.spectrometer_pixels, &s->dark_counts, &s->flags,
+                         &s->voltage_v, &s->current_a) != 0) {
             respond_error(req->seq, FP_ERROR_CODE_INTERNAL, req->msg_id, "spectrometer failed");
             return;
         }
-        s.counts_count = caps.spectrometer_pixels;
+        s->counts_count = caps.spectrometer_pixels;
         out_msg.ok.value = (uint32_t)r_spec.head;
-        push_spectrum(&s);
-        respond(req->seq, FP_MSG_OK, &out_msg);
-        emit(FP_MSG_SPECTRUM, (const fp_message_t *)&s, 1);
+        slot = (uint32_t)((uint64_t)r_spec.head % r_spec.depth);
+        push_spectrum(s);
+        respond(req->seq, FP_MSG_OK, AS_MSG(&out_msg));
+        emit_payload(FP_MSG_SPECTRUM, spec_buf[slot], spec_len[slot], 1);
     }
 }
 
@@ -951,68 +969,70 @@ static int execute(const request_t *req) {
 
 static void send_post(void) {
     if (post == POST_BOOT_NOTICE) {
-        fp_message_t m;
-        m.sweep_done = boot_notice_msg;
-        emit(FP_MSG_SWEEP_DONE, &m, 0);
+        emit(FP_MSG_SWEEP_DONE, AS_MSG(&boot_notice_msg), 0);
     } else if (post == POST_REPLAY) {
         do_replay();
     }
     post = POST_NONE;
 }
 
+static void pop_request(void) {
+    q_head = (uint8_t)((q_head + 1) % FW_QUEUE_DEPTH);
+    q_count--;
+}
+
 static void cmd_step(void) {
     request_t *req;
     int rc;
-    if (has_running) {
+    if (q_count == 0) return;
+    req = &queue[q_head];
+    if (has_running) { /* a deferred request stays at the head of the queue until it is answered */
         if (running_done > now_us) return;
         has_running = 0;
         busy_until = now_us;
-        finish(&running);
+        finish(req);
+        pop_request();
         return;
     }
-    if (q_count == 0) return;
-    req = &queue[q_head];
-    q_head = (uint8_t)((q_head + 1) % FW_QUEUE_DEPTH);
-    q_count--;
     counters.requests++;
     counters.requests_by_id[req->msg_id & 63]++;
     rc = execute(req);
     if (rc == R_FAIL) {
         respond_error(req->seq, err_code, req->msg_id, err_detail);
+        pop_request();
         return;
     }
     counters.executed++;
     counters.executed_by_id[req->msg_id & 63]++;
     if (rc == R_DEFERRED) {
-        running = *req;
-        if (defer_cost == 0) { finish(&running); return; }
+        if (defer_cost == 0) { finish(req); pop_request(); return; }
         has_running = 1;
         running_done = now_us + defer_cost;
         return;
     }
-    if (rc == R_NONE) return;
-    respond(req->seq, reply_id, &out_msg);
-    send_post();
+    if (rc != R_NONE) {
+        respond(req->seq, reply_id, AS_MSG(&out_msg));
+        send_post();
+    }
+    pop_request();
 }
 
 /* ---- receive ------------------------------------------------------------------------------------ */
 static int in_flight(uint16_t seq) {
     uint8_t i;
-    if (has_running && running.seq == seq) return 1;
     for (i = 0; i < q_count; i++)
         if (queue[(q_head + i) % FW_QUEUE_DEPTH].seq == seq) return 1;
     return 0;
 }
 
 static void on_frame(const uint8_t *enc, size_t len) {
-    static uint8_t raw[FP_MAX_FRAME];
-    static fp_message_t scratch;
+    uint8_t *raw = rx_buf; /* COBS decodes in place: the write index trails the read index */
     const uint8_t *payload;
     fp_header_t h;
     const cache_entry_t *c;
     char d[97];
     int rc = fp_frame_decode(enc, len, raw, &h, &payload);
-    if (rc == FP_FRAME_OK && fp_unpack(h.msg_id, &scratch, payload, h.payload_len) != 0) rc = -100;
+    if (rc == FP_FRAME_OK && fp_unpack(h.msg_id, &req_msg, payload, h.payload_len) != 0) rc = -100;
     if (rc != FP_FRAME_OK) {
         counters.frame_errors_in++;
         if (rc == FP_FRAME_ERR_UNKNOWN_ID) {
@@ -1022,7 +1042,7 @@ static void on_frame(const uint8_t *enc, size_t len) {
             snprintf(out_msg.error.detail, sizeof out_msg.error.detail, "unknown message id 0x%02X", raw[1]);
             counters.errors++;
             counters.errors_by_code[FP_ERROR_CODE_UNKNOWN_MESSAGE]++;
-            emit(FP_MSG_ERROR, &out_msg, 0);
+            emit(FP_MSG_ERROR, AS_MSG(&out_msg), 0);
         }
         return;
     }
@@ -1161,9 +1181,9 @@ void fw_set_link(int up) {
 }
 
 void fw_emit_status(void) {
-    fp_message_t m;
-    status_msg(&m.status);
-    emit(FP_MSG_STATUS, &m, 0);
+    fp_status_t m;
+    status_msg(&m);
+    emit(FP_MSG_STATUS, AS_MSG(&m), 0);
 }
 
 static void new_boot_id(void) {
