@@ -187,7 +187,7 @@ int hal_spectrum(uint8_t pixel, float integration_ms, uint16_t *counts, uint16_t
     *flags = 0;
     for (p = 0; p < n; p++) {
         float wl = 400.0f + 5.0f * (float)p, x = (wl - 510.0f) / 10.6f;
-        float c = dark + 2e6f * i * led_efficiency() * integration_ms * expf(-0.5f * x * x) + noise(3.0f);
+        float c = dark + 3e3f * i * led_efficiency() * integration_ms * expf(-0.5f * x * x) + noise(3.0f);
         if (c >= 65535.0f) { c = 65535.0f; *flags = 1; }
         counts[p] = (uint16_t)(c < 0 ? 0 : c);
     }
