@@ -512,6 +512,7 @@ static void sweep_step(void) {
             sw.has_pending = 0;
             sweep_spectrum(sw.pending_k);
             sw.next_t = now_us + sw.point_us;
+            if (sw.k < sw.n) { smu.level = sweep_v(sw.k); hal_smu_apply(&smu); }
             if (sw.k >= sw.n) sweep_end(FP_SWEEP_END_COMPLETED);
         }
         return;
@@ -538,9 +539,11 @@ static void sweep_step(void) {
     sw.n_emitted++;
     sw.meas_v = rec.voltage_v;
     sw.meas_i = rec.current_a;
-    smu.level = v;
-    hal_smu_apply(&smu);
     sw.k++;
+    /* the source goes to the next point's voltage now, to settle during its dwell; it stays at
+     * this point's while a spectrum of this point is taken */
+    smu.level = (sw.k < sw.n && !(k < sw.n_fwd && sweep_is_spec(k))) ? sweep_v(sw.k) : v;
+    hal_smu_apply(&smu);
     sw.next_t = now_us + sw.point_us;
     block_add(2, slot);
     if (sw.breakdown > 0 && fabsf(v) - fabsf(rec.voltage_v) > sw.breakdown) { sweep_end(FP_SWEEP_END_BREAKDOWN); return; }

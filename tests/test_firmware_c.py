@@ -3,9 +3,10 @@ tests, run again with every simulated board's firmware the C core (sim/cfirmware
 the Python model. The physics is the same Python (the core's HAL), so a test that passes against
 the Python board and fails here is a behaviour difference of the C core: a bug.
 
-The tests are the same functions as in tests/test_sim_board.py, tests/test_sim_server.py and
-tests/test_station_faults.py (imported, not copied), with ``sim.server.DEFAULT_FIRMWARE`` set to
-``c`` for the test's duration. What the C core does not do yet is skipped with its reason."""
+The tests are the same functions as in tests/test_sim_board.py, tests/test_sim_server.py,
+tests/test_station_faults.py and tests/test_station_procedures.py (imported, not copied), with
+``sim.server.DEFAULT_FIRMWARE`` set to ``c`` for the test's duration. What the C core does not
+do yet is skipped with its reason (NOT_YET: nothing at present)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from firmware_protocol.spec import Stream
 from . import test_sim_board as board_tests
 from . import test_sim_server as server_tests
 from . import test_station_faults as fault_tests
+from . import test_station_procedures as procedure_tests
 from .test_sim_board import Host, aging_msg, running, sweep_msg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +123,14 @@ async def test_server_against_the_c_core(fn: Callable[..., Any], request: pytest
 @pytest.mark.parametrize("fn", _collect(fault_tests))
 async def test_station_faults_against_the_c_core(fn: Callable[..., Any], request: pytest.FixtureRequest,
                                                  tmp_path: Path) -> None:
+    await _run(fn, request, tmp_path)
+
+
+@pytest.mark.parametrize("fn", _collect(procedure_tests))
+async def test_station_procedures_against_the_c_core(fn: Callable[..., Any], request: pytest.FixtureRequest,
+                                                     tmp_path: Path) -> None:
+    """Among them: a sweep through the whole measurement chain gives the seed's Table S1 within
+    the Python board's tolerances; aging for 1000 virtual hours matches the model's lifetime."""
     await _run(fn, request, tmp_path)
 
 
@@ -233,3 +243,14 @@ def test_the_c_core_sends_the_python_boards_messages_message_for_message() -> No
     assert len(c) == len(py)
     for i, (a, b) in enumerate(zip(py, c, strict=True)):
         assert a == b, f"message {i} differs"
+
+
+def test_the_firmwares_message_names_are_generated_from_the_spec() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_names", ROOT / "firmware" / "gen_names.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (ROOT / "firmware" / "fw_names.h").read_text() == mod.generate(), \
+        "firmware/fw_names.h is out of date: python firmware/gen_names.py"
