@@ -172,8 +172,6 @@ typedef union {
     fp_pd_reading_t pd_reading;
 } fw_reply_t;
 static fw_reply_t out_msg;
-/* every member of a message union sits at offset 0: a message struct is passed as the union */
-#define AS_MSG(p) ((const fp_message_t *)(const void *)(p))
 
 /* the stream block being filled (records sent as produced, several to a frame) */
 static uint8_t blk_stream; /* 0 none, 1 aging, 2 sweep */
@@ -219,15 +217,14 @@ static void block_add(uint8_t stream, const uint8_t *rec) {
     if (++blk_n == max) flush_block();
 }
 
-/* an unsolicited frame (seq 0): status, event, sweep_done, spectrum */
-static void emit(uint8_t id, const fp_message_t *m, int stream) {
-    size_t n;
-    flush_block();
-    if (!link_up) return;
-    n = fp_pack(id, m, payload_buf, sizeof payload_buf);
-    if (n == FP_PACK_ERROR) return;
+/* an unsolicited frame (seq 0) whose payload the caller packed into payload_buf (after
+ * flush_block: the block is built in the same buffer); n is the packer's result */
+static void emit_packed(uint8_t id, size_t n, int stream) {
+    if (!link_up || n == FP_PACK_ERROR) return;
     write_frame(encode(id, FP_FRAME_FLAGS_STREAM, 0, payload_buf, n), stream);
 }
+#define EMIT(id, pack, msg, stream) \
+    do { flush_block(); emit_packed((id), pack((msg), payload_buf, sizeof payload_buf), (stream)); } while (0)
 
 static void emit_payload(uint8_t id, const uint8_t *p, size_t n, int stream) {
     flush_block();
@@ -249,10 +246,28 @@ static const cache_entry_t *cache_find(uint16_t seq) {
     return NULL;
 }
 
-static void respond(uint16_t seq, uint8_t id, const fp_message_t *m) {
+/* the reply built in out_msg, packed into payload_buf */
+static size_t pack_reply(uint8_t id) {
+    uint8_t *b = payload_buf;
+    size_t cap = sizeof payload_buf;
+    switch (id) {
+    case FP_MSG_OK: return fp_ok_pack(&out_msg.ok, b, cap);
+    case FP_MSG_ERROR: return fp_error_pack(&out_msg.error, b, cap);
+    case FP_MSG_HELLO_REPLY: return fp_hello_reply_pack(&out_msg.hello_reply, b, cap);
+    case FP_MSG_CAPABILITIES: return fp_capabilities_pack(&out_msg.capabilities, b, cap);
+    case FP_MSG_PONG: return fp_pong_pack(&out_msg.pong, b, cap);
+    case FP_MSG_STATUS: return fp_status_pack(&out_msg.status, b, cap);
+    case FP_MSG_SMU_READING: return fp_smu_reading_pack(&out_msg.smu_reading, b, cap);
+    case FP_MSG_PD_READING: return fp_pd_reading_pack(&out_msg.pd_reading, b, cap);
+    default: return FP_PACK_ERROR;
+    }
+}
+
+/* answer request seq with the reply in out_msg (message id), and cache it for a retry */
+static void respond(uint16_t seq, uint8_t id) {
     size_t n, k;
     flush_block();
-    n = fp_pack(id, m, payload_buf, sizeof payload_buf);
+    n = pack_reply(id);
     if (n == FP_PACK_ERROR) return;
     k = encode(id, FP_FRAME_FLAGS_RESPONSE, seq, payload_buf, n);
     if (seq && k > 0 && k <= REPLY_MAX) {
@@ -280,7 +295,7 @@ static void respond_error(uint16_t seq, uint8_t code, uint8_t ref, const char *d
     copy_str(out_msg.error.detail, detail, 96);
     counters.errors++;
     counters.errors_by_code[code & 15]++;
-    respond(seq, FP_MSG_ERROR, AS_MSG(&out_msg));
+    respond(seq, FP_MSG_ERROR);
 }
 
 static void event(uint8_t code, uint8_t ch, uint8_t pixel, float value, const char *detail) {
@@ -291,7 +306,7 @@ static void event(uint8_t code, uint8_t ch, uint8_t pixel, float value, const ch
     copy_str(m.detail, detail, 64);
     counters.events++;
     counters.events_by_code[code & 15]++;
-    emit(FP_MSG_EVENT, AS_MSG(&m), 0);
+    EMIT(FP_MSG_EVENT, fp_event_pack, &m, 0);
 }
 
 /* ---- errors ------------------------------------------------------------------------------------- */
@@ -460,7 +475,7 @@ static void sweep_end(uint8_t reason) {
     m.n_points = sw.n_emitted;
     m.reason = reason;
     m.last_seq = sw.last_seq < 0 ? NO_SEQ : (uint32_t)sw.last_seq;
-    emit(FP_MSG_SWEEP_DONE, AS_MSG(&m), 0);
+    EMIT(FP_MSG_SWEEP_DONE, fp_sweep_done_pack, &m, 0);
 }
 
 static void smu_off(uint8_t sweep_reason) {
@@ -499,7 +514,7 @@ static void sweep_spectrum(uint16_t k) {
         return;
     m->counts_count = caps.spectrometer_pixels;
     push_spectrum(m);
-    emit(FP_MSG_SPECTRUM, AS_MSG(m), 1);
+    EMIT(FP_MSG_SPECTRUM, fp_spectrum_pack, m, 1);
 }
 
 static void sweep_step(void) {
@@ -887,7 +902,7 @@ static void finish(const request_t *req) {
         r->pd_gain = smu.pixel ? gain : 0;
         r->flags = flags;
         r->t_us = fw_clock_us();
-        respond(req->seq, FP_MSG_SMU_READING, AS_MSG(&out_msg));
+        respond(req->seq, FP_MSG_SMU_READING);
     } else if (req->msg_id == FP_MSG_PD_READ) {
         fp_pd_reading_t *r = &out_msg.pd_reading;
         uint8_t px = m->pd_read.pixel, g = pd_gain[px];
@@ -895,7 +910,7 @@ static void finish(const request_t *req) {
         pd_gain[px] = g;
         r->pixel = px;
         r->gain_index = g;
-        respond(req->seq, FP_MSG_PD_READING, AS_MSG(&out_msg));
+        respond(req->seq, FP_MSG_PD_READING);
     } else if (req->msg_id == FP_MSG_SPECTRUM_ACQUIRE) {
         uint8_t px = m->spectrum_acquire.pixel;
         float integ = m->spectrum_acquire.integration_ms;
@@ -914,7 +929,7 @@ static void finish(const request_t *req) {
         out_msg.ok.value = (uint32_t)r_spec.head;
         slot = (uint32_t)((uint64_t)r_spec.head % r_spec.depth);
         push_spectrum(s);
-        respond(req->seq, FP_MSG_OK, AS_MSG(&out_msg));
+        respond(req->seq, FP_MSG_OK);
         emit_payload(FP_MSG_SPECTRUM, spec_buf[slot], spec_len[slot], 1);
     }
 }
@@ -972,7 +987,7 @@ static int execute(const request_t *req) {
 
 static void send_post(void) {
     if (post == POST_BOOT_NOTICE) {
-        emit(FP_MSG_SWEEP_DONE, AS_MSG(&boot_notice_msg), 0);
+        EMIT(FP_MSG_SWEEP_DONE, fp_sweep_done_pack, &boot_notice_msg, 0);
     } else if (post == POST_REPLAY) {
         do_replay();
     }
@@ -1014,7 +1029,7 @@ static void cmd_step(void) {
         return;
     }
     if (rc != R_NONE) {
-        respond(req->seq, reply_id, AS_MSG(&out_msg));
+        respond(req->seq, reply_id);
         send_post();
     }
     pop_request();
@@ -1045,7 +1060,7 @@ static void on_frame(const uint8_t *enc, size_t len) {
             snprintf(out_msg.error.detail, sizeof out_msg.error.detail, "unknown message id 0x%02X", raw[1]);
             counters.errors++;
             counters.errors_by_code[FP_ERROR_CODE_UNKNOWN_MESSAGE]++;
-            emit(FP_MSG_ERROR, AS_MSG(&out_msg), 0);
+            EMIT(FP_MSG_ERROR, fp_error_pack, &out_msg.error, 0);
         }
         return;
     }
@@ -1186,7 +1201,7 @@ void fw_set_link(int up) {
 void fw_emit_status(void) {
     fp_status_t m;
     status_msg(&m);
-    emit(FP_MSG_STATUS, AS_MSG(&m), 0);
+    EMIT(FP_MSG_STATUS, fp_status_pack, &m, 0);
 }
 
 static void new_boot_id(void) {

@@ -73,9 +73,10 @@ def library_path() -> Path:
     return ROOT / "build" / "firmware" / "libfw_host.so"
 
 
-def build_library(force: bool = False) -> Path:
-    """Build the host library (as ``make firmware`` does) when missing or older than its sources."""
-    out = library_path()
+def build_library(force: bool = False, extra_flags: Sequence[str] = (), out: Path | None = None) -> Path:
+    """Build the host library (as ``make firmware`` does) when missing or older than its sources
+    (``extra_flags``/``out``: another build of it, e.g. with the sanitizers, elsewhere)."""
+    out = library_path() if out is None else out
     with _build_lock:
         newest = max(p.stat().st_mtime for p in (*SOURCES, *HEADERS))
         if not force and out.exists() and out.stat().st_mtime >= newest:
@@ -85,8 +86,8 @@ def build_library(force: bool = False) -> Path:
             raise FirmwareBuildError("the C firmware needs gcc (scripts/bootstrap.sh --test installs it)")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".tmp{os.getpid()}")
-        cmd = [gcc, *CFLAGS, "-fPIC", "-shared", "-I", str(ROOT / "firmware_protocol"), "-I", str(FW_DIR),
-               *map(str, SOURCES), "-o", str(tmp), "-lm"]
+        cmd = [gcc, *CFLAGS, *extra_flags, "-fPIC", "-shared", "-I", str(ROOT / "firmware_protocol"),
+               "-I", str(FW_DIR), *map(str, SOURCES), "-o", str(tmp), "-lm"]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise FirmwareBuildError(f"building the C firmware failed:\n{p.stderr}")
@@ -234,7 +235,9 @@ class _RingView:
 class CFirmwareBoard(Board):
     """The C firmware core with the simulator's physics as its HAL (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
+    def __init__(self, *args: Any, library: Path | None = None, **kw: Any) -> None:
+        """``Board``'s arguments; ``library``: the host library to load (default: built by
+        :func:`build_library`)."""
         self._lib: Any = None
         self._hello_busy = 0
         self._hello_spec_hash: int | None = None
@@ -247,7 +250,7 @@ class CFirmwareBoard(Board):
         self._sweep_pixel = 0
         self._horizon = 0
         self._aging_cache: dict[int, tuple[NDArray[np.int64], NDArray[np.void], int]] = {}
-        self._lib = _load(build_library())
+        self._lib = _load(build_library() if library is None else library)
         self._hal = self._make_hal()
         self._lib.fw_host_set_hal(C.byref(self._hal))
         cfgc = _Config(n_substrates=self.layout.n_substrates,

@@ -254,3 +254,28 @@ def test_the_firmwares_message_names_are_generated_from_the_spec() -> None:
     spec.loader.exec_module(mod)
     assert (ROOT / "firmware" / "fw_names.h").read_text() == mod.generate(), \
         "firmware/fw_names.h is out of date: python firmware/gen_names.py"
+
+
+def test_the_scripted_session_runs_clean_under_the_undefined_behaviour_sanitizer(tmp_path: Path) -> None:
+    """The core built with -fsanitize=undefined (alignment, overflow, bounds, shifts...) runs the
+    scripted session to the same messages, in a child process (a finding aborts it)."""
+    from sim.cfirmware import build_library
+
+    lib = build_library(force=True, extra_flags=("-O1", "-g", "-fsanitize=undefined",
+                                                 "-fno-sanitize-recover=all"),
+                        out=tmp_path / "libfw_host_ubsan.so")
+    code = f"""
+import functools, sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from sim.board import Board
+from sim.cfirmware import CFirmwareBoard
+from tests.test_firmware_c import _scripted
+c = _scripted(functools.partial(CFirmwareBoard, library=Path({str(lib)!r})))
+py = _scripted(Board)
+c[0].pop("firmware_version"); py[0].pop("firmware_version")
+sys.exit(0 if c == py else 3)
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "runtime error" not in p.stderr, p.stderr
+    assert p.returncode == 0, p.stderr
