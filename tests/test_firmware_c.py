@@ -4,9 +4,9 @@ the Python model. The physics is the same Python (the core's HAL), so a test tha
 the Python board and fails here is a behaviour difference of the C core: a bug.
 
 The tests are the same functions as in tests/test_sim_board.py, tests/test_sim_server.py,
-tests/test_station_faults.py and tests/test_station_procedures.py (imported, not copied), with
-``sim.server.DEFAULT_FIRMWARE`` set to ``c`` for the test's duration. What the C core does not
-do yet is skipped with its reason (NOT_YET: nothing at present)."""
+tests/test_sim_faults.py, tests/test_station_faults.py and tests/test_station_procedures.py
+(imported, not copied), with ``sim.server.DEFAULT_FIRMWARE`` set to ``c`` for the test's
+duration. What the C core does not do yet is skipped with its reason (NOT_YET: nothing now)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import sim.server
 from firmware_protocol.spec import Stream
 
 from . import test_sim_board as board_tests
+from . import test_sim_faults as sim_fault_tests
 from . import test_sim_server as server_tests
 from . import test_station_faults as fault_tests
 from . import test_station_procedures as procedure_tests
@@ -48,6 +49,12 @@ NOT_WIRE = {
     "test_layout_toml_file",
     "test_layout_errors_name_the_field",
     "test_layout_file_with_bad_toml_is_reported",
+    # fault-plan parsing and link noise, no board behind them
+    "test_the_full_example_spec_parses",
+    "test_several_entries_of_one_kind_and_every_time_unit",
+    "test_bad_specs_are_refused_with_a_clear_message",
+    "test_a_plan_naming_a_pixel_the_board_lacks_is_refused",
+    "test_link_noise_is_reproducible_whatever_the_chunking_and_near_its_rates",
     # these start `python -m sim` in a subprocess: covered for the C core by
     # test_cli_serves_the_c_firmware_with_the_url_first below
     "test_cli_prints_the_url_first_serves_and_exits_0_on_sigterm",
@@ -116,6 +123,12 @@ async def test_board_contract_against_the_c_core(fn: Callable[..., Any], request
 @pytest.mark.parametrize("fn", _collect(server_tests))
 async def test_server_against_the_c_core(fn: Callable[..., Any], request: pytest.FixtureRequest,
                                          tmp_path: Path) -> None:
+    await _run(fn, request, tmp_path)
+
+
+@pytest.mark.parametrize("fn", _collect(sim_fault_tests))
+async def test_simulated_faults_against_the_c_core(fn: Callable[..., Any], request: pytest.FixtureRequest,
+                                                   tmp_path: Path) -> None:
     await _run(fn, request, tmp_path)
 
 
