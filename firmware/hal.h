@@ -54,10 +54,13 @@ void hal_smu_apply(const hal_smu_state_t *s);
 void hal_smu_measure(const hal_smu_state_t *s, float *voltage_v, float *current_a,
                      float *photodiode_a, uint8_t *pd_gain, uint8_t autorange, uint8_t *flags);
 
-/* ---- sweep point: source V on a pixel, settle, integrate, read V, I and photodiode ----------- */
-/* Set v_set with compliance_a on pixel, then (after dwell + integration, the core's timing)
- * fill voltage_v, current_a, photodiode_a, pd_gain and flags (COMPLIANCE when current-limited,
- * PD_SATURATED, AUTORANGED) of rec. dt_us: the point's duration (for the device's ageing). */
+/* ---- sweep point: read a point of an on-board sweep ------------------------------------------ */
+/* The core set the point's voltage with hal_smu_apply right after the previous point (sweep_start
+ * for the first), so the source settled for dwell_ms and integrated for integration_ms; now fill
+ * voltage_v, current_a, photodiode_a, pd_gain (in: the gain to use, out: the gain used,
+ * autoranged when asked) and flags (COMPLIANCE when current-limited at compliance_a,
+ * PD_SATURATED, AUTORANGED) of rec. v_set is the point's programmed voltage; dt_us the point's
+ * duration (a model of the device ages it by that much). */
 void hal_sweep_point(uint8_t pixel, float v_set, float compliance_a, float integration_ms,
                      uint8_t autorange, uint32_t dt_us, fp_sweep_point_t *rec);
 
