@@ -80,6 +80,9 @@ apt_install_no_service() {
 
 if [ $want_test = 1 ]; then
     command -v gcc >/dev/null || apt_install gcc libc6-dev
+    # the reference firmware (firmware/): cross-compiled for a Cortex-M3 and run on QEMU's
+    # emulation of it (mps2-an385); newlib for its libc and libm
+    apt_install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
     # real servers for the sink tests (tests/services.py): Mosquitto, VictoriaMetrics (InfluxDB
     # line protocol), openssl for throw-away TLS certificates
     command -v openssl >/dev/null || apt_install openssl

@@ -83,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "256; channel k drives pixel k+1 by default)")
     p.add_argument("--reboot-loses-ring", action="store_true",
                    help="a reboot also empties the ring buffers and restarts seqs at 0")
+    p.add_argument("--firmware", choices=("python", "c", "qemu"), default="python",
+                   help="the board's firmware: the Python model (default); c: the C core of "
+                        "firmware/ with the simulator's physics as its HAL (built with gcc on first "
+                        "use); qemu: the C core cross-compiled for a Cortex-M3 with a one-pixel LED "
+                        "model, on qemu-system-arm (--listen tcp only)")
     p.add_argument("--truth", action="store_true",
                    help="print the model's truth for --preset (one preset) and exit")
     p.add_argument("--json", action="store_true", help="with --truth: print JSON")
@@ -161,12 +166,58 @@ async def _serve(server: SimServer) -> int:
     return 0
 
 
+async def _serve_qemu(host: str, port: int) -> int:
+    from sim.qemu import QemuBoard, QemuError
+
+    board = QemuBoard(host, port)
+    try:
+        url = await board.start()
+    except (QemuError, OSError) as e:
+        return _fail(str(e))
+    print(url, flush=True)
+    print("sim: one LED pixel on an emulated Cortex-M3 (qemu-system-arm -M mps2-an385), "
+          "firmware build/firmware/fw-mps2-an385.elf", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    assert board.proc is not None
+    exited = asyncio.create_task(board.proc.wait())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopper, exited}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    failed = exited.done()
+    await board.stop()
+    return _fail("qemu-system-arm exited") if failed else 0
+
+
+def _run_qemu(args: argparse.Namespace) -> int:
+    from sim.server import parse_listen
+
+    try:
+        kind, host, port = parse_listen(args.listen)
+    except ValueError as e:
+        return _fail(str(e))
+    unsupported = [name for name, used in (
+        ("--listen pty", kind == "pty"), ("--layout", bool(args.layout)), ("--preset", bool(args.preset)),
+        ("--faults", bool(args.faults)), ("--speed", args.speed != 1.0), ("--baud", args.baud is not None),
+        ("--usb-latency-ms", bool(args.usb_latency_ms)), ("--link", bool(args.link)),
+        ("--aging-channels", args.aging_channels is not None),
+        ("--reboot-loses-ring", args.reboot_loses_ring)) if used]
+    if unsupported:
+        return _fail(f"--firmware qemu runs one LED pixel in real time on an emulated MCU: "
+                     f"{', '.join(unsupported)} not supported")
+    return asyncio.run(_serve_qemu(host, port))
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``station sim`` and ``python -m sim`` (returns the exit status)."""
     if args.truth:
         return _truth(args)
     if args.json or args.current_density is not None:
         return _fail("--json and --current-density go with --truth")
+    if args.firmware == "qemu":
+        return _run_qemu(args)
     from sim.faults import FaultSpecError, parse_faults
     from sim.layout import LayoutError, layout_from_presets, load_layout
     from sim.server import SimServer
@@ -180,8 +231,8 @@ def run(args: argparse.Namespace) -> int:
         server = SimServer(layout, listen=args.listen, speed=args.speed, seed=args.seed, faults=plan,
                            baud=args.baud, usb_latency_ms=args.usb_latency_ms, link_path=args.link,
                            ring_depth=args.ring_depth, reboot_loses_ring=args.reboot_loses_ring,
-                           n_aging_channels=args.aging_channels)
-    except (LayoutError, FaultSpecError, ValueError) as e:
+                           n_aging_channels=args.aging_channels, firmware=args.firmware)
+    except (LayoutError, FaultSpecError, ValueError, RuntimeError) as e:
         return _fail(str(e))
     return asyncio.run(_serve(server))
 

@@ -66,11 +66,15 @@ from sim.clock import VirtualClock
 from sim.faults import LINK_MIN_DOWN_WALL_S, FaultPlan, LinkNoise, parse_faults
 from sim.layout import Layout, coerce_layout
 
-__all__ = ["LOOP_PERIOD_S", "LinkStats", "SimServer", "parse_listen"]
+__all__ = ["DEFAULT_FIRMWARE", "FIRMWARES", "LOOP_PERIOD_S", "LinkStats", "SimServer", "parse_listen"]
 
 log = logging.getLogger("sim.server")
 
 LOOP_PERIOD_S = 0.002
+FIRMWARES = ("python", "c")
+DEFAULT_FIRMWARE = "python"
+"""The firmware a server runs when none is named: ``python`` (sim/board.py) or ``c`` (the C core
+of firmware/ in the loop, sim/cfirmware.py)."""
 DEFAULT_TX_BUFFER_BYTES = 16 * 1024 * 1024
 
 
@@ -400,7 +404,7 @@ class SimServer:
                  baud: int | None = None, usb_latency_ms: float = 0.0, link_path: str | None = None,
                  ring_depth: int = DEFAULT_RING_DEPTH, reboot_loses_ring: bool = False, *,
                  n_aging_channels: int | None = None, first_seq: int = 0,
-                 tx_buffer_bytes: int = DEFAULT_TX_BUFFER_BYTES) -> None:
+                 tx_buffer_bytes: int = DEFAULT_TX_BUFFER_BYTES, firmware: str | None = None) -> None:
         self.layout = coerce_layout(layout)
         self.kind, host, port = parse_listen(listen)
         if link_path and self.kind != "pty":
@@ -414,9 +418,16 @@ class SimServer:
         self.plan = faults if isinstance(faults, FaultPlan) else parse_faults(faults)
         self.speed = float(speed)
         self.seed = int(seed)
-        self.board = Board(self.layout, seed=seed, faults=self.plan, ring_depth=ring_depth,
-                           reboot_loses_ring=reboot_loses_ring, n_aging_channels=n_aging_channels,
-                           first_seq=first_seq)
+        self.firmware = DEFAULT_FIRMWARE if firmware is None else firmware
+        if self.firmware not in FIRMWARES:
+            raise ValueError(f"firmware {self.firmware!r}: expected one of {', '.join(FIRMWARES)}")
+        board_cls: type[Board] = Board
+        if self.firmware == "c":
+            from sim.cfirmware import CFirmwareBoard
+            board_cls = CFirmwareBoard
+        self.board = board_cls(self.layout, seed=seed, faults=self.plan, ring_depth=ring_depth,
+                               reboot_loses_ring=reboot_loses_ring, n_aging_channels=n_aging_channels,
+                               first_seq=first_seq)
         self.stats = LinkStats()
         self.tx_buffer_bytes = int(tx_buffer_bytes)
         self._transport: _Transport = (_PtyTransport(link_path, self.stats) if self.kind == "pty"
