@@ -65,30 +65,249 @@ def stretched_exponential(t: npt.ArrayLike, a: float, tau: float, beta: float) -
 
 
 L0_WINDOW_S = 60.0
-"""L0 comes from the samples of the first minute (at least L0_MIN_SAMPLES): the live stop rule
-and the final analysis use the same window and the same estimator (:func:`l0_of`)."""
+"""The samples of the first minute (at least L0_MIN_SAMPLES) enter the L0 fit one by one; later
+samples enter it reduced to bins. The live stop rule and the final analysis use the same
+estimator (:func:`l0_of`)."""
 L0_MIN_SAMPLES = 3
+L0_FIT_BINS = 200
+"""Samples after the first window enter the L0 fit as at most this many equal-count bins."""
+L0_FIT_END_REL = 0.97
+"""The L0 fit covers the trace until it first falls to this fraction of its first value."""
+L0_FIT_BLOCK = 16
+L0_FIT_MIN_SAMPLES = 30
 
 
-def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
-          min_samples: int = L0_MIN_SAMPLES) -> float:
-    """Initial luminance, the luminance at switch-on (the first sample's time).
+@dataclass(frozen=True)
+class L0Estimate:
+    """L0 and its 1-sigma standard error; ``model`` names the early-trace model it came from,
+    ``params`` its parameters (times in seconds from the first sample)."""
 
-    A robust straight line (Theil-Sen: the median of pairwise slopes, scipy.stats.theilslopes)
-    through the samples of the first ``window_s`` seconds after the first sample - or the first
-    ``min_samples`` samples if fewer fall in the window - evaluated at the first sample's time.
-    Robust to a spike or dropout in the window like a median, but without a median's bias when
-    the device is already brightening or dimming during the window (fast positive aging).
-    At most 200 samples are used."""
+    value: float
+    err: float
+    model: str
+    params: tuple[float, ...] = ()
+    t_end_s: float = math.nan  # the fit covers [t_first, t_end_s]
+
+    def predict_rel(self, dt_s: npt.ArrayLike) -> FloatArray:
+        """The fitted early model relative to L0, at ``dt_s`` seconds after the first sample."""
+        return np.exp(_early_log_model(np.asarray(dt_s, dtype=float), (0.0, *self.params[1:]), self.model))
+
+
+def _early_log_model(dt: FloatArray, p: Sequence[float] | FloatArray, model: str) -> FloatArray:
+    """ln L of the early-trace models: ``stretched`` ln L0 - (t/tau)^beta, ``brightening``
+    ln L0 + ln(1 + a(1 - exp(-t/tb))) - (t/tau)^beta (p = ln L0, ln tau, beta[, a, ln tb])."""
+    x = np.maximum(dt, 0.0)
+    out = p[0] - np.power(x * math.exp(-p[1]), p[2])
+    if model == "brightening":
+        out = out + np.log1p(p[3] * -np.expm1(-x * math.exp(-p[4])))
+    return out
+
+
+def _l0_segment_end(t_s: FloatArray, lum: FloatArray, window_s: float) -> int:
+    """Number of samples the L0 fit may use: up to the end of the first block of 16 samples
+    whose median falls to L0_FIT_END_REL of the median of the first three (at least the first
+    ``window_s`` and L0_FIT_MIN_SAMPLES samples; all samples if the trace never falls that far).
+    Fixed blocks from the start: samples recorded later never change the segment once it ends,
+    so a run stopped at T95 and its export (which holds samples past the stop) give one L0."""
+    n = t_s.size
+    pos = lum[:3] > 0
+    if not pos.any():
+        return n
+    first = float(np.median(lum[:3][pos]))
+    m = (n // L0_FIT_BLOCK) * L0_FIT_BLOCK
+    if m == 0:
+        return n
+    med = np.median(lum[:m].reshape(-1, L0_FIT_BLOCK), axis=1)
+    below = np.flatnonzero(med <= L0_FIT_END_REL * first)
+    if below.size == 0:
+        return n
+    end = (int(below[0]) + 1) * L0_FIT_BLOCK
+    end = max(end, int(np.searchsorted(t_s, t_s[0] + window_s, side="right")), L0_FIT_MIN_SAMPLES)
+    return min(end, n)
+
+
+def _l0_fit_data(t_s: FloatArray, lum: FloatArray, window_s: float, min_samples: int,
+                 t_max: float = math.inf) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(dt, ln L, weight) for the L0 fit on the samples given (the segment): those of the first
+    ``window_s`` one by one (weight 1; spikes and dropouts left out), later ones as at most
+    L0_FIT_BINS equal-count bins (median t, median ln L, weight 2k/pi: a median of k samples with
+    Gaussian scatter has pi/2 times the variance of their mean), up to ``t_max`` after the first.
+    Non-positive luminance is left out (no logarithm)."""
+    pos = (lum > 0) & (t_s - t_s[0] <= t_max)
+    t, y = t_s[pos], lum[pos]
+    dt = t - t_s[0]
+    ly = np.log(y)
+    n_win = int(np.searchsorted(dt, window_s, side="right"))
+    n_win = min(max(n_win, min_samples), dt.size)
+    d0, l0_, w0 = dt[:n_win], ly[:n_win], np.ones(n_win)
+    if n_win >= 5:  # spikes and dropouts: off the running median of 5 by > max(8 sigma, 5 %)
+        idx = np.clip(np.arange(n_win)[:, None] + np.arange(-2, 3)[None, :], 0, n_win - 1)
+        dev = l0_ - np.median(l0_[idx], axis=1)
+        sig = 1.4826 * float(np.median(np.abs(dev - np.median(dev))))
+        keep = np.abs(dev) <= max(8.0 * sig, 0.05)
+        d0, l0_, w0 = d0[keep], l0_[keep], w0[keep]
+    rest_t, rest_l = dt[n_win:], ly[n_win:]
+    if rest_t.size == 0:
+        return d0, l0_, w0
+    k = max(1, rest_t.size // L0_FIT_BINS)
+    m = (rest_t.size // k) * k
+    bt = np.median(rest_t[:m].reshape(-1, k), axis=1)
+    bl = np.median(rest_l[:m].reshape(-1, k), axis=1)
+    bw = np.full(bt.size, 2.0 * k / math.pi if k > 1 else 1.0)
+    return np.concatenate([d0, bt]), np.concatenate([l0_, bl]), np.concatenate([w0, bw])
+
+
+def _fit_early(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str,
+               starts: list[list[float]], bounds: tuple[list[float], list[float]]
+               ) -> tuple[FloatArray, float, FloatArray] | None:
+    """Weighted least squares of ln L on the early model from several starts: (params, weighted
+    SSR, Jacobian of the weighted residuals at the best solution)."""
+    from scipy import optimize
+
+    sw = np.sqrt(w)
+    best = None
+    for start in starts:
+        p0 = np.clip(start, np.asarray(bounds[0]) + 1e-9, np.asarray(bounds[1]) - 1e-9)
+        try:
+            r = optimize.least_squares(lambda p: sw * (_early_log_model(dt, p, model) - ly), p0,
+                                       bounds=bounds, method="trf", x_scale="jac",
+                                       xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=300)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        ssr = float(np.sum(r.fun * r.fun))
+        if math.isfinite(ssr) and (best is None or ssr < best[1]):
+            best = (r.x, ssr, r.jac)
+    return best
+
+
+def estimate_l0(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
+                min_samples: int = L0_MIN_SAMPLES) -> L0Estimate:
+    """L0, the luminance at the first sample's time (switch-on), with its standard error.
+
+    The early trace (the samples of the first ``window_s`` one by one, later ones binned, until
+    the trace falls to 97 % of its first value, see :func:`_l0_segment_end`) is fitted in ln L
+    with two models of the shapes devices show: a stretched exponential L0*exp(-(t/tau)^beta),
+    and the same times a saturating rise (positive aging) 1 + a(1 - exp(-t/tb)). The model with
+    the lower BIC is kept, and L0 is its value at the first sample; its standard error is the
+    model's, from the Jacobian, scaled by the residual scatter. Both models are exact for such
+    traces, so noise-free L0 carries no bias from the curvature of the first minutes (which
+    biases a straight line or a median). A model that misfits (rms residual above 1.5 times
+    the sample scatter and 0.03 %) is fitted again over a quarter of the time, down to the
+    first window. ``t_s`` must be sorted. With fewer than 5 usable samples: a Theil-Sen line."""
+    t_s = np.asarray(t_s, dtype=float)
+    lum = np.asarray(lum, dtype=float)
+    if t_s.size == 0:
+        return L0Estimate(math.nan, math.nan, "none")
+    seg = _l0_segment_end(t_s, lum, window_s)
+    t_s, lum = t_s[:seg], lum[:seg]
+    # the scatter of one sample in ln L, from second differences (smooth trends cancel)
+    pos = lum[:20000] > 0
+    lr = np.log(lum[:20000][pos])
+    d2 = np.diff(lr, 2)
+    sigma_ln = 1.4826 * float(np.median(np.abs(d2 - np.median(d2)))) / math.sqrt(6.0) if d2.size >= 5 else 0.0
+    # a model that does not describe the early trace (rms residual above 1.5 times the scatter,
+    # and above 0.03 %) is fitted again over a quarter of the time, down to the first window
+    t_max = math.inf
+    while True:
+        est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, t_max)
+        if rms <= max(1.5 * sigma_ln, 3e-4) or not math.isfinite(rms):
+            return est
+        t_max = est.t_end_s / 4.0
+        if t_max <= window_s:
+            est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, window_s)
+            return est
+
+
+def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_samples: int,
+                    t_max: float) -> tuple[L0Estimate, float]:
+    """:func:`estimate_l0` on the samples up to ``t_max`` after the first: the estimate and the
+    rms weighted residual of the fit (NaN when no model was fitted)."""
+    dt, ly, w = _l0_fit_data(t_s, lum, window_s, min_samples, t_max)
+    if dt.size < 5 or np.ptp(dt) <= 0:
+        return _l0_theil_sen(t_s, lum, window_s, min_samples), math.nan
+    t_end = float(dt[-1])
+    span = t_end if t_end > 0 else 1.0
+    first = float(np.median(ly[: min(3, ly.size)]))
+    # starting points: tau and beta from ln(-ln(L/L_first)) against ln t on the decaying part
+    y_rel = np.exp(ly - first)
+    _, tau0, beta0 = _initial_guess(dt, y_rel)
+    lt0 = math.log(max(tau0, 1e-3 * span))
+    lo_s = [first - 2.0, math.log(1e-6 * span), 0.05]
+    hi_s = [first + 2.0, math.log(1e6 * span), 3.0]
+    fs = _fit_early(dt, ly, w, "stretched", [[first, lt0, beta0]], (lo_s, hi_s))
+    if fs is None or fs[1] > 1e-3 * dt.size:  # a poor start: try two more
+        more = _fit_early(dt, ly, w, "stretched", [[first, math.log(span), 1.0],
+                                                  [first, math.log(10 * span), 0.5]], (lo_s, hi_s))
+        if more is not None and (fs is None or more[1] < fs[1]):
+            fs = more
+    candidates: list[tuple[str, FloatArray, float, FloatArray]] = []
+    if fs is not None:
+        candidates.append(("stretched", *fs))
+    if dt.size >= 8:
+        ipk = int(np.argmax(ly))
+        rise = max(float(ly[ipk] - first), 0.0)
+        tpk = max(float(dt[ipk]), float(dt[1]))
+        p_s = fs[0] if fs is not None else np.array([first, lt0, beta0])
+        lo_b = [*lo_s, 0.0, math.log(max(float(np.min(np.diff(dt)[np.diff(dt) > 0])), 1e-9) * 0.1)]
+        hi_b = [*hi_s, 20.0, math.log(100.0 * span)]
+        starts_b = [[p_s[0], p_s[1], p_s[2], a, math.log(tb)]
+                    for a, tb in ((max(2 * math.expm1(rise), 0.02), tpk / 3.0),
+                                  (max(math.expm1(rise), 0.02), tpk), (0.3, 0.01 * span))]
+        fb = _fit_early(dt, ly, w, "brightening", starts_b, (lo_b, hi_b))
+        if fb is not None:
+            candidates.append(("brightening", *fb))
+    if not candidates:
+        return _l0_theil_sen(t_s, lum, window_s, min_samples), math.nan
+    n = dt.size
+
+    def bic(c: tuple[str, FloatArray, float, FloatArray]) -> float:
+        return n * math.log(max(c[2] / n, 1e-300)) + math.log(n) * c[1].size
+
+    model, p, ssr, jac = min(candidates, key=bic)
+    # spikes and dropouts: the single samples (weight 1) more than 6 robust sigmas (and 0.1 %)
+    # off the fit are left out, and the chosen model is fitted again once
+    r = _early_log_model(dt, p, model) - ly
+    single = w == 1.0
+    mad = 1.4826 * float(np.median(np.abs(r[single] - np.median(r[single])))) if single.any() else 0.0
+    bad = single & (np.abs(r) > max(6.0 * mad, 1e-3))
+    if bad.any() and np.count_nonzero(~bad) >= p.size + 2:
+        keep = ~bad
+        dt, ly, w, n = dt[keep], ly[keep], w[keep], int(np.count_nonzero(keep))
+        bnds = (lo_s, hi_s) if model == "stretched" else (lo_b, hi_b)
+        refit = _fit_early(dt, ly, w, model, [list(p)], bnds)
+        if refit is not None:
+            p, ssr, jac = refit
+    dof = n - p.size
+    err = math.nan
+    if dof > 0:
+        try:
+            cov = np.linalg.pinv(jac.T @ jac) * (ssr / dof)
+            err = math.exp(float(p[0])) * math.sqrt(max(float(cov[0, 0]), 0.0))
+        except np.linalg.LinAlgError:
+            pass
+    rms = math.sqrt(ssr / float(np.sum(w)))
+    return L0Estimate(math.exp(float(p[0])), err, model, tuple(float(v) for v in p), t_end), rms
+
+
+def _l0_theil_sen(t_s: FloatArray, lum: FloatArray, window_s: float, min_samples: int) -> L0Estimate:
+    """Too few samples for a model: a Theil-Sen line through the first window (at least
+    ``min_samples``), at the first sample (no standard error)."""
     in_window = int(np.searchsorted(t_s, t_s[0] + window_s, side="right"))
     n = min(max(in_window, min(min_samples, t_s.size)), 200)
     if n < 3 or np.ptp(t_s[:n]) <= 0:
-        return float(np.median(lum[:n]))
+        return L0Estimate(float(np.median(lum[:n])), math.nan, "median of the first samples")
     from scipy.stats import theilslopes
 
     x = t_s[:n] - t_s[0]
     slope = float(theilslopes(lum[:n], x).slope)
-    return float(np.median(lum[:n] - slope * x))
+    return L0Estimate(float(np.median(lum[:n] - slope * x)), math.nan, "Theil-Sen line (too few samples)")
+
+
+def l0_of(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
+          min_samples: int = L0_MIN_SAMPLES) -> float:
+    """Initial luminance, the luminance at switch-on (the first sample's time): the value of
+    :func:`estimate_l0` (an early-trace model fit; see there and ``docs/measurement.md``)."""
+    return estimate_l0(t_s, lum, window_s, min_samples).value
 
 
 def binned_trace(t: FloatArray, y: FloatArray, bins: int) -> tuple[FloatArray, FloatArray]:
@@ -159,9 +378,11 @@ class StretchedExpFit:
     def predict(self, t_h: npt.ArrayLike) -> FloatArray:
         return stretched_exponential(t_h, self.a, self.tau_h, self.beta)
 
-    def time_to(self, level_rel: float) -> tuple[float | None, float | None]:
+    def time_to(self, level_rel: float, level_rel_err: float = 0.0) -> tuple[float | None, float | None]:
         """Time (h) at which the model reaches ``level_rel`` (relative to L0), and its 1-sigma
-        error propagated from the parameter covariance (delta method)."""
+        error propagated from the parameter covariance (delta method), plus the relative
+        standard error ``level_rel_err`` of the level itself (L0's own, for a level relative to
+        L0: the data were divided by an L0 that is uncertain), which enters like a's."""
         if not (0 < level_rel < self.a):
             return None, None
         u = math.log(self.a / level_rel)
@@ -174,7 +395,7 @@ class StretchedExpFit:
             ]
         )
         cov = np.asarray(self.covariance, dtype=float)
-        var = float(grad @ cov @ grad)
+        var = float(grad @ cov @ grad) + (t / (self.beta * u) * level_rel_err) ** 2
         err = math.sqrt(var) if var >= 0 and math.isfinite(var) else math.nan
         return t, err
 
@@ -270,6 +491,132 @@ def fit_stretched_exponential(
     )
 
 
+def _noise_scale(y: FloatArray, err: FloatArray | None) -> float:
+    """Typical 1-sigma scatter of one point of a trace: the median of the bins' standard
+    errors, or, unbinned, from second differences (1.4826*MAD/sqrt(6); smooth trends cancel)."""
+    if err is not None and err.size:
+        return float(np.median(err))
+    if y.size < 5:
+        return 0.0
+    d2 = np.diff(y, 2)
+    return 1.4826 * float(np.median(np.abs(d2 - np.median(d2)))) / math.sqrt(6.0)
+
+
+def _quadratic(t: FloatArray, y: FloatArray, err: FloatArray | None, noise: float, t_c: float
+               ) -> tuple[FloatArray, FloatArray] | None:
+    """Weighted least-squares quadratic y = c0 + c1*(t - t_c) + c2*(t - t_c)^2 and the covariance
+    of (c0, c1, c2): from the residual scatter with 3 or more degrees of freedom, else from the
+    points' errors (``err`` or ``noise``)."""
+    if t.size < 3:
+        return None
+    d = t - t_c
+    X = np.column_stack([np.ones_like(d), d, d * d])
+    if err is not None:
+        e = np.maximum(err, 0.1 * float(np.median(err)) if np.any(err > 0) else 1e-12)
+        e = np.where(e > 0, e, 1.0)
+    else:
+        e = np.ones_like(d)
+    Xw, yw = X / e[:, None], y / e
+    try:
+        coef, *_ = np.linalg.lstsq(Xw, yw, rcond=None)
+        xtx_inv = np.linalg.pinv(Xw.T @ Xw)
+    except np.linalg.LinAlgError:
+        return None
+    resid = yw - Xw @ coef
+    dof = t.size - 3
+    if dof >= 3:
+        s2 = float(resid @ resid) / dof
+    elif err is not None:
+        s2 = 1.0
+    else:
+        s2 = noise * noise
+    return np.asarray(coef, dtype=float), np.asarray(xtx_inv * s2, dtype=float)
+
+
+def _window(y: FloatArray, i: int, lo_val: float, hi_val: float, start: int, min_points: int = 7
+            ) -> tuple[int, int]:
+    """Indices [a, b) around i of the points with lo_val <= y <= hi_val, grown outward while one
+    of the next three points is still in that band, and to at least ``min_points``."""
+    n = y.size
+    a = b = i
+    while a - 1 >= start and any(lo_val <= y[j] <= hi_val for j in range(max(start, a - 3), a)):
+        a -= 1
+    while b + 1 < n and any(lo_val <= y[j] <= hi_val for j in range(b + 1, min(n, b + 4))):
+        b += 1
+    while b - a + 1 < min_points and (a > start or b < n - 1):
+        if a > start:
+            a -= 1
+        if b < n - 1 and b - a + 1 < min_points:
+            b += 1
+    return a, b + 1
+
+
+def _smooth_peak(t: FloatArray, y: FloatArray, err: FloatArray | None
+                 ) -> tuple[float, float, float, int]:
+    """(peak, t_peak, sigma, index): the vertex of a quadratic fitted to the points around the
+    largest one (those within 3 sigma of it, at least 7), so the peak is not the maximum of noisy
+    points, which is biased high. Falls back to the largest point where no concave vertex lies
+    inside the window."""
+    ipk = int(np.argmax(y))
+    noise = _noise_scale(y, err)
+    thr = max(3.0 * noise, 1e-12)
+    a, b = _window(y, ipk, float(y[ipk]) - thr, math.inf, 0)
+    q = _quadratic(t[a:b], y[a:b], None if err is None else err[a:b], noise, float(t[ipk]))
+    if q is not None:
+        (c0, c1, c2), cov = q
+        if c2 < 0:
+            dv = -c1 / (2 * c2)
+            if t[a] <= t[ipk] + dv <= t[b - 1]:
+                peak = c0 - c1 * c1 / (4 * c2)
+                g = np.array([1.0, dv, dv * dv])
+                var = float(g @ cov @ g)
+                return float(peak), float(t[ipk] + dv), math.sqrt(max(var, 0.0)), ipk
+    return float(y[ipk]), float(t[ipk]), noise, ipk
+
+
+def _refined_crossing(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
+                      start: int = 0) -> tuple[float | None, float, float]:
+    """(Tx, sigma, slope): the first crossing of ``level`` at or after index ``start`` (None if
+    the trace never falls to it), refined by a quadratic fitted to the points around it (those
+    within max(4 sigma, 0.01) of the level, at least 7), so that noise does not make it come
+    early (the first of many noisy points to fall below a level does so before the curve does);
+    sigma from the quadratic's covariance, slope dy/dt there. None also while fewer than 3
+    points follow that window: the crossing counts as measured once the trace has passed it."""
+    t_lin = crossing_time(t, y, level, start)
+    if t_lin is None:
+        return None, math.nan, math.nan
+    below = np.flatnonzero(y[start:] <= level)
+    i = int(below[0]) + start
+    noise = _noise_scale(y, err)
+    w = max(4.0 * noise, 0.01 * abs(level))
+    a, b = _window(y, i, level - w, level + w, start)
+    if b + 3 > y.size:
+        # the trace has not yet left the band around the level by 3 points: not measured yet
+        # (later samples would change the window; the stop rule waits for them)
+        return None, math.nan, math.nan
+    q = _quadratic(t[a:b], y[a:b], None if err is None else err[a:b], noise, t_lin)
+    if q is not None and i > start:
+        (c0, c1, c2), cov = q
+        disc = c1 * c1 - 4 * c2 * (c0 - level)
+        if c1 < 0 and disc >= 0:
+            if abs(c2) * abs(t[b - 1] - t[a]) < 1e-9 * abs(c1):
+                d = -(c0 - level) / c1
+            else:
+                r = math.sqrt(disc)
+                roots = [(-c1 + r) / (2 * c2), (-c1 - r) / (2 * c2)]
+                d = min(roots, key=abs)
+            slope = c1 + 2 * c2 * d
+            if t[a] <= t_lin + d <= t[b - 1] and slope < 0:
+                g = -np.array([1.0, d, d * d]) / slope
+                var = float(g @ cov @ g)
+                return float(t_lin + d), math.sqrt(max(var, 0.0)), float(slope)
+    # too few points or no clean root: the interpolated crossing, with the local noise
+    j = max(i - 1, start)
+    slope = float((y[i] - y[j]) / (t[i] - t[j])) if i > j and t[i] > t[j] else math.nan
+    sig = noise / abs(slope) if slope and math.isfinite(slope) else math.nan
+    return t_lin, sig, slope
+
+
 @dataclass(frozen=True)
 class LifetimeResult:
     l0_cd_m2: float
@@ -283,6 +630,11 @@ class LifetimeResult:
     tx_from_peak_h: dict[str, float | None]
     fit: StretchedExpFit | None
     extrapolated: dict[str, float | None] = field(default_factory=dict)
+    l0_err_cd_m2: float = math.nan
+    l_peak_err_cd_m2: float = math.nan
+    tx_err_h: dict[str, float | None] = field(default_factory=dict)
+    tx_from_peak_err_h: dict[str, float | None] = field(default_factory=dict)
+    l0_model: str = ""
 
     @property
     def t95_h(self) -> float | None:
@@ -312,11 +664,21 @@ class LifetimeResult:
         ex = self.extrapolated.get(name)
         return (float(ex), True) if ex is not None else (None, True)
 
+    def best_err(self, name: str = "t50_h") -> float | None:
+        """The standard error of :meth:`best`'s value."""
+        d = self.to_dict()
+        if d.get(name) is not None:
+            return _num(d.get(f"{name}_err"))
+        return _num(self.extrapolated.get(f"{name}_err"))
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "l0_cd_m2": _num(self.l0_cd_m2),
+            "l0_cd_m2_err": _num(self.l0_err_cd_m2),
             "l0_method": self.l0_method,
+            "l0_model": self.l0_model,
             "l_peak_cd_m2": _num(self.l_peak_cd_m2),
+            "l_peak_cd_m2_err": _num(self.l_peak_err_cd_m2),
             "t_peak_h": _num(self.t_peak_h),
             "positive_aging": self.positive_aging,
             "duration_h": _num(self.duration_h),
@@ -324,8 +686,10 @@ class LifetimeResult:
         }
         for name, _ in LEVELS:
             d[f"{name}_h"] = _num(self.tx_h[name])
+            d[f"{name}_h_err"] = _num(self.tx_err_h.get(name))
         for name, _ in LEVELS:
             d[f"{name}_from_peak_h"] = _num(self.tx_from_peak_h[name])
+            d[f"{name}_from_peak_h_err"] = _num(self.tx_from_peak_err_h.get(name))
         d["extrapolated"] = {k: _num(v) for k, v in self.extrapolated.items()}
         d["fit"] = self.fit.to_dict() if self.fit is not None else None
         return d
@@ -340,7 +704,9 @@ def analyze_lifetime(
     bins: int = 1000,
     fit: bool = True,
 ) -> LifetimeResult:
-    """Everything about one aging trace. Non-finite samples are dropped; the trace is sorted by time."""
+    """Everything about one aging trace. Non-finite samples are dropped; the trace is sorted by
+    time. ``fit=False`` skips only the stretched-exponential fit and its extrapolations: L0,
+    the peak and the measured Tx are the same either way."""
     t = np.asarray(t_s, dtype=float).ravel()
     lum = np.asarray(luminance_cd_m2, dtype=float).ravel()
     if t.shape != lum.shape:
@@ -353,24 +719,39 @@ def analyze_lifetime(
     if np.any(np.diff(t) < 0):
         order = np.argsort(t, kind="stable")
         t, lum = t[order], lum[order]
-    l0 = l0_of(t, lum, l0_window_s, l0_min_samples)
+    l0e = estimate_l0(t, lum, l0_window_s, l0_min_samples)
+    l0 = l0e.value
     if not l0 > 0:
         raise ValueError(f"lifetime: L0 = {l0:g} cd/m^2 is not positive (light off or dark not subtracted?)")
     l0_method = (
-        f"Theil-Sen line through the samples of the first {l0_window_s:g} s (at least the first "
-        f"{l0_min_samples}), evaluated at the first sample"
+        f"{l0e.model} model fitted to ln L of the early trace (the first {l0_window_s:g} s "
+        f"sample by sample, at least {l0_min_samples} samples), evaluated at the first sample"
     )
+    eps = l0e.err / l0 if math.isfinite(l0e.err) else 0.0  # relative standard error of L0
     t_h = t / 3600.0
     tb, yb, eb = binned_trace_with_error(t_h, lum / l0, bins)
 
-    ipk = int(np.argmax(yb))
-    if yb[ipk] > 1.0:
-        l_peak_rel, t_peak_h, start = float(yb[ipk]), float(tb[ipk]), ipk
+    pk, t_pk, pk_err, ipk = _smooth_peak(tb, yb, eb)
+    # positive aging: a peak above L0 by more than twice its uncertainty (noise alone puts the
+    # largest of many noisy points above L0)
+    if pk > 1.0 and pk - 1.0 > 2.0 * math.hypot(pk_err, eps):
+        l_peak_rel, t_peak_h, start, peak_err = pk, t_pk, ipk, pk_err
     else:
-        l_peak_rel, t_peak_h, start = 1.0, float(t_h[0]), 0
+        l_peak_rel, t_peak_h, start, peak_err = 1.0, float(t_h[0]), 0, eps
 
-    tx = {name: crossing_time(tb, yb, x) for name, x in LEVELS}
-    txp = {name: crossing_time(tb, yb, x * l_peak_rel, start) for name, x in LEVELS}
+    tx: dict[str, float | None] = {}
+    tx_err: dict[str, float | None] = {}
+    txp: dict[str, float | None] = {}
+    txp_err: dict[str, float | None] = {}
+    for name, x in LEVELS:
+        v, e, slope = _refined_crossing(tb, yb, eb, x)
+        tx[name] = v
+        # L0 enters through the level: L0*(1+eps) moves the crossing by x*eps/|dy/dt|
+        tx_err[name] = None if v is None else math.hypot(e, x * eps / abs(slope)) if slope else None
+        v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start)
+        txp[name] = v
+        # from the peak: the level x*L_peak does not involve L0, only the peak's own error
+        txp_err[name] = None if v is None else math.hypot(e, x * peak_err / abs(slope)) if slope else None
 
     sfit = None
     if fit:
@@ -378,11 +759,11 @@ def analyze_lifetime(
     extrap: dict[str, float | None] = {}
     if sfit is not None:
         for name, x in LEVELS:
-            v, e = sfit.time_to(x)
-            extrap[f"{name}_h"], extrap[f"{name}_h_err"] = v, e
+            ve, ee = sfit.time_to(x, eps)
+            extrap[f"{name}_h"], extrap[f"{name}_h_err"] = ve, ee
         for name, x in LEVELS:
-            v, e = sfit.time_to(x * l_peak_rel)
-            extrap[f"{name}_from_peak_h"], extrap[f"{name}_from_peak_h_err"] = v, e
+            ve, ee = sfit.time_to(x * l_peak_rel, peak_err / l_peak_rel)
+            extrap[f"{name}_from_peak_h"], extrap[f"{name}_from_peak_h_err"] = ve, ee
 
     return LifetimeResult(
         l0_cd_m2=l0,
@@ -396,6 +777,11 @@ def analyze_lifetime(
         tx_from_peak_h=txp,
         fit=sfit,
         extrapolated=extrap,
+        l0_err_cd_m2=l0e.err,
+        l_peak_err_cd_m2=math.hypot(peak_err, eps * l_peak_rel) * l0 if l_peak_rel > 1.0 else l0e.err,
+        tx_err_h=tx_err,
+        tx_from_peak_err_h=txp_err,
+        l0_model=l0e.model,
     )
 
 
