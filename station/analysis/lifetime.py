@@ -35,10 +35,12 @@ __all__ = [
     "AccelerationFit",
     "LifetimeResult",
     "StretchedExpFit",
+    "analysis_trace",
     "analyze_lifetime",
     "binned_trace",
     "binned_trace_with_error",
     "crossing_time",
+    "estimate_l0",
     "fit_acceleration",
     "fit_stretched_exponential",
     "l0_of",
@@ -73,6 +75,10 @@ L0_FIT_BINS = 200
 """Samples after the first window enter the L0 fit as at most this many equal-count bins."""
 L0_FIT_END_REL = 0.97
 """The L0 fit covers the trace until it first falls to this fraction of its first value."""
+L0_BETA_MAX = 1.2
+"""Upper bound of beta in the L0 fit: devices show 0.3-1; with a rise and a decay in the same
+early trace, a free beta trades off against the rise (beta ~ 1.7 with a weaker, slower rise
+fits 20 h of a beta = 0.7 device as well, with L0 1 % lower)."""
 L0_FIT_BLOCK = 16
 L0_FIT_MIN_SAMPLES = 30
 
@@ -233,7 +239,7 @@ def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_sampl
     _, tau0, beta0 = _initial_guess(dt, y_rel)
     lt0 = math.log(max(tau0, 1e-3 * span))
     lo_s = [first - 2.0, math.log(1e-6 * span), 0.05]
-    hi_s = [first + 2.0, math.log(1e6 * span), 3.0]
+    hi_s = [first + 2.0, math.log(1e6 * span), L0_BETA_MAX]
     fs = _fit_early(dt, ly, w, "stretched", [[first, lt0, beta0]], (lo_s, hi_s))
     if fs is None or fs[1] > 1e-3 * dt.size:  # a poor start: try two more
         more = _fit_early(dt, ly, w, "stretched", [[first, math.log(span), 1.0],
@@ -282,11 +288,46 @@ def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_sampl
     if dof > 0:
         try:
             cov = np.linalg.pinv(jac.T @ jac) * (ssr / dof)
-            err = math.exp(float(p[0])) * math.sqrt(max(float(cov[0, 0]), 0.0))
+            sig = math.sqrt(max(float(cov[0, 0]), 0.0))
         except np.linalg.LinAlgError:
-            pass
+            sig = math.nan
+        if math.isfinite(sig):
+            bnds = (lo_s, hi_s) if model == "stretched" else (lo_b, hi_b)
+            sig = max(sig, _profile_sigma(dt, ly, w, model, p, ssr, ssr / dof, 1.5 * sig, bnds))
+            err = math.exp(float(p[0])) * sig
     rms = math.sqrt(ssr / float(np.sum(w)))
     return L0Estimate(math.exp(float(p[0])), err, model, tuple(float(v) for v in p), t_end), rms
+
+
+def _profile_sigma(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str, p: FloatArray,
+                   ssr: float, s2: float, h: float, bounds: tuple[list[float], list[float]]) -> float:
+    """Standard error of ln L0 from the profile of the weighted SSR: ln L0 held at its estimate
+    +- h, the other parameters refitted; sigma = h*sqrt(s2/dSSR) on the flatter side. Where
+    the model is far from linear in its parameters (a rise and a decay that trade off), the
+    Jacobian's error can be several times too small, and the profile sees that."""
+    if not (h > 0 and s2 > 0):
+        return 0.0
+    from scipy import optimize
+
+    sw = np.sqrt(w)
+    lo, hi = np.asarray(bounds[0][1:]), np.asarray(bounds[1][1:])
+    out = 0.0
+    for sgn in (-1.0, 1.0):
+        p0 = float(p[0]) + sgn * h
+
+        def res(q: FloatArray, p0: float = p0) -> FloatArray:
+            return sw * (_early_log_model(dt, np.concatenate([[p0], q]), model) - ly)
+
+        try:
+            r = optimize.least_squares(res, np.clip(p[1:], lo + 1e-9, hi - 1e-9), bounds=(lo, hi),
+                                       method="trf", x_scale="jac", xtol=1e-10, ftol=1e-10,
+                                       gtol=1e-10, max_nfev=200)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        d = float(np.sum(r.fun * r.fun)) - ssr
+        if d > 0:
+            out = max(out, h * math.sqrt(s2 / d))
+    return out
 
 
 def _l0_theil_sen(t_s: FloatArray, lum: FloatArray, window_s: float, min_samples: int) -> L0Estimate:
@@ -342,6 +383,29 @@ def binned_trace_with_error(
         )
         eb = np.append(eb, r_err if rest.size >= 3 else float(np.median(eb)))
     return tb, yb, eb
+
+
+def analysis_trace(
+    t: FloatArray, y: FloatArray, bins: int
+) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+    """The trace Tx, the peak and the fit are taken on: the first ``bins // 10`` samples as they
+    are (the steep start of a stretched exponential with small beta, and an early peak, would be
+    lost in a bin), the rest as in :func:`binned_trace_with_error` with ``bins - bins // 10`` bins.
+    The single samples' standard error is the scatter of one sample (from the bins' errors, or
+    from second differences when there are too few samples for bins). No-op (errors None) when
+    there are no more samples than bins."""
+    n = t.size
+    if bins <= 0 or n <= bins:
+        return t, y, None
+    n_raw = bins // 10
+    tb, yb, eb = binned_trace_with_error(t[n_raw:], y[n_raw:], bins - n_raw)
+    if eb is None:
+        return t, y, None
+    k = (n - n_raw) // (bins - n_raw)
+    # a bin's median of k samples has sqrt(pi/2/k) times one sample's scatter
+    one = float(np.median(eb)) * math.sqrt(k / (math.pi / 2))
+    return (np.concatenate([t[:n_raw], tb]), np.concatenate([y[:n_raw], yb]),
+            np.concatenate([np.full(n_raw, one), eb]))
 
 
 def crossing_time(t: FloatArray, y: FloatArray, level: float, start: int = 0) -> float | None:
@@ -551,70 +615,245 @@ def _window(y: FloatArray, i: int, lo_val: float, hi_val: float, start: int, min
     return a, b + 1
 
 
+def _smoothed(y: FloatArray, half: int) -> FloatArray:
+    """Running median over 2*half + 1 points (shorter at the ends); y itself for half = 0."""
+    if half <= 0 or y.size < 3:
+        return y
+    idx = np.clip(np.arange(y.size)[:, None] + np.arange(-half, half + 1)[None, :], 0, y.size - 1)
+    return np.asarray(np.median(y[idx], axis=1), dtype=float)
+
+
+def _point_error(err: FloatArray | None, noise: float, i: int) -> float:
+    return float(err[i]) if err is not None else noise
+
+
+def _smoothing_half_width(e: float, w: float) -> int:
+    """Half-width of the running median that brings one point's scatter ``e`` to w/4 or less
+    (a median of m points scatters sqrt(pi/2/m) times one point), for locating a crossing or a
+    peak without the noisy points' first-passage bias; capped at 50."""
+    if e <= 0 or w <= 0:
+        return 0
+    m = (4.0 * e / w) ** 2 * math.pi / 2
+    return int(min(50, math.ceil(max(m - 1.0, 0.0) / 2.0)))
+
+
 def _smooth_peak(t: FloatArray, y: FloatArray, err: FloatArray | None
                  ) -> tuple[float, float, float, int]:
-    """(peak, t_peak, sigma, index): the vertex of a quadratic fitted to the points around the
-    largest one (those within 3 sigma of it, at least 7), so the peak is not the maximum of noisy
-    points, which is biased high. Falls back to the largest point where no concave vertex lies
-    inside the window."""
-    ipk = int(np.argmax(y))
+    """(peak, t_peak, sigma, index): the vertex of a quadratic in ln t fitted to the points
+    around the peak, so the peak is not the maximum of noisy points, which is biased high (a
+    rise that saturates times a stretched-exponential decay is nearly symmetric in ln t). The
+    points are chosen without looking at their own noise: those where a running median (then
+    the fitted quadratic) is within max(6 sigma, 0.1 %) of its maximum, at least 7. The vertex
+    value is corrected for its own bias, var(c1)/(4|c2|). Falls back to the running median's
+    maximum where no concave vertex lies inside the window (or the peak is the first point)."""
     noise = _noise_scale(y, err)
-    thr = max(3.0 * noise, 1e-12)
-    a, b = _window(y, ipk, float(y[ipk]) - thr, math.inf, 0)
-    q = _quadratic(t[a:b], y[a:b], None if err is None else err[a:b], noise, float(t[ipk]))
-    if q is not None:
+    i0 = int(np.argmax(y))
+    e = _point_error(err, noise, i0)
+    wp = max(6.0 * e, 0.001 * float(y[i0]))
+    ys = _smoothed(y, _smoothing_half_width(e, wp / 2))
+    ipk = int(np.argmax(ys))
+    lo = int(np.searchsorted(t, 0.0, side="right"))
+    if ipk <= lo:
+        return float(ys[ipk]), float(t[ipk]), e, ipk
+    lt = np.log(np.maximum(t, t[lo]))
+    for widen in (1.0, 2.0, 4.0):  # a window too short for a clean vertex is widened
+        found = _peak_vertex(lt, y, err, noise, ys, ipk, lo, wp * widen)
+        if found is not None:
+            peak, x_v, sig, i_v = found
+            return peak, math.exp(x_v), sig, i_v
+    return float(ys[ipk]), float(t[ipk]), e, ipk
+
+
+def _peak_vertex(lt: FloatArray, y: FloatArray, err: FloatArray | None, noise: float,
+                 ys: FloatArray, ipk: int, lo: int, wp: float
+                 ) -> tuple[float, float, float, int] | None:
+    """:func:`_smooth_peak`'s fit with band ``wp``: (peak, ln t_peak, sigma, index) or None."""
+    sel = ys
+    x_c = float(lt[ipk])
+    for _ in range(3):
+        a, b = _window(sel, ipk, float(sel[ipk]) - wp, math.inf, lo)
+        q = _quadratic(lt[a:b], y[a:b], None if err is None else err[a:b], noise, x_c)
+        if q is None:
+            return None
         (c0, c1, c2), cov = q
-        if c2 < 0:
-            dv = -c1 / (2 * c2)
-            if t[a] <= t[ipk] + dv <= t[b - 1]:
-                peak = c0 - c1 * c1 / (4 * c2)
-                g = np.array([1.0, dv, dv * dv])
-                var = float(g @ cov @ g)
-                return float(peak), float(t[ipk] + dv), math.sqrt(max(var, 0.0)), ipk
-    return float(y[ipk]), float(t[ipk]), noise, ipk
+        if not c2 < 0:
+            return None
+        dv = -c1 / (2 * c2)
+        if not (lt[a] <= x_c + dv <= lt[b - 1]):
+            return None
+        d = lt - x_c
+        sel = c0 + c1 * d + c2 * d * d  # the points' places on the fitted peak, not their noise
+        ipk = int(np.clip(np.searchsorted(lt, x_c + dv), lo, lt.size - 1))
+    # c0 - c1^2/(4 c2), with c1^2 replaced by its unbiased estimate c1^2 - var(c1): the vertex
+    # of a noisy parabola is biased high by var(c1)/(4|c2|)
+    peak = c0 - (c1 * c1 - float(cov[1, 1])) / (4 * c2)
+    g = np.array([1.0, dv, dv * dv])
+    var = float(g @ cov @ g)
+    return float(peak), x_c + dv, math.sqrt(max(var, 0.0)), ipk
+
+
+CROSSING_MAX_HALF_WIDTH = 0.5
+"""Largest half-width, in ln t, of the window of points fitted around a crossing."""
+
+
+def _local_stretched_fit(t: FloatArray, y: FloatArray, err: FloatArray | None, ref: float,
+                         t_c: float) -> tuple[FloatArray, FloatArray] | None:
+    """:func:`_local_stretched_fit_k` with the curvature term c2 only where it is significant
+    (beyond 3 standard errors): a noise-dominated c2 only adds scatter."""
+    f = _local_stretched_fit_k(t, y, err, ref, t_c, 3)
+    if f is not None:
+        c, cov = f
+        if abs(c[2]) > 3.0 * math.sqrt(max(float(cov[2, 2]), 0.0)):
+            return f
+    return _local_stretched_fit_k(t, y, err, ref, t_c, 2)
+
+
+def _local_stretched_fit_k(t: FloatArray, y: FloatArray, err: FloatArray | None, ref: float,
+                           t_c: float, k: int) -> tuple[FloatArray, FloatArray] | None:
+    """Least squares (Gauss-Newton, in y) of y = ref*exp(-exp(c0 + c1*s + c2*s^2)), s = ln(t/t_c):
+    a stretched exponential (c2 = 0) with a slowly varying exponent, on a few points around t_c.
+    Returns (c, covariance of c scaled by the residual scatter, or by the points' errors with
+    fewer than 3 degrees of freedom)."""
+    sv = np.log(t / t_c)
+    X = np.column_stack([np.ones_like(sv), sv, sv * sv])[:, :k]
+    e = np.ones_like(sv) if err is None else np.where(err > 0, err, float(np.median(err)) or 1.0)
+    u = np.clip(y / ref, 1e-9, 1 - 1e-9)
+    zl = np.log(-np.log(u))
+    try:
+        c, *_ = np.linalg.lstsq(X[:, :2], zl, rcond=None)
+    except np.linalg.LinAlgError:
+        return None
+    c = np.array([c[0], c[1], 0.0])[:k]
+
+    def resid(cc: FloatArray) -> tuple[FloatArray, FloatArray]:
+        ez = np.exp(np.clip(X @ cc, -50, 50))
+        f = ref * np.exp(-ez)
+        return (y - f) / e, (-(f * ez))[:, None] * X / e[:, None]
+
+    r, J = resid(c)
+    ssr = float(r @ r)
+    for _ in range(30):
+        try:
+            step, *_ = np.linalg.lstsq(J, r, rcond=None)
+        except np.linalg.LinAlgError:
+            return None
+        lam = 1.0
+        while lam > 1e-4:
+            c_new = c + lam * step
+            r_new, J_new = resid(c_new)
+            ssr_new = float(r_new @ r_new)
+            if ssr_new <= ssr:
+                break
+            lam /= 2
+        else:
+            break
+        done = ssr - ssr_new <= 1e-14 * max(ssr, 1e-300)
+        c, r, J, ssr = c_new, r_new, J_new, ssr_new
+        if done:
+            break
+    dof = y.size - k
+    s2 = ssr / dof if dof >= 3 else 1.0
+    if err is None and dof < 3:
+        return None
+    cov = np.zeros((3, 3))
+    cov[:k, :k] = np.linalg.pinv(J.T @ J) * s2
+    return np.append(c, np.zeros(3 - k)), cov
 
 
 def _refined_crossing(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
-                      start: int = 0) -> tuple[float | None, float, float]:
+                      start: int = 0, ref: float = 1.0) -> tuple[float | None, float, float]:
     """(Tx, sigma, slope): the first crossing of ``level`` at or after index ``start`` (None if
-    the trace never falls to it), refined by a quadratic fitted to the points around it (those
-    within max(4 sigma, 0.01) of the level, at least 7), so that noise does not make it come
-    early (the first of many noisy points to fall below a level does so before the curve does);
-    sigma from the quadratic's covariance, slope dy/dt there. None also while fewer than 3
-    points follow that window: the crossing counts as measured once the trace has passed it."""
-    t_lin = crossing_time(t, y, level, start)
-    if t_lin is None:
+    the trace never falls to it), from a local fit, so that noise does not make it come early
+    (the first of many noisy points to fall below a level does so before the curve does). The
+    crossing is first located on a running median of the trace; then y = ref*exp(-exp(z)), with
+    z quadratic in ln t (exact for a stretched exponential from ``ref``; ``ref`` is the peak
+    for a brightening device), is fitted in y to the points where the curve is within
+    max(3 sigma, 1 %) of the level (at most ln t +- 0.5, at least 9 points), and solved for the
+    level; the window is centred on that and fitted once more. Sigma from
+    the fit's covariance; slope dy/dt there. None also while fewer than 3 points follow that
+    window: the crossing counts as measured once the trace has passed it."""
+    if crossing_time(t, y, level, start) is None:
         return None, math.nan, math.nan
-    below = np.flatnonzero(y[start:] <= level)
-    i = int(below[0]) + start
     noise = _noise_scale(y, err)
-    w = max(4.0 * noise, 0.01 * abs(level))
-    a, b = _window(y, i, level - w, level + w, start)
-    if b + 3 > y.size:
-        # the trace has not yet left the band around the level by 3 points: not measured yet
-        # (later samples would change the window; the stop rule waits for them)
+    i_raw = start + int(np.flatnonzero(y[start:] <= level)[0])
+    e = _point_error(err, noise, i_raw)
+    w = max(3.0 * e, 0.01 * abs(level))
+    ys = _smoothed(y, _smoothing_half_width(e, w))
+    t_s = crossing_time(t, ys, level, start)
+    if t_s is None:
         return None, math.nan, math.nan
-    q = _quadratic(t[a:b], y[a:b], None if err is None else err[a:b], noise, t_lin)
-    if q is not None and i > start:
-        (c0, c1, c2), cov = q
-        disc = c1 * c1 - 4 * c2 * (c0 - level)
-        if c1 < 0 and disc >= 0:
-            if abs(c2) * abs(t[b - 1] - t[a]) < 1e-9 * abs(c1):
-                d = -(c0 - level) / c1
+    i = start + int(np.flatnonzero(ys[start:] <= level)[0])
+    if i == start or not t_s > 0 or not 0 < level < ref:
+        return t_s, math.nan, math.nan
+    lo = max(start, int(np.searchsorted(t, 0.0, side="right")))
+    t_c = t_s
+    result: tuple[float, float, float] | None = None
+    z_level = math.log(-math.log(level / ref))
+    # window: where the curve is within w of the level (at least 9 points), in ln t; the slope
+    # dy/dln t = -y*ln(ref/y)*beta is first guessed with beta = 0.7, then taken from the fit
+    dydlnt = level * math.log(ref / level) * 0.7
+    accepted = 0
+    for _ in range(4):
+        h = min(max(w / dydlnt, 0.02), CROSSING_MAX_HALF_WIDTH)
+        a = max(lo, int(np.searchsorted(t, t_c * math.exp(-h))))
+        b = int(np.searchsorted(t, t_c * math.exp(h), side="right"))
+        k = int(np.searchsorted(t, t_c))
+        while b - a < 9 and (a > lo or b < t.size):
+            if a > lo and (k - a <= b - k or b >= t.size):
+                a -= 1
             else:
-                r = math.sqrt(disc)
-                roots = [(-c1 + r) / (2 * c2), (-c1 - r) / (2 * c2)]
-                d = min(roots, key=abs)
-            slope = c1 + 2 * c2 * d
-            if t[a] <= t_lin + d <= t[b - 1] and slope < 0:
-                g = -np.array([1.0, d, d * d]) / slope
-                var = float(g @ cov @ g)
-                return float(t_lin + d), math.sqrt(max(var, 0.0)), float(slope)
-    # too few points or no clean root: the interpolated crossing, with the local noise
-    j = max(i - 1, start)
-    slope = float((y[i] - y[j]) / (t[i] - t[j])) if i > j and t[i] > t[j] else math.nan
-    sig = noise / abs(slope) if slope and math.isfinite(slope) else math.nan
-    return t_lin, sig, slope
+                b += 1
+        if b + 3 > t.size:
+            # fewer than 3 points after the window: not measured yet (later samples would
+            # change the window; the stop rule waits for them)
+            return None, math.nan, math.nan
+        f = _local_stretched_fit(t[a:b], y[a:b], None if err is None else err[a:b], ref, t_c)
+        if f is None:
+            break
+        (c0, c1, c2), cov = f
+        disc = c1 * c1 - 4 * c2 * (c0 - z_level)
+        if not (c1 > 0 and disc >= 0):
+            break
+        if abs(c2) < 1e-12 * abs(c1):
+            sv = (z_level - c0) / c1
+        else:
+            r = math.sqrt(disc)
+            sv = min(((-c1 + r) / (2 * c2), (-c1 - r) / (2 * c2)), key=abs)
+        dz = c1 + 2 * c2 * sv
+        if not (dz > 0 and abs(sv) < 1.0):
+            break
+        tx = t_c * math.exp(sv)
+        t_c = tx
+        dydlnt = level * math.log(ref / level) * dz
+        if not (t[a] <= tx <= t[b - 1]):
+            continue  # the root lies outside this window: centre the next one on it
+        g = -np.array([1.0, sv, sv * sv]) / dz  # d s / d c
+        sig = tx * math.sqrt(max(float(g @ cov @ g), 0.0))
+        slope = -level * (-math.log(level / ref)) * dz / tx  # dy/dt = -y*e^z*dz/ds / t
+        result = (tx, sig, slope)
+        accepted += 1
+        if accepted >= 2:
+            break
+    if result is not None:
+        return result
+    # no clean local fit: a straight line through the 9 points nearest the running median's
+    # crossing, solved for the level
+    a = max(lo, i - 4)
+    b = min(t.size, a + 9)
+    if b + 3 > t.size:
+        return None, math.nan, math.nan
+    tt, yy = t[a:b] - t_s, y[a:b]
+    X = np.column_stack([np.ones_like(tt), tt])
+    coef, *_ = np.linalg.lstsq(X, yy, rcond=None)
+    res = yy - X @ coef
+    s2 = float(res @ res) / max(tt.size - 2, 1)
+    cov2 = np.linalg.pinv(X.T @ X) * max(s2, e * e if err is not None else s2)
+    c0, c1 = float(coef[0]), float(coef[1])
+    if not c1 < 0:
+        return t_s, math.nan, math.nan
+    d = (level - c0) / c1
+    g2 = np.array([-1.0, -d]) / c1
+    return t_s + d, math.sqrt(max(float(g2 @ cov2 @ g2), 0.0)), c1
 
 
 @dataclass(frozen=True)
@@ -729,12 +968,12 @@ def analyze_lifetime(
     )
     eps = l0e.err / l0 if math.isfinite(l0e.err) else 0.0  # relative standard error of L0
     t_h = t / 3600.0
-    tb, yb, eb = binned_trace_with_error(t_h, lum / l0, bins)
+    tb, yb, eb = analysis_trace(t_h, lum / l0, bins)
 
     pk, t_pk, pk_err, ipk = _smooth_peak(tb, yb, eb)
-    # positive aging: a peak above L0 by more than twice its uncertainty (noise alone puts the
+    # positive aging: a peak above L0 by more than 3 times its uncertainty (noise alone puts the
     # largest of many noisy points above L0)
-    if pk > 1.0 and pk - 1.0 > 2.0 * math.hypot(pk_err, eps):
+    if pk > 1.0 and pk - 1.0 > 3.0 * math.hypot(pk_err, eps):
         l_peak_rel, t_peak_h, start, peak_err = pk, t_pk, ipk, pk_err
     else:
         l_peak_rel, t_peak_h, start, peak_err = 1.0, float(t_h[0]), 0, eps
@@ -744,11 +983,11 @@ def analyze_lifetime(
     txp: dict[str, float | None] = {}
     txp_err: dict[str, float | None] = {}
     for name, x in LEVELS:
-        v, e, slope = _refined_crossing(tb, yb, eb, x)
+        v, e, slope = _refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel))
         tx[name] = v
         # L0 enters through the level: L0*(1+eps) moves the crossing by x*eps/|dy/dt|
         tx_err[name] = None if v is None else math.hypot(e, x * eps / abs(slope)) if slope else None
-        v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start)
+        v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel)
         txp[name] = v
         # from the peak: the level x*L_peak does not involve L0, only the peak's own error
         txp_err[name] = None if v is None else math.hypot(e, x * peak_err / abs(slope)) if slope else None
