@@ -109,6 +109,22 @@ def _early_log_model(dt: FloatArray, p: Sequence[float] | FloatArray, model: str
     return out
 
 
+def _early_log_jac(dt: FloatArray, p: Sequence[float] | FloatArray, model: str) -> FloatArray:
+    """Jacobian of :func:`_early_log_model` with respect to its parameters."""
+    x = np.maximum(dt, 0.0)
+    pos = x > 0
+    lx = np.where(pos, np.log(np.where(pos, x, 1.0)), 0.0) - p[1]
+    v = np.where(pos, np.exp(np.clip(p[2] * lx, -700, 700)), 0.0)  # (t/tau)^beta
+    cols = [np.ones_like(x), p[2] * v, -v * lx]
+    if model == "brightening":
+        r = x * math.exp(-p[4])  # t/tb
+        e = np.exp(-r)
+        g = -np.expm1(-r)
+        b = 1.0 + p[3] * g
+        cols += [g / b, -p[3] * e * r / b]
+    return np.column_stack(cols)
+
+
 def _l0_segment_end(t_s: FloatArray, lum: FloatArray, window_s: float) -> int:
     """Number of samples the L0 fit may use: up to the end of the first block of 16 samples
     whose median falls to L0_FIT_END_REL of the median of the first three (at least the first
@@ -176,8 +192,9 @@ def _fit_early(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str,
         p0 = np.clip(start, np.asarray(bounds[0]) + 1e-9, np.asarray(bounds[1]) - 1e-9)
         try:
             r = optimize.least_squares(lambda p: sw * (_early_log_model(dt, p, model) - ly), p0,
+                                       jac=lambda p: sw[:, None] * _early_log_jac(dt, p, model),
                                        bounds=bounds, method="trf", x_scale="jac",
-                                       xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=300)
+                                       xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=200)
         except (ValueError, np.linalg.LinAlgError):
             continue
         ssr = float(np.sum(r.fun * r.fun))
@@ -318,8 +335,11 @@ def _profile_sigma(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str, p:
         def res(q: FloatArray, p0: float = p0) -> FloatArray:
             return sw * (_early_log_model(dt, np.concatenate([[p0], q]), model) - ly)
 
+        def jac(q: FloatArray, p0: float = p0) -> FloatArray:
+            return sw[:, None] * _early_log_jac(dt, np.concatenate([[p0], q]), model)[:, 1:]
+
         try:
-            r = optimize.least_squares(res, np.clip(p[1:], lo + 1e-9, hi - 1e-9), bounds=(lo, hi),
+            r = optimize.least_squares(res, np.clip(p[1:], lo + 1e-9, hi - 1e-9), jac=jac, bounds=(lo, hi),
                                        method="trf", x_scale="jac", xtol=1e-10, ftol=1e-10,
                                        gtol=1e-10, max_nfev=200)
         except (ValueError, np.linalg.LinAlgError):
@@ -390,7 +410,8 @@ def analysis_trace(
 ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """The trace Tx, the peak and the fit are taken on: the first ``bins // 10`` samples as they
     are (the steep start of a stretched exponential with small beta, and an early peak, would be
-    lost in a bin), the rest as in :func:`binned_trace_with_error` with ``bins - bins // 10`` bins.
+    lost in a bin), the rest as in :func:`binned_trace_with_error` with ``bins - bins // 10`` bins
+    (their errors smoothed over 21 bins).
     The single samples' standard error is the scatter of one sample (from the bins' errors, or
     from second differences when there are too few samples for bins). No-op (errors None) when
     there are no more samples than bins."""
@@ -402,6 +423,10 @@ def analysis_trace(
     if eb is None:
         return t, y, None
     k = (n - n_raw) // (bins - n_raw)
+    # a bin's own scatter (MAD of k samples) is a noisy estimate of its error: weights taken
+    # from it let a few bins dominate a fit. The noise varies slowly, so each bin gets the
+    # running median of 21 bins' estimates
+    eb = _smoothed(eb, 10)
     # a bin's median of k samples has sqrt(pi/2/k) times one sample's scatter
     one = float(np.median(eb)) * math.sqrt(k / (math.pi / 2))
     return (np.concatenate([t[:n_raw], tb]), np.concatenate([y[:n_raw], yb]),
@@ -1017,7 +1042,8 @@ def analyze_lifetime(
         fit=sfit,
         extrapolated=extrap,
         l0_err_cd_m2=l0e.err,
-        l_peak_err_cd_m2=math.hypot(peak_err, eps * l_peak_rel) * l0 if l_peak_rel > 1.0 else l0e.err,
+        # L_peak = (peak of L/L0)*L0 does not depend on L0: only the peak fit's own error
+        l_peak_err_cd_m2=peak_err * l0 if l_peak_rel > 1.0 else l0e.err,
         tx_err_h=tx_err,
         tx_from_peak_err_h=txp_err,
         l0_model=l0e.model,
