@@ -232,17 +232,17 @@ def estimate_l0(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
     # and above 0.03 %) is fitted again over a quarter of the time, down to the first window
     t_max = math.inf
     while True:
-        est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, t_max)
+        est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, t_max, sigma_ln)
         if rms <= max(1.5 * sigma_ln, 3e-4) or not math.isfinite(rms):
             return est
         t_max = est.t_end_s / 4.0
         if t_max <= window_s:
-            est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, window_s)
+            est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, window_s, sigma_ln)
             return est
 
 
 def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_samples: int,
-                    t_max: float) -> tuple[L0Estimate, float]:
+                    t_max: float, sigma_ln: float = 0.0) -> tuple[L0Estimate, float]:
     """:func:`estimate_l0` on the samples up to ``t_max`` after the first: the estimate and the
     rms weighted residual of the fit (NaN when no model was fitted)."""
     dt, ly, w = _l0_fit_data(t_s, lum, window_s, min_samples, t_max)
@@ -266,7 +266,10 @@ def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_sampl
     candidates: list[tuple[str, FloatArray, float, FloatArray]] = []
     if fs is not None:
         candidates.append(("stretched", *fs))
-    if dt.size >= 8:
+    # the rise is tried unless the stretched exponential already fits to the scatter of the
+    # samples (then it cannot lower the BIC by its two more parameters' worth)
+    fits_to_noise = fs is not None and math.sqrt(fs[1] / float(np.sum(w))) <= 1.2 * sigma_ln
+    if dt.size >= 8 and not fits_to_noise:
         ipk = int(np.argmax(ly))
         rise = max(float(ly[ipk] - first), 0.0)
         tpk = max(float(dt[ipk]), float(dt[1]))
@@ -308,10 +311,11 @@ def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_sampl
             sig = math.sqrt(max(float(cov[0, 0]), 0.0))
         except np.linalg.LinAlgError:
             sig = math.nan
-        if math.isfinite(sig):
-            bnds = (lo_s, hi_s) if model == "stretched" else (lo_b, hi_b)
-            sig = max(sig, _profile_sigma(dt, ly, w, model, p, ssr, ssr / dof, 1.5 * sig, bnds))
-            err = math.exp(float(p[0])) * sig
+        if math.isfinite(sig) and model == "brightening":
+            # a rise and a decay trade off: the SSR profile's error where it is larger
+            sig = max(sig, _profile_sigma(dt, ly, w, model, p, ssr, ssr / dof, 1.5 * sig,
+                                          (lo_b, hi_b)))
+        err = math.exp(float(p[0])) * sig
     rms = math.sqrt(ssr / float(np.sum(w)))
     return L0Estimate(math.exp(float(p[0])), err, model, tuple(float(v) for v in p), t_end), rms
 
@@ -757,7 +761,7 @@ def _local_stretched_fit_k(t: FloatArray, y: FloatArray, err: FloatArray | None,
 
     r, J = resid(c)
     ssr = float(r @ r)
-    for _ in range(30):
+    for _ in range(20):
         try:
             step, *_ = np.linalg.lstsq(J, r, rcond=None)
         except np.linalg.LinAlgError:
@@ -772,7 +776,7 @@ def _local_stretched_fit_k(t: FloatArray, y: FloatArray, err: FloatArray | None,
             lam /= 2
         else:
             break
-        done = ssr - ssr_new <= 1e-14 * max(ssr, 1e-300)
+        done = ssr - ssr_new <= 1e-12 * max(ssr, 1e-300)
         c, r, J, ssr = c_new, r_new, J_new, ssr_new
         if done:
             break
@@ -998,7 +1002,9 @@ def analyze_lifetime(
     pk, t_pk, pk_err, ipk = _smooth_peak(tb, yb, eb)
     # positive aging: a peak above L0 by more than 3 times its uncertainty (noise alone puts the
     # largest of many noisy points above L0)
-    if pk > 1.0 and pk - 1.0 > 3.0 * math.hypot(pk_err, eps):
+    # and an early trace that needs the rise (a stretched exponential alone fits it: no peak)
+    rises = l0e.model != "stretched"
+    if rises and pk > 1.0 and pk - 1.0 > 3.0 * math.hypot(pk_err, eps):
         l_peak_rel, t_peak_h, start, peak_err = pk, t_pk, ipk, pk_err
     else:
         l_peak_rel, t_peak_h, start, peak_err = 1.0, float(t_h[0]), 0, eps
@@ -1012,7 +1018,10 @@ def analyze_lifetime(
         tx[name] = v
         # L0 enters through the level: L0*(1+eps) moves the crossing by x*eps/|dy/dt|
         tx_err[name] = None if v is None else math.hypot(e, x * eps / abs(slope)) if slope else None
-        v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel)
+        if start == 0 and l_peak_rel == 1.0:  # no brightening: the same crossing
+            pass
+        else:
+            v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel)
         txp[name] = v
         # from the peak: the level x*L_peak does not involve L0, only the peak's own error
         txp_err[name] = None if v is None else math.hypot(e, x * peak_err / abs(slope)) if slope else None
