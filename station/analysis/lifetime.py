@@ -790,7 +790,19 @@ def _local_stretched_fit_k(t: FloatArray, y: FloatArray, err: FloatArray | None,
 
 
 def _refined_crossing(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
-                      start: int = 0, ref: float = 1.0) -> tuple[float | None, float, float]:
+                      start: int = 0, ref: float = 1.0, t0: float = 0.0
+                      ) -> tuple[float | None, float, float]:
+    """:func:`_refined_crossing_from` with time counted from ``t0`` (the peak, for a device that
+    brightens: after the peak, -ln(y/peak) grows as a power of the time since the peak)."""
+    first = crossing_time(t, y, level, start)
+    if t0 > 0 and first is not None and first < t0 and level < 1.0:
+        t0, ref = 0.0, 1.0  # the level is crossed before the peak: a decay from L0 there
+    v, sig, slope = _refined_crossing_from(t - t0, y, err, level, start, ref)
+    return (None if v is None else v + t0), sig, slope
+
+
+def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
+                           start: int = 0, ref: float = 1.0) -> tuple[float | None, float, float]:
     """(Tx, sigma, slope): the first crossing of ``level`` at or after index ``start`` (None if
     the trace never falls to it), from a local fit, so that noise does not make it come early
     (the first of many noisy points to fall below a level does so before the curve does). The
@@ -806,7 +818,7 @@ def _refined_crossing(t: FloatArray, y: FloatArray, err: FloatArray | None, leve
     noise = _noise_scale(y, err)
     i_raw = start + int(np.flatnonzero(y[start:] <= level)[0])
     e = _point_error(err, noise, i_raw)
-    w = max(3.0 * e, 0.01 * abs(level))
+    w = max(3.0 * e, 0.003 * abs(level))
     ys = _smoothed(y, _smoothing_half_width(e, w))
     t_s = crossing_time(t, ys, level, start)
     if t_s is None:
@@ -1014,14 +1026,14 @@ def analyze_lifetime(
     txp: dict[str, float | None] = {}
     txp_err: dict[str, float | None] = {}
     for name, x in LEVELS:
-        v, e, slope = _refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel))
+        v, e, slope = _refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel), t_peak_h if start else 0.0)
         tx[name] = v
         # L0 enters through the level: L0*(1+eps) moves the crossing by x*eps/|dy/dt|
         tx_err[name] = None if v is None else math.hypot(e, x * eps / abs(slope)) if slope else None
         if start == 0 and l_peak_rel == 1.0:  # no brightening: the same crossing
             pass
         else:
-            v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel)
+            v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel, t_peak_h)
         txp[name] = v
         # from the peak: the level x*L_peak does not involve L0, only the peak's own error
         txp_err[name] = None if v is None else math.hypot(e, x * peak_err / abs(slope)) if slope else None
