@@ -415,7 +415,7 @@ def analysis_trace(
     """The trace Tx, the peak and the fit are taken on: the first ``bins // 10`` samples as they
     are (the steep start of a stretched exponential with small beta, and an early peak, would be
     lost in a bin), the rest as in :func:`binned_trace_with_error` with ``bins - bins // 10`` bins
-    (their errors smoothed over 21 bins).
+    (at least 3 samples each; their errors smoothed over 21 bins).
     The single samples' standard error is the scatter of one sample (from the bins' errors, or
     from second differences when there are too few samples for bins). No-op (errors None) when
     there are no more samples than bins."""
@@ -423,10 +423,12 @@ def analysis_trace(
     if bins <= 0 or n <= bins:
         return t, y, None
     n_raw = bins // 10
-    tb, yb, eb = binned_trace_with_error(t[n_raw:], y[n_raw:], bins - n_raw)
+    # at least 3 samples a bin: a bin estimates its error from its own scatter
+    n_bins = min(bins - n_raw, (n - n_raw) // 3)
+    tb, yb, eb = binned_trace_with_error(t[n_raw:], y[n_raw:], n_bins)
     if eb is None:
         return t, y, None
-    k = (n - n_raw) // (bins - n_raw)
+    k = (n - n_raw) // n_bins
     # a bin's own scatter (MAD of k samples) is a noisy estimate of its error: weights taken
     # from it let a few bins dominate a fit. The noise varies slowly, so each bin gets the
     # running median of 21 bins' estimates
@@ -722,7 +724,10 @@ def _peak_vertex(lt: FloatArray, y: FloatArray, err: FloatArray | None, noise: f
 
 
 CROSSING_MAX_HALF_WIDTH = 0.5
-"""Largest half-width, in ln t, of the window of points fitted around a crossing."""
+"""Largest half-width, in ln t, of the window of points fitted around a crossing, unless the
+slope needs a wider one."""
+CROSSING_WIDEST = 1.5
+"""Widest half-width, in ln t, when the slope is not known to 10 % in a narrower window."""
 
 
 def _local_stretched_fit(t: FloatArray, y: FloatArray, err: FloatArray | None, ref: float,
@@ -790,19 +795,32 @@ def _local_stretched_fit_k(t: FloatArray, y: FloatArray, err: FloatArray | None,
 
 
 def _refined_crossing(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
-                      start: int = 0, ref: float = 1.0, t0: float = 0.0
-                      ) -> tuple[float | None, float, float]:
+                      start: int = 0, ref: float = 1.0, t0: float = 0.0,
+                      level_rel_err: float = 0.0) -> tuple[float | None, float, float]:
     """:func:`_refined_crossing_from` with time counted from ``t0`` (the peak, for a device that
     brightens: after the peak, -ln(y/peak) grows as a power of the time since the peak)."""
     first = crossing_time(t, y, level, start)
     if t0 > 0 and first is not None and first < t0 and level < 1.0:
         t0, ref = 0.0, 1.0  # the level is crossed before the peak: a decay from L0 there
-    v, sig, slope = _refined_crossing_from(t - t0, y, err, level, start, ref)
+    v, sig, slope = _refined_crossing_from(t - t0, y, err, level, start, ref, level_rel_err)
     return (None if v is None else v + t0), sig, slope
 
 
+def _root(c0: float, c1: float, c2: float, z: float) -> float | None:
+    """The root of c0 + c1*s + c2*s^2 = z nearest s = 0 on the rising branch, or None."""
+    disc = c1 * c1 - 4 * c2 * (c0 - z)
+    if not (c1 > 0 and disc >= 0):
+        return None
+    if abs(c2) < 1e-12 * abs(c1):
+        return (z - c0) / c1
+    r = math.sqrt(disc)
+    sv = min(((-c1 + r) / (2 * c2), (-c1 - r) / (2 * c2)), key=abs)
+    return sv if c1 + 2 * c2 * sv > 0 else None
+
+
 def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
-                           start: int = 0, ref: float = 1.0) -> tuple[float | None, float, float]:
+                           start: int = 0, ref: float = 1.0, level_rel_err: float = 0.0
+                           ) -> tuple[float | None, float, float]:
     """(Tx, sigma, slope): the first crossing of ``level`` at or after index ``start`` (None if
     the trace never falls to it), from a local fit, so that noise does not make it come early
     (the first of many noisy points to fall below a level does so before the curve does). The
@@ -836,8 +854,14 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
     accepted = 0
     for _ in range(4):
         h = min(max(w / dydlnt, 0.02), CROSSING_MAX_HALF_WIDTH)
-        a = max(lo, int(np.searchsorted(t, t_c * math.exp(-h))))
-        b = int(np.searchsorted(t, t_c * math.exp(h), side="right"))
+        while True:
+            a = max(lo, int(np.searchsorted(t, t_c * math.exp(-h))))
+            b = int(np.searchsorted(t, t_c * math.exp(h), side="right"))
+            # a slope known to 10 % or better: else widen (exact for a stretched exponential)
+            n_pts = max(b - a, 2)
+            if e * math.sqrt(12.0 / n_pts) <= 0.1 * 2 * h * dydlnt or h >= CROSSING_WIDEST:
+                break
+            h = min(1.5 * h, CROSSING_WIDEST)
         k = int(np.searchsorted(t, t_c))
         while b - a < 9 and (a > lo or b < t.size):
             if a > lo and (k - a <= b - k or b >= t.size):
@@ -864,6 +888,7 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
         if not (dz > 0 and abs(sv) < 1.0):
             break
         tx = t_c * math.exp(sv)
+        t_fit = t_c
         t_c = tx
         dydlnt = level * math.log(ref / level) * dz
         if not (t[a] <= tx <= t[b - 1]):
@@ -871,6 +896,17 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
         g = -np.array([1.0, sv, sv * sv]) / dz  # d s / d c
         sig = tx * math.sqrt(max(float(g @ cov @ g), 0.0))
         slope = -level * (-math.log(level / ref)) * dz / tx  # dy/dt = -y*e^z*dz/ds / t
+        if level_rel_err > 0:
+            # the level's own error (L0's): the fitted curve solved at level*(1 -+ err), half
+            # the difference (not the slope: T95 of a small-beta device is far from linear in L0)
+            ends = []
+            for lv in (level * (1 - level_rel_err), level * (1 + level_rel_err)):
+                s_lv = _root(c0, c1, c2, math.log(-math.log(lv / ref))) if 0 < lv < ref else None
+                ends.append(None if s_lv is None else t_fit * math.exp(s_lv))
+            if ends[0] is not None and ends[1] is not None:
+                sig = math.hypot(sig, abs(ends[0] - ends[1]) / 2)
+            else:
+                sig = math.hypot(sig, level * level_rel_err / abs(slope))
         result = (tx, sig, slope)
         accepted += 1
         if accepted >= 2:
@@ -894,7 +930,8 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
         return t_s, math.nan, math.nan
     d = (level - c0) / c1
     g2 = np.array([-1.0, -d]) / c1
-    return t_s + d, math.sqrt(max(float(g2 @ cov2 @ g2), 0.0)), c1
+    var = max(float(g2 @ cov2 @ g2), 0.0) + (level * level_rel_err / c1) ** 2
+    return t_s + d, math.sqrt(var), c1
 
 
 @dataclass(frozen=True)
@@ -1026,17 +1063,17 @@ def analyze_lifetime(
     txp: dict[str, float | None] = {}
     txp_err: dict[str, float | None] = {}
     for name, x in LEVELS:
-        v, e, slope = _refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel), t_peak_h if start else 0.0)
+        # L0 enters through the level: the data were divided by an L0 with relative error eps
+        v, e, _ = _refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel),
+                                    t_peak_h if start else 0.0, eps)
         tx[name] = v
-        # L0 enters through the level: L0*(1+eps) moves the crossing by x*eps/|dy/dt|
-        tx_err[name] = None if v is None else math.hypot(e, x * eps / abs(slope)) if slope else None
-        if start == 0 and l_peak_rel == 1.0:  # no brightening: the same crossing
-            pass
-        else:
-            v, e, slope = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel, t_peak_h)
+        tx_err[name] = None if v is None or not math.isfinite(e) else e
+        if not (start == 0 and l_peak_rel == 1.0):  # else no brightening: the same crossing
+            # from the peak: the level x*L_peak does not involve L0, only the peak's own error
+            v, e, _ = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel, t_peak_h,
+                                        peak_err / l_peak_rel)
         txp[name] = v
-        # from the peak: the level x*L_peak does not involve L0, only the peak's own error
-        txp_err[name] = None if v is None else math.hypot(e, x * peak_err / abs(slope)) if slope else None
+        txp_err[name] = None if v is None or not math.isfinite(e) else e
 
     sfit = None
     if fit:
