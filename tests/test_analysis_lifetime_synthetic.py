@@ -147,10 +147,11 @@ def z_stats(est: list[float], err: list[float], truth: float) -> tuple[float, fl
 
 
 NOISY = {
-    # beta, brightening, scheme, sample interval (s), noise, trace length (x T50), t50 (h)
+    # beta, brightening, scheme, sample interval (s), noise, trace length (x T50), t50 (h);
+    # one sample every 5 min (the first device: 12 in the first minute, then every 5 min)
     "beta 0.6, 1 % noise": (0.6, (0.0, 1.0), "12 in the first minute", 300.0, 0.01, 1.3, 100.0),
-    "beta 0.7, 20 % brightening, 1 % noise": (0.7, (0.2, 0.05), "one a minute", 300.0, 0.01, 1.3, 100.0),
-    "beta 1, 0.5 % noise, stops at 0.7 T50": (1.0, (0.0, 1.0), "one a minute", 300.0, 0.005, 0.7, 100.0),
+    "beta 0.7, 20 % brightening, 1 % noise": (0.7, (0.2, 0.05), "regular", 300.0, 0.01, 1.3, 100.0),
+    "beta 1, 0.5 % noise, stops at 0.7 T50": (1.0, (0.0, 1.0), "regular", 300.0, 0.005, 0.7, 100.0),
 }
 
 

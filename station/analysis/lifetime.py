@@ -1,22 +1,23 @@
 """Operational lifetime: L0, peak, Tx, stretched-exponential fit and the acceleration law.
 
-Conventions (see ``docs/measurement.md``):
+Conventions (see ``docs/measurement.md``, which also says what was proven on synthetic data):
 
 * ``t_s`` is seconds since the constant drive was switched on; results are in hours.
-* L0 is the median luminance of the samples in the first ``l0_window_s`` seconds (default 60 s)
-  after the first sample; if fewer than ``l0_min_samples`` (3) fall in it, the median of the first
-  ``l0_min_samples`` samples.
-* The trace is reduced to at most ``bins`` (default 1000) equal-count bins, each represented by the
-  median time and median luminance of its samples (robust to spikes, and it keeps log-spaced
-  logging intact). Tx, the peak and the fit are taken on that trace; traces with no more samples
-  than ``bins`` are used as they are.
-* L_peak is the largest binned luminance, or L0 if none exceeds it (then t_peak is the first
-  sample's time). "Positive aging" means L_peak > L0.
-* Tx (x = 95, 90, 80, 50 %) is the first time the trace falls to x*L0, linearly interpolated
-  between the two samples that bracket that first crossing; ``tx_from_peak`` the same with
-  x*L_peak, searched from t_peak on. Both are times since the drive was switched on.
-* Fit: L/L0 = A*exp(-(t/tau)^beta) on the binned trace from t_peak on (the decaying part),
-  each bin weighted by its median's standard error estimated from the bin's own scatter.
+* L0 (:func:`estimate_l0`, :func:`l0_of`) is the switch-on value of an early-trace model fitted
+  to ln L: a stretched exponential, or the same times a saturating rise (positive aging), the
+  one with the lower BIC; its standard error from the fit. The fit covers the trace until it
+  first falls to 97 % of its first value (the first minute sample by sample).
+* The trace is reduced to at most ``bins`` (default 1000) points: the first ``bins // 10``
+  samples as they are, the rest as equal-count bins (median t, median L, the median's standard
+  error), at least 3 samples a bin (:func:`analysis_trace`).
+* L_peak is the bias-corrected vertex of a quadratic in ln t around the peak; "positive aging"
+  needs the early trace to need the rise and the peak to stand 3 sigma above L0.
+* Tx (x = 95, 90, 80, 50 %) is the first crossing of x*L0, located on a running median and
+  measured by a local stretched-exponential fit around it (no first-passage bias from noise);
+  ``tx_from_peak`` the same with x*L_peak, from t_peak on. Both are times since the drive was
+  switched on. Each has a standard error that includes L0's (or L_peak's).
+* Fit: L/L0 = A*exp(-(t/tau)^beta) on the trace from t_peak on (the decaying part), weighted by
+  the bins' errors; extrapolated Tx carry the fit's covariance and L0's error.
 """
 
 from __future__ import annotations
