@@ -930,6 +930,8 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
     if not c1 < 0:
         return t_s, math.nan, math.nan
     d = (level - c0) / c1
+    if not t[a] <= t_s + d <= t[b - 1]:  # the line does not cross inside its points
+        return t_s, math.nan, math.nan
     g2 = np.array([-1.0, -d]) / c1
     var = max(float(g2 @ cov2 @ g2), 0.0) + (level * level_rel_err / c1) ** 2
     return t_s + d, math.sqrt(var), c1
