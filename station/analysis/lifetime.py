@@ -232,14 +232,17 @@ def estimate_l0(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
     # a model that does not describe the early trace (rms residual above 1.5 times the scatter,
     # and above 0.03 %) is fitted again over a quarter of the time, down to the first window
     t_max = math.inf
-    while True:
-        est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, t_max, sigma_ln)
-        if rms <= max(1.5 * sigma_ln, 3e-4) or not math.isfinite(rms):
-            return est
-        t_max = est.t_end_s / 4.0
-        if t_max <= window_s:
-            est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, window_s, sigma_ln)
-            return est
+    try:
+        while True:
+            est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, t_max, sigma_ln)
+            if rms <= max(1.5 * sigma_ln, 3e-4) or not math.isfinite(rms):
+                return est
+            t_max = est.t_end_s / 4.0
+            if t_max <= window_s:
+                est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, window_s, sigma_ln)
+                return est
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a degenerate trace
+        return _l0_theil_sen(t_s, lum, window_s, min_samples)
 
 
 def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_samples: int,
@@ -521,7 +524,7 @@ def _initial_guess(t: FloatArray, y: FloatArray) -> tuple[float, float, float]:
             slope, icept = np.polyfit(lt, z, 1)
             if math.isfinite(slope) and slope > 0:
                 beta0 = float(np.clip(slope, 0.1, 3.0))
-                tau0 = float(math.exp(-icept / slope))
+                tau0 = float(math.exp(min(-icept / slope, 700.0)))
     if not (math.isfinite(tau0) and tau0 > 0):
         tau0 = max(float(t[-1]), 1e-6)
     tau0 = float(np.clip(tau0, 1e-6, 1e9))
@@ -803,7 +806,10 @@ def _refined_crossing(t: FloatArray, y: FloatArray, err: FloatArray | None, leve
     first = crossing_time(t, y, level, start)
     if t0 > 0 and first is not None and first < t0 and level < 1.0:
         t0, ref = 0.0, 1.0  # the level is crossed before the peak: a decay from L0 there
-    v, sig, slope = _refined_crossing_from(t - t0, y, err, level, start, ref, level_rel_err)
+    try:
+        v, sig, slope = _refined_crossing_from(t - t0, y, err, level, start, ref, level_rel_err)
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a degenerate trace
+        return first, math.nan, math.nan
     return (None if v is None else v + t0), sig, slope
 
 
@@ -1051,12 +1057,16 @@ def analyze_lifetime(
     t_h = t / 3600.0
     tb, yb, eb = analysis_trace(t_h, lum / l0, bins)
 
-    pk, t_pk, pk_err, ipk = _smooth_peak(tb, yb, eb)
+    try:
+        pk, t_pk, pk_err, ipk = _smooth_peak(tb, yb, eb)
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a degenerate trace
+        ipk = int(np.argmax(yb))
+        pk, t_pk, pk_err = float(yb[ipk]), float(tb[ipk]), math.nan
     # positive aging: a peak above L0 by more than 3 times its uncertainty (noise alone puts the
-    # largest of many noisy points above L0)
-    # and an early trace that needs the rise (a stretched exponential alone fits it: no peak)
+    # largest of many noisy points above L0) and by 0.01 %, and an early trace that needs the
+    # rise (a stretched exponential alone fits it: no peak)
     rises = l0e.model != "stretched"
-    if rises and pk > 1.0 and pk - 1.0 > 3.0 * math.hypot(pk_err, eps):
+    if rises and pk - 1.0 > max(3.0 * math.hypot(pk_err, eps), 1e-4):
         l_peak_rel, t_peak_h, start, peak_err = pk, t_pk, ipk, pk_err
     else:
         l_peak_rel, t_peak_h, start, peak_err = 1.0, float(t_h[0]), 0, eps
