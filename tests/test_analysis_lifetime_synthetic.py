@@ -252,3 +252,38 @@ def test_acceleration_exponent_error_is_calibrated() -> None:
     rms = float(np.sqrt(np.mean(np.square(z))))
     assert 0.7 <= rms <= 1.5, rms
     assert abs(float(np.mean(ns)) - n_true) < 3 * float(np.std(ns)) / math.sqrt(len(ns))
+
+
+def test_acceleration_exponent_from_three_pixels_with_their_errors_is_calibrated() -> None:
+    """One pixel at each of 300, 1000, 3000 cd/m2 (1 degree of freedom: the regression's own
+    scatter is Cauchy-tailed as an error): with the pixels' T50 and L0 errors and T50's
+    sensitivity to L0, the weighted fit's error covers the truth."""
+    n_true, t_ref = 1.7, 3000.0
+    z, ns = [], []
+    for seed in range(50):
+        rng = np.random.default_rng(2000 + seed)
+        l0s: list[float] = []
+        t50s: list[float] = []
+        errs: list[float] = []
+        l0_errs: list[float] = []
+        sens: list[float] = []
+        for l0 in (300.0, 1000.0, 3000.0):
+            t50 = t_ref * (100.0 / l0) ** n_true
+            tau = t50 / math.log(2.0) ** (1.0 / 0.6)
+            t = np.arange(0.0, 1.2 * t50 * H, t50 * H / 500)
+            lum = l0 * rel_model(t / H, tau, 0.6, 0.0, 1.0) * (1.0 + 0.01 * rng.standard_normal(t.size))
+            res = analyze_lifetime(t, lum, fit=False)
+            t50_h, err, g = res.t50_h, res.tx_err_h["t50"], res.tx_l0_sensitivity["t50"]
+            assert t50_h is not None and err is not None and g is not None
+            l0s.append(res.l0_cd_m2)
+            l0_errs.append(res.l0_err_cd_m2)
+            t50s.append(t50_h)
+            errs.append(err)
+            sens.append(g)
+        fit = fit_acceleration(l0s, t50s, t_err_h=errs, l0_err_cd_m2=l0_errs, dlnt_dlnl0=sens)
+        assert fit.n_err is not None
+        z.append((fit.n - n_true) / fit.n_err)
+        ns.append(fit.n)
+    rms = float(np.sqrt(np.mean(np.square(z))))
+    assert 0.7 <= rms <= 1.5, rms
+    assert abs(float(np.mean(ns)) - n_true) < 3 * float(np.std(ns)) / math.sqrt(len(ns))

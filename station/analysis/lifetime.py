@@ -216,8 +216,9 @@ def estimate_l0(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
     model's, from the Jacobian, scaled by the residual scatter. Both models are exact for such
     traces, so noise-free L0 carries no bias from the curvature of the first minutes (which
     biases a straight line or a median). A model that misfits (rms residual above 1.5 times
-    the sample scatter and 0.03 %) is fitted again over a quarter of the time, down to the
-    first window. ``t_s`` must be sorted. With fewer than 5 usable samples: a Theil-Sen line."""
+    the sample scatter, allowing for that estimate's own uncertainty, and 0.03 %) is fitted again
+    over a quarter of the time, down to the first window (while a model can still be fitted).
+    ``t_s`` must be sorted. With fewer than 5 usable samples: a Theil-Sen line."""
     t_s = np.asarray(t_s, dtype=float)
     lum = np.asarray(lum, dtype=float)
     if t_s.size == 0:
@@ -232,15 +233,21 @@ def estimate_l0(t_s: FloatArray, lum: FloatArray, window_s: float = L0_WINDOW_S,
     # a model that does not describe the early trace (rms residual above 1.5 times the scatter,
     # and above 0.03 %) is fitted again over a quarter of the time, down to the first window
     t_max = math.inf
+    # (the scatter is itself estimated from the segment's samples: allow for its uncertainty)
+    tol = 1.5 + 4.0 / math.sqrt(max(d2.size, 1))
     try:
+        prev = None
         while True:
             est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, t_max, sigma_ln)
-            if rms <= max(1.5 * sigma_ln, 3e-4) or not math.isfinite(rms):
+            if not math.isfinite(rms):  # too few samples for a model: the last model's, if any
+                return prev if prev is not None else est
+            if rms <= max(tol * sigma_ln, 3e-4):
                 return est
+            prev = est
             t_max = est.t_end_s / 4.0
             if t_max <= window_s:
                 est, rms = _fit_l0_segment(t_s, lum, window_s, min_samples, window_s, sigma_ln)
-                return est
+                return est if math.isfinite(rms) else prev
     except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a degenerate trace
         return _l0_theil_sen(t_s, lum, window_s, min_samples)
 
@@ -843,7 +850,7 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
     noise = _noise_scale(y, err)
     i_raw = start + int(np.flatnonzero(y[start:] <= level)[0])
     e = _point_error(err, noise, i_raw)
-    w = max(3.0 * e, 0.003 * abs(level))
+    w = max(1.5 * e, 0.003 * abs(level))
     ys = _smoothed(y, _smoothing_half_width(e, w))
     t_s = crossing_time(t, ys, level, start)
     if t_s is None:
@@ -961,6 +968,9 @@ class LifetimeResult:
     tx_err_h: dict[str, float | None] = field(default_factory=dict)
     tx_from_peak_err_h: dict[str, float | None] = field(default_factory=dict)
     l0_model: str = ""
+    #: d ln Tx / d ln L0 with the data held (negative: a higher L0 puts x*L0 earlier); the
+    #: acceleration fit needs it, since each pixel's L0 and Tx errors are correlated through it
+    tx_l0_sensitivity: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def t95_h(self) -> float | None:
@@ -1016,6 +1026,7 @@ class LifetimeResult:
         for name, _ in LEVELS:
             d[f"{name}_from_peak_h"] = _num(self.tx_from_peak_h[name])
             d[f"{name}_from_peak_h_err"] = _num(self.tx_from_peak_err_h.get(name))
+        d["l0_sensitivity"] = {f"{k}_h": _num(v) for k, v in self.tx_l0_sensitivity.items()}
         d["extrapolated"] = {k: _num(v) for k, v in self.extrapolated.items()}
         d["fit"] = self.fit.to_dict() if self.fit is not None else None
         return d
@@ -1073,14 +1084,18 @@ def analyze_lifetime(
 
     tx: dict[str, float | None] = {}
     tx_err: dict[str, float | None] = {}
+    sens: dict[str, float | None] = {}
     txp: dict[str, float | None] = {}
     txp_err: dict[str, float | None] = {}
     for name, x in LEVELS:
         # L0 enters through the level: the data were divided by an L0 with relative error eps
-        v, e, _ = _refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel),
-                                    t_peak_h if start else 0.0, eps)
+        v, e, slope = _refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel),
+                                        t_peak_h if start else 0.0, eps)
         tx[name] = v
         tx_err[name] = None if v is None or not math.isfinite(e) else e
+        # d ln Tx / d ln L0 with the data fixed: y*(1 - d) crosses x at dT = x*d/(dy/dt)
+        sens[name] = (x / (slope * v) if v is not None and v > 0 and math.isfinite(slope)
+                      and slope < 0 else None)
         if not (start == 0 and l_peak_rel == 1.0):  # else no brightening: the same crossing
             # from the peak: the level x*L_peak does not involve L0, only the peak's own error
             v, e, _ = _refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel, t_peak_h,
@@ -1118,6 +1133,7 @@ def analyze_lifetime(
         tx_err_h=tx_err,
         tx_from_peak_err_h=txp_err,
         l0_model=l0e.model,
+        tx_l0_sensitivity=sens,
     )
 
 
@@ -1176,10 +1192,22 @@ def fit_acceleration(
     confidence: float = 0.95,
     metric: str = "t50_h",
     min_distinct_l0: int = 3,
+    t_err_h: Sequence[float] | npt.ArrayLike | None = None,
+    l0_err_cd_m2: Sequence[float] | npt.ArrayLike | None = None,
+    dlnt_dlnl0: Sequence[float] | npt.ArrayLike | None = None,
 ) -> AccelerationFit:
     """Fit (or apply) the acceleration law and report T at ``reference_cd_m2`` with a
     ``confidence`` interval. Fitting n needs pixels aged at ``min_distinct_l0`` (3) or more
-    distinct L0 (values within 1 % count as one)."""
+    distinct L0 (values within 1 % count as one).
+
+    With the pixels' standard errors ``t_err_h`` (and optionally ``l0_err_cd_m2`` and each
+    Tx's ``dlnt_dlnl0``, :attr:`LifetimeResult.tx_l0_sensitivity`), n is fitted by weighted
+    least squares: pixel i's residual ln T_i - c + n ln L0_i has the variance
+    (sT/T)^2 + (n^2 + 2 n g)(sL0/L0)^2 (g = d ln T/d ln L0: its L0 error moves both
+    coordinates), n iterated; the errors are those of the weights, scaled up by
+    sqrt(chi2/dof) where the scatter exceeds them (devices differ more than their noise).
+    This is calibrated with 3 pixels, where the regression's own scatter (1 degree of freedom)
+    is not."""
     x = np.asarray(l0_cd_m2, dtype=float).ravel()
     y = np.asarray(t_h, dtype=float).ravel()
     if x.shape != y.shape:
@@ -1193,6 +1221,9 @@ def fit_acceleration(
     lx = np.log(x / reference_cd_m2)
     ly = np.log(y)
     N = x.size
+    if n is None and t_err_h is not None:
+        return _fit_acceleration_weighted(x, y, lx, ly, t_err_h, l0_err_cd_m2, dlnt_dlnl0,
+                                          reference_cd_m2, confidence, metric, min_distinct_l0)
     if n is None:
         distinct = np.unique(np.round(np.log(x) / math.log(1.01)))
         if distinct.size < min_distinct_l0:
@@ -1233,6 +1264,69 @@ def fit_acceleration(
         n_fitted=fitted,
         reference_cd_m2=float(reference_cd_m2),
         t_ref_h=t_ref,
+        ci_low_h=lo,
+        ci_high_h=hi,
+        confidence=confidence,
+        dof=dof,
+        l0_cd_m2=tuple(float(v) for v in x),
+        t_h=tuple(float(v) for v in y),
+        metric=metric,
+    )
+
+
+def _fit_acceleration_weighted(
+    x: FloatArray, y: FloatArray, lx: FloatArray, ly: FloatArray,
+    t_err_h: Sequence[float] | npt.ArrayLike, l0_err_cd_m2: Sequence[float] | npt.ArrayLike | None,
+    dlnt_dlnl0: Sequence[float] | npt.ArrayLike | None, reference_cd_m2: float, confidence: float,
+    metric: str, min_distinct_l0: int,
+) -> AccelerationFit:
+    """:func:`fit_acceleration` with per-pixel errors (see there)."""
+    N = x.size
+    distinct = np.unique(np.round(np.log(x) / math.log(1.01)))
+    if distinct.size < min_distinct_l0:
+        raise ValueError(
+            f"acceleration: fitting n needs pixels aged at >= {min_distinct_l0} distinct L0, "
+            f"got {distinct.size}; give n (typically 1.5-2) instead"
+        )
+    st = np.asarray(t_err_h, dtype=float).ravel() / y
+    sx = (np.zeros(N) if l0_err_cd_m2 is None
+          else np.asarray(l0_err_cd_m2, dtype=float).ravel() / x)
+    g = np.zeros(N) if dlnt_dlnl0 is None else np.asarray(dlnt_dlnl0, dtype=float).ravel()
+    if st.shape != (N,) or sx.shape != (N,) or g.shape != (N,):
+        raise ValueError("acceleration: one error (and sensitivity) per pixel")
+    if not (np.all(np.isfinite(st)) and np.all(st > 0)
+            and np.all(np.isfinite(sx)) and np.all(np.isfinite(g))):
+        raise ValueError("acceleration: every lifetime error must be finite and > 0")
+    xm = float(lx.mean())
+    n_val = -float(np.sum((lx - xm) * (ly - ly.mean())) / float(np.sum((lx - xm) ** 2)))
+    for _ in range(5):
+        var = st * st + (n_val * n_val + 2.0 * n_val * g) * sx * sx
+        w = 1.0 / np.maximum(var, 1e-300)
+        sw = float(w.sum())
+        xw = float(np.sum(w * lx)) / sw
+        yw = float(np.sum(w * ly)) / sw
+        sxx = float(np.sum(w * (lx - xw) ** 2))
+        slope = float(np.sum(w * (lx - xw) * (ly - yw))) / sxx
+        n_val = -slope
+    icept = yw - slope * xw
+    dof = N - 2
+    resid = ly - (icept + slope * lx)
+    chi2 = float(np.sum(w * resid * resid))
+    birge = math.sqrt(max(1.0, chi2 / dof)) if dof > 0 else 1.0
+    se_slope = birge / math.sqrt(sxx)
+    se_icept = birge * math.sqrt(1.0 / sw + xw * xw / sxx)
+    lo = hi = None
+    if math.isfinite(se_icept):
+        from scipy import stats
+
+        q = float(stats.norm.ppf(0.5 + confidence / 2.0))
+        lo, hi = math.exp(icept - q * se_icept), math.exp(icept + q * se_icept)
+    return AccelerationFit(
+        n=n_val,
+        n_err=se_slope,
+        n_fitted=True,
+        reference_cd_m2=float(reference_cd_m2),
+        t_ref_h=math.exp(icept),
         ci_low_h=lo,
         ci_high_h=hi,
         confidence=confidence,
