@@ -47,7 +47,13 @@ from firmware_protocol.messages import Spectrum as SpectrumMsg
 from firmware_protocol.spec import MAX_SPECTRUM_INTEGRATION_MS, SampleFlags, SmuMode, Stream, SweepEnd
 
 from .acquisition import Acquisition, empty_rows
-from .analysis.lifetime import L0_MIN_SAMPLES, L0_WINDOW_S, analyze_lifetime, l0_of
+from .analysis.lifetime import (
+    L0_FIT_END_REL,
+    L0_MIN_SAMPLES,
+    L0_WINDOW_S,
+    analyze_lifetime,
+    l0_of,
+)
 from .analysis.photometry import (
     Calibration,
     PointFactors,
@@ -769,6 +775,7 @@ class AgingCollector:
         self._trace_l: list[np.ndarray] = []
         self._early: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._recheck_at = 0
+        self._l0_settled = False
         self.v0: float | None = None
         self.n = 0
         self.last_t_s = 0.0
@@ -828,14 +835,21 @@ class AgingCollector:
             self._trace_l.append(lum[ok])
             if self.l0 is None:
                 self._l0_buf.extend(zip(t_s[ok].tolist(), lum[ok].tolist(), strict=True))
-                # the final analysis' estimator (lifetime.l0_of: a Theil-Sen line through the
-                # first 60 s, at least 3 samples), once its window is complete: the stop rule
-                # and the summary then share one L0
+                # the final analysis' estimator (lifetime.l0_of), provisionally on the first
+                # minute once it is complete, then once more (below) on the early trace it
+                # fits in the end: the stop rule and the summary then share one L0
                 buf = self._l0_buf
                 if len(buf) >= L0_MIN_SAMPLES and (buf[-1][0] - buf[0][0] > L0_WINDOW_S
                                                    or len(buf) >= 200):
                     self.l0 = l0_of(np.array([x[0] for x in buf]), np.array([x[1] for x in buf]),
                                     L0_WINDOW_S, L0_MIN_SAMPLES)
+            elif not self._l0_settled and ok.any() and float(np.min(lum[ok])) <= (
+                    L0_FIT_END_REL * self.l0):
+                # the trace has fallen to where the L0 fit ends: its final value from now on
+                # (the rows before keep the provisional l_rel until the run's revision)
+                self._l0_settled = True
+                self.l0 = l0_of(np.concatenate(self._trace_t), np.concatenate(self._trace_l),
+                                L0_WINDOW_S, L0_MIN_SAMPLES)
             if self.l0 is not None and self.l0 > 0:
                 rows["l_rel"] = lum / self.l0
         if self.v0 is None and len(rec):
@@ -1363,6 +1377,9 @@ def finalize_aging(ctx: StationContext, run_id: int, col: AgingCollector) -> dic
     summary["n_samples"] = len(d["seq"])
     summary["dark_a"] = col.dark_a
     summary["t0_us"] = col.t0_us
+    # which samples the analysis used (station analyze applies the same to the export)
+    summary["analysed_until_t_s"] = col.stop_t_s if math.isfinite(col.stop_t_s) else None
+    summary["analysed_exclude_flags"] = bad
     summary.update(_losses(store, d["t_us"], "aging"))
     summary["spectra_used"] = len(col.spectra)
     return summary

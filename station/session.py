@@ -58,9 +58,10 @@ async def open_station(config: StationConfig, *, url: str | None = None,
 
     acq.lost_listeners.append(lost)
     ctx = StationContext(config=config, link=link, store=store, acq=acq)
-    # colour-science's import takes ~1.5 s: done in a thread while the link comes up, not on
-    # the event loop when the first spectrum arrives
-    tables = asyncio.ensure_future(asyncio.to_thread(load_reference_tables))
+    # colour-science's import takes ~1.5 s, scipy.optimize's (the lifetime fits an aging run
+    # makes live) a few hundred ms: done in a thread while the link comes up, not on the event
+    # loop when the first spectrum or the first minute of samples arrives
+    tables = asyncio.ensure_future(asyncio.to_thread(_load_heavy_modules))
     try:
         if prepare is not None:
             prepare(ctx)
@@ -81,6 +82,11 @@ async def open_station(config: StationConfig, *, url: str | None = None,
         await acq.stop()
         await link.close()
         store.close()
+
+
+def _load_heavy_modules() -> None:
+    load_reference_tables()
+    import scipy.optimize  # noqa: F401
 
 
 def run_with_signals(main: Callable[[], Coroutine[Any, Any, T]]) -> T:

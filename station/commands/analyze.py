@@ -197,7 +197,19 @@ def reanalyze(
             table["luminance_cd_m2"] = pts["luminance_cd_m2"]
         if "eqe_pct" in names:
             table["eqe_pct"] = pts["eqe_pct"]
-        result = analyze_lifetime(table["t_s"], pts["luminance_cd_m2"])
+        # the samples the run's own analysis used: not a channel's final STOPPED sample nor a
+        # failure's, and none after the stop condition (the board goes on sampling until the
+        # host's stop reaches it); both recorded in the summary
+        prev = meta.get("summary") or {}
+        use = np.ones(len(table["t_s"]), dtype=bool)
+        bad = prev.get("analysed_exclude_flags")
+        if isinstance(bad, int) and "flags" in names:
+            use &= (np.nan_to_num(table["flags"]).astype(np.int64) & bad) == 0
+        until = prev.get("analysed_until_t_s")
+        if isinstance(until, int | float) and math.isfinite(until):
+            use &= table["t_s"] <= until
+            notes.append(f"samples up to t = {until:g} s, where the run's stop condition was met")
+        result = analyze_lifetime(table["t_s"][use], pts["luminance_cd_m2"][use])
         if "l_rel" in names:
             table["l_rel"] = pts["luminance_cd_m2"] / result.l0_cd_m2
         out["summary"] = result.to_dict()
