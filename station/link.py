@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import serial
@@ -46,6 +46,7 @@ from firmware_protocol.messages import (
     GetCapabilities,
     GetStatus,
     HelloReply,
+    Ok,
     SetWatchdog,
     Status,
     StreamAck,
@@ -534,8 +535,16 @@ class BoardLink:
                 log.exception("link listener failed")
 
     # -- requests ---------------------------------------------------------------------------
+    @overload
+    async def request(self, msg: BaseMessage, expect: type[M],
+                      wait_up_s: float | None = 30.0) -> M: ...
+
+    @overload
+    async def request(self, msg: BaseMessage, expect: None = None,
+                      wait_up_s: float | None = 30.0) -> Ok: ...
+
     async def request(self, msg: BaseMessage, expect: type[M] | None = None,
-                      wait_up_s: float | None = 30.0) -> Any:
+                      wait_up_s: float | None = 30.0) -> BaseMessage:
         """Send an acknowledged request and await its reply (retried safely on timeouts).
 
         The first retry waits for what the request costs the board — a spectrum's integration,
@@ -551,7 +560,13 @@ class BoardLink:
             await self.wait_up(wait_up_s)
         return await self._request_raw(msg, expect)
 
-    async def _request_raw(self, msg: BaseMessage, expect: type[M] | None = None) -> Any:
+    @overload
+    async def _request_raw(self, msg: BaseMessage, expect: type[M]) -> M: ...
+
+    @overload
+    async def _request_raw(self, msg: BaseMessage, expect: None = None) -> Ok: ...
+
+    async def _request_raw(self, msg: BaseMessage, expect: type[M] | None = None) -> BaseMessage:
         if self.conn.state is not ConnState.READY:
             raise LinkDown("link not ready")
         loop = asyncio.get_running_loop()
@@ -560,7 +575,7 @@ class BoardLink:
         self._futures[seq] = (fut, msg.NAME)
         self._write(data)
         reply = await fut
-        if expect is not None and not isinstance(reply, expect):
+        if not isinstance(reply, expect or Ok):  # the reply type the call is typed with
             raise BoardError(msg.NAME, -1, f"unexpected reply {reply.NAME}")
         return reply
 

@@ -73,6 +73,9 @@ from .store import AGING_COLUMNS, SWEEP_COLUMNS, Store
 
 log = logging.getLogger(__name__)
 
+SPECTRUM_SATURATED = 0x01
+"""``spectrum.flags`` bit 0: some pixel reached the detector's full scale (docs/protocol.md)."""
+
 DATA_DIR = Path(__file__).parent / "data"
 MA_CM2_PER_A_M2 = 0.1
 
@@ -236,7 +239,7 @@ def board_spectrum(counts: np.ndarray, dark_counts: float, flags: int,
     lambda(p) = sum c_k p^k; density = (counts - dark) / |d lambda / dp|. Returns None for a
     saturated spectrum (clipped line shape) or one with too little light to trust its shape.
     """
-    if len(counts) < 3 or flags & 0x01:
+    if len(counts) < 3 or flags & SPECTRUM_SATURATED:
         return None
     p = np.arange(len(counts), dtype=float)
     coeffs = np.asarray(wavelength_cal, dtype=float)[::-1]
@@ -321,7 +324,7 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
         msg = got
         peak = float(np.max(got.counts)) - got.dark_counts if got.counts else 0.0
         room = full - got.dark_counts
-        if got.flags & 0x01:
+        if got.flags & SPECTRUM_SATURATED:
             integ = max(integ * 0.3, 1.0)
             continue
         low = peak < AUTO_EXPOSURE_LOW * room
