@@ -334,16 +334,15 @@ class Store:
         return n
 
     def revise(self, table: str, run_id: int, seqs: Sequence[int],
-               values: dict[str, Sequence[float | None]], *, every_row: bool = True) -> int:
+               values: dict[str, Sequence[float | None]]) -> int:
         """Replace derived values (``values[column][i]`` for row ``seqs[i]`` of run ``run_id``).
 
         A stored row is never changed in place: it is replaced, in one transaction, by a new
         revision (``rev`` + 1) with a new ``id``, so every sink, whose cursor only moves
         forward, delivers it again after what it already sent (InfluxDB rewrites the same
-        point, MQTT subscribers get it with its ``rev``). With ``every_row`` (a run's final
-        analysis) every row is revised, changed or not, so that a database which cannot
-        overwrite gets the final values once under their own names; otherwise only rows whose
-        values differ. Returns the number of rows revised."""
+        point, MQTT subscribers get it with its ``rev``). Every row given is revised, changed
+        or not (a run's final analysis), so that a database which cannot overwrite gets the
+        final values once under their own names. Returns the number of rows revised."""
         cols = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS}[table]
         bad = set(values) - set(cols) or {"seq", "run_id", "rev", "epoch"} & set(values)
         if bad:
@@ -358,16 +357,11 @@ class Store:
             row = current.get(int(seq))
             if row is None:
                 continue
-            changed = False
             for c, k in where.items():
                 v = values[c][i]
-                v = None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
-                if row[k] != v:
-                    row[k] = v
-                    changed = True
-            if changed or every_row:
-                row[i_rev] = (row[i_rev] or 0) + 1
-                out.append(tuple(row))
+                row[k] = None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+            row[i_rev] = (row[i_rev] or 0) + 1
+            out.append(tuple(row))
         if not out:
             return 0
         i_seq = cols.index("seq")

@@ -176,3 +176,29 @@ async def test_database_and_mqtt_end_with_the_stores_final_values(tmp_path, mqtt
     for seq, row in aging.items():
         p = newest[("aging_sample", seq)]
         assert p["rev"] == row[2] and all(same(row[i], p[f]) for i, f in enumerate(AGING_FIELDS))
+
+    # ... and station analyze of each run's export gives the run's own summary: one run, one
+    # truth in the store, the database, MQTT and the re-analysis
+    import json
+    import subprocess
+    import sys
+
+    from station.export import export_run
+    from station.store import Store
+
+    st = Store(store)
+    try:
+        for run_id, kind in q(store, "SELECT id, kind FROM runs ORDER BY id"):
+            out = export_run(st, run_id, tmp_path / f"exp{run_id}")
+            summary = st.run(run_id)["summary"]
+            r = subprocess.run([sys.executable, "-m", "station", "analyze", str(out), "--json"],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            again = json.loads(r.stdout)
+            again = again.get("summary", again)
+            keys = (("l0_cd_m2", "t95_h", "t90_h") if kind == "aging"
+                    else ("von_v", "l_max_cd_m2", "ce_max_cd_a", "eqe_max_pct", "pe_max_lm_w"))
+            for k in keys:
+                assert same(summary[k], again[k], 1e-9), (run_id, k, summary[k], again[k])
+    finally:
+        st.close()
