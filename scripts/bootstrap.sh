@@ -90,7 +90,10 @@ if [ $want_test = 1 ]; then
     command -v systemd-analyze >/dev/null || apt_install systemd
     apt_install_no_service mosquitto victoria-metrics
     # a real browser for the web page's tests (tests/test_web_browser.py, Selenium): Debian's
-    # Chromium and its WebDriver (no browser download at test time)
-    { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
-        || apt_install chromium chromium-driver
+    # Chromium and its WebDriver (no browser download at test time); Ubuntu names them
+    # chromium-browser and chromium-chromedriver
+    { command -v chromedriver >/dev/null \
+        && { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; } \
+        || apt_install chromium chromium-driver \
+        || apt_install chromium-browser chromium-chromedriver
 fi
