@@ -37,17 +37,15 @@ from firmware_protocol.messages import Capabilities
 from firmware_protocol.spec import MAX_SWEEP_POINTS as SPEC_MAX_SWEEP_POINTS
 from firmware_protocol.spec import Range, field_range
 
+from .errors import LimitError
 from .jobs_api import JobError
 from .link import LinkDown, RequestTimeout
+from .params import AgingParams, SweepParams, parse_duration_h
 from .procedures import (
     AgingCollector,
-    AgingParams,
-    LimitError,
     StationContext,
-    SweepParams,
     aging_current_a,
     check_sweep_limits,
-    parse_duration_h,
     rebuild_aging_collector,
     run_aging,
     run_sweep,

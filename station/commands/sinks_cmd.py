@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from station.commands.common import load
-    from station.procedures import parse_duration_h
+    from station.params import parse_duration_h
     from station.sinks.influx import InfluxSink
 
     cfg = load(args)
