@@ -58,7 +58,7 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("config", help="show the configuration and station id in use",
                               description="Show which configuration file the station's commands use, "
                               "the station id, and every setting in effect.",

@@ -28,7 +28,7 @@ SWEEP_PIXEL = {"dbsa": 1, "otac": 3}
 AGING_PIXEL = {"dbsa": 2, "otac": 4}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the whole station on the simulator (the main job)",
                        description="Demonstrate the station end to end on the simulator.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,7 +20,7 @@ cancelled, failed, paused) and why the run ended.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("export", help="export a stored run (CSV + JSON sidecar)",
                        description="Write run RUN of the store as points.csv (sweep) or "

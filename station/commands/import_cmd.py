@@ -202,7 +202,7 @@ CSV files (a header line, '#' comments allowed):
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "import",
         help="turn CSV data from another setup into an export analyze/report/lifetime accept",

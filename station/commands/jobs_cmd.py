@@ -86,7 +86,7 @@ def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
         g.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     jobs = sub.add_parser(
         "jobs", help="submit, list, show, stop, pause and resume jobs on a running station",

@@ -11,7 +11,7 @@ import argparse
 from sim.__main__ import DESCRIPTION, EPILOG, add_arguments, run
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sim", help="run the board simulator (pty or TCP), or print a preset's truth",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -21,7 +21,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sinks", help="telemetry sinks: re-deliver stored samples",
                        description="Telemetry sinks.")
     ss = p.add_subparsers(dest="sinks_command", metavar="ACTION", required=True)

@@ -292,7 +292,7 @@ class WebServer:
 
     # -- reads ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        st = self.jobs.status()
+        st: dict[str, Any] = self.jobs.status()
         st["faults_names"] = data.fault_list(st.get("faults"))
         st["link_since"] = self.link_since
         st["sinks"] = self.sink_health()
