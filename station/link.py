@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 import numpy as np
 import serial
@@ -461,67 +461,87 @@ class BoardLink:
 
     def _dispatch(self) -> None:
         while (ev := self.conn.next_event()) is not None:
-            if isinstance(ev, Response | RequestFailed | RequestTimedOut):
-                entry = self._futures.pop(ev.seq, None)
-                if entry is None:
-                    if isinstance(ev, RequestTimedOut) and ev.request == "hello":
-                        self._fail_handshake(RequestTimeout(
-                            "the connection was accepted but the board did not answer "
-                            f"(no reply to hello after {ev.attempts} attempts: a LED station "
-                            "board with this firmware?)"))
-                    continue
-                fut, name = entry
-                if fut.done():
-                    continue
-                if isinstance(ev, Response):
-                    fut.set_result(ev.message)
-                elif isinstance(ev, RequestFailed):
-                    fut.set_exception(BoardError(name, ev.code, ev.detail))
-                else:
-                    fut.set_exception(RequestTimeout(
-                        f"no answer to {name} after {ev.attempts} attempts"))
-            elif isinstance(ev, Handshaked):
-                if self._handshake_fut is not None and not self._handshake_fut.done():
-                    self._handshake_fut.set_result(ev.reply)
-            elif isinstance(ev, HandshakeFailed):
-                self._fail_handshake(HandshakeRefused(ev.reason) if ev.retryable
-                                     else LinkError(ev.reason))
-            elif isinstance(ev, StreamRecords | SpectrumReceived):
-                for fn in self._stream_consumers:
-                    fn(ev)
-            elif isinstance(ev, GapDetected):
-                self.stats.gaps += 1
-                if self._loop is not None:
-                    self._loop.create_task(self._safe_replay(ev.stream, ev.from_seq, ev.to_seq))
-            elif isinstance(ev, BoardRebooted):
-                self.stats.reboots += 1
-                log.warning("board rebooted (boot id %d -> %d)", ev.old_boot_id, ev.new_boot_id)
-                self._notify(ev)
-                if self._up.is_set() and self._loop is not None:
-                    # a reset the link survived: the connection holds stream data until the
-                    # heads are reconciled (a reset that dropped the link does it on reconnect)
-                    self._loop.create_task(self._reconcile_live())
-            elif isinstance(ev, RecordsLost):
-                self.stats.records_lost += ev.count
-                log.error("board lost %d %s records (host seqs %d..%d, %s, epoch %d): they will "
-                          "never arrive", ev.count, ev.stream.name, ev.from_seq, ev.to_seq,
-                          ev.reason.replace("_", " "), ev.epoch)
-                for fn in self._stream_consumers:
-                    fn(ev)
-                self._notify(ev)
-            elif isinstance(ev, EpochStarted):
-                log.warning("board counters and clock restarted: epoch %d (boot %d), host seqs "
-                            "from %s, host time from %d us", ev.epoch, ev.boot_id,
-                            {s.name: b for s, b in ev.base.items()}, ev.t_offset_us)
-                for fn in self._stream_consumers:
-                    fn(ev)
-                self._notify(ev)
-            elif isinstance(ev, Unsolicited):
-                if isinstance(ev.message, Status):
-                    self.last_status = ev.message
-                self._notify(ev)
-            elif isinstance(ev, FrameDropped):
-                log.debug("frame dropped: %s %s", ev.reason, ev.detail)
+            handler = next((h for c in type(ev).__mro__ if (h := self._handlers.get(c))), None)
+            if handler is not None:
+                handler(self, ev)
+
+    def _on_reply(self, ev: Response | RequestFailed | RequestTimedOut) -> None:
+        entry = self._futures.pop(ev.seq, None)
+        if entry is None:
+            if isinstance(ev, RequestTimedOut) and ev.request == "hello":
+                self._fail_handshake(RequestTimeout(
+                    "the connection was accepted but the board did not answer "
+                    f"(no reply to hello after {ev.attempts} attempts: a LED station "
+                    "board with this firmware?)"))
+            return
+        fut, name = entry
+        if fut.done():
+            return
+        if isinstance(ev, Response):
+            fut.set_result(ev.message)
+        elif isinstance(ev, RequestFailed):
+            fut.set_exception(BoardError(name, ev.code, ev.detail))
+        else:
+            fut.set_exception(RequestTimeout(f"no answer to {name} after {ev.attempts} attempts"))
+
+    def _on_handshaked(self, ev: Handshaked) -> None:
+        if self._handshake_fut is not None and not self._handshake_fut.done():
+            self._handshake_fut.set_result(ev.reply)
+
+    def _on_handshake_failed(self, ev: HandshakeFailed) -> None:
+        self._fail_handshake(HandshakeRefused(ev.reason) if ev.retryable else LinkError(ev.reason))
+
+    def _on_stream(self, ev: StreamRecords | SpectrumReceived) -> None:
+        for fn in self._stream_consumers:
+            fn(ev)
+
+    def _on_gap(self, ev: GapDetected) -> None:
+        self.stats.gaps += 1
+        if self._loop is not None:
+            self._loop.create_task(self._safe_replay(ev.stream, ev.from_seq, ev.to_seq))
+
+    def _on_rebooted(self, ev: BoardRebooted) -> None:
+        self.stats.reboots += 1
+        log.warning("board rebooted (boot id %d -> %d)", ev.old_boot_id, ev.new_boot_id)
+        self._notify(ev)
+        if self._up.is_set() and self._loop is not None:
+            # a reset the link survived: the connection holds stream data until the
+            # heads are reconciled (a reset that dropped the link does it on reconnect)
+            self._loop.create_task(self._reconcile_live())
+
+    def _on_records_lost(self, ev: RecordsLost) -> None:
+        self.stats.records_lost += ev.count
+        log.error("board lost %d %s records (host seqs %d..%d, %s, epoch %d): they will "
+                  "never arrive", ev.count, ev.stream.name, ev.from_seq, ev.to_seq,
+                  ev.reason.replace("_", " "), ev.epoch)
+        for fn in self._stream_consumers:
+            fn(ev)
+        self._notify(ev)
+
+    def _on_epoch(self, ev: EpochStarted) -> None:
+        log.warning("board counters and clock restarted: epoch %d (boot %d), host seqs "
+                    "from %s, host time from %d us", ev.epoch, ev.boot_id,
+                    {s.name: b for s, b in ev.base.items()}, ev.t_offset_us)
+        for fn in self._stream_consumers:
+            fn(ev)
+        self._notify(ev)
+
+    def _on_unsolicited(self, ev: Unsolicited) -> None:
+        if isinstance(ev.message, Status):
+            self.last_status = ev.message
+        self._notify(ev)
+
+    def _on_frame_dropped(self, ev: FrameDropped) -> None:
+        log.debug("frame dropped: %s %s", ev.reason, ev.detail)
+
+    _handlers: ClassVar[dict[type, Callable[[BoardLink, Any], None]]] = {
+        Response: _on_reply, RequestFailed: _on_reply, RequestTimedOut: _on_reply,
+        Handshaked: _on_handshaked, HandshakeFailed: _on_handshake_failed,
+        StreamRecords: _on_stream, SpectrumReceived: _on_stream, GapDetected: _on_gap,
+        BoardRebooted: _on_rebooted, RecordsLost: _on_records_lost, EpochStarted: _on_epoch,
+        Unsolicited: _on_unsolicited, FrameDropped: _on_frame_dropped,
+    }
+    """One handler per connection event type (a subclass of an event finds its base's)."""
 
     def _fail_handshake(self, exc: Exception) -> None:
         if self._handshake_fut is not None and not self._handshake_fut.done():
