@@ -381,8 +381,8 @@ function drawSweep() {
   const V = pick(d.voltage_v), J = pick(d.current_density_ma_cm2), L = pick(d.luminance_cd_m2);
   mkPlot("jvl", "jvl-plot", {
     scales: {x: {time: false}, j: {distr: 3}, L: {distr: 3}},
-    axes: [{label: "V"}, {scale: "j", label: "J (mA/cm²)", values: logTicks},
-           {scale: "L", side: 1, label: "L (cd/m²)", grid: {show: false}, values: logTicks}],
+    axes: [{label: "V"}, logAxis({scale: "j", label: "J (mA/cm²)"}),
+           logAxis({scale: "L", side: 1, label: "L (cd/m²)", grid: {show: false}})],
     series: [{label: "V"}, {label: "J", scale: "j", stroke: COLORS[0], width: 1.5, spanGaps: true},
              {label: "L", scale: "L", stroke: COLORS[3], width: 1.5, spanGaps: true}],
   }, [V, positive(J), positive(L)]);
@@ -395,7 +395,7 @@ function drawSweep() {
   mkPlot("eff", "eff-plot", {
     scales: {x: {time: false, distr: 3}, e: {range: (u, lo, hi) => [0, hi > 0 ? hi * 1.05 : 1]},
              c: {range: (u, lo, hi) => [0, hi > 0 ? hi * 1.05 : 1]}},
-    axes: [{label: "J (mA/cm²)", values: logTicks}, {scale: "e", label: "EQE (%)"}, {scale: "c", side: 1, label: "CE (cd/A), PE (lm/W)", grid: {show: false}}],
+    axes: [logAxis({label: "J (mA/cm²)"}), {scale: "e", label: "EQE (%)"}, {scale: "c", side: 1, label: "CE (cd/A), PE (lm/W)", grid: {show: false}}],
     series: [{label: "J"}, {label: "EQE %", scale: "e", stroke: COLORS[2], width: 1.5, spanGaps: true},
              {label: "CE cd/A", scale: "c", stroke: COLORS[1], width: 1.5, spanGaps: true},
              {label: "PE lm/W", scale: "c", stroke: COLORS[4], width: 1.5, dash: [4, 3], spanGaps: true}],
@@ -416,7 +416,23 @@ function drawSweep() {
   drawCie();
   renderS1();
 }
-function logTicks(u, vals) { return vals.map((v) => (v === null ? "" : fmt(v, 2))); }
+// log axes: grid lines, ticks and labels at decades only (uPlot also splits at 2..9 × 10^n),
+// every second decade labelled when more than six are shown
+function isDecade(v) { return v > 0 && Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-6; }
+function decades(u, splits) { return splits.map((v) => (isDecade(v) ? v : null)); }
+function decadeLabel(v) {
+  const e = Math.round(Math.log10(v));
+  return e >= -3 && e <= 4 ? String(Number(v.toPrecision(1))) : `1e${e}`;
+}
+function logTicks(u, vals) {
+  const shown = vals.filter((v) => v !== null);
+  const step = shown.length > 6 ? 2 : 1;
+  return vals.map((v) => (v === null || Math.round(Math.log10(v)) % step !== 0 ? "" : decadeLabel(v)));
+}
+function logAxis(opts) {
+  return {...opts, values: logTicks, filter: decades, ticks: {filter: decades},
+          grid: {filter: decades, ...(opts.grid || {})}};
+}
 function mkPlot(name, id, opts, data) {
   if (state.sweepPlots[name]) state.sweepPlots[name].destroy();
   $(id).replaceChildren();
@@ -480,7 +496,9 @@ async function drawCie() {
     g.fillStyle = col; g.strokeStyle = col; g.lineWidth = 1.5; g.beginPath();
     if (i === 0) { g.arc(X(x), Y(y), 3.5, 0, 2 * Math.PI); g.fill(); }
     else { g.arc(X(x), Y(y), 7, 0, 2 * Math.PI); g.stroke(); }
-    g.fillText(`${label} (${fmt(x, 3)}, ${fmt(y, 3)})`, X(0.35), 16 + 14 * i);
+    g.textAlign = "right";  // the legend ends at the plot's right edge, never clipped
+    g.fillText(`${label} (${fmt(x, 3)}, ${fmt(y, 3)})`, size - 6, 16 + 14 * i);
+    g.textAlign = "left";
   });
 }
 const S1_ROWS = [["von_v", "V_on (V)"], ["l_max_cd_m2", "L_max (cd/m²)"], ["ce_max_cd_a", "CE_max (cd/A)"],
