@@ -33,6 +33,7 @@ from ..analysis.photometry import (
     prepare_spectra,
 )
 from ..params import AgingParams, SweepParams
+from . import rules
 from .context import StationContext
 from .spectra import board_spectrum
 from .sweep import _losses
@@ -171,44 +172,50 @@ class AgingCollector:
         def first(mask: np.ndarray) -> float:
             return float(t_s[int(np.argmax(mask))])
 
-        for bit, reason in ((SampleFlags.SHORT, "failure_short"), (SampleFlags.OPEN, "failure_open"),
-                            (SampleFlags.COMPLIANCE, "voltage_compliance")):
-            if seen & int(bit):
-                self._stop(reason, first((flags & int(bit)) != 0))
-                return
-        if self.v0 is not None:
-            limit_v = self.v0 + self.params.voltage_runaway_v
-            if float(rec["voltage_v"].max()) > limit_v:
-                self._stop("voltage_runaway", first(rec["voltage_v"] > limit_v))
-                return
+        failure = rules.failure_reason(seen)
+        if failure is not None:
+            bit, reason = failure
+            self._stop(reason, first((flags & int(bit)) != 0))
+            return
+        limit_v = rules.runaway_limit_v(self.v0, self.params.voltage_runaway_v)
+        if float(rec["voltage_v"].max()) > limit_v:
+            self._stop("voltage_runaway", first(rec["voltage_v"] > limit_v))
+            return
         if seen & int(SampleFlags.STOPPED):
             self.paused_flag = True  # interlock or reboot: the monitor restarts the channel
         lr_all = rows["l_rel"]
         lr_min = float(np.fmin.reduce(lr_all))  # NaN (no L0 yet) is skipped, as <= would
-        for lv, name in ((0.9, "t90"), (0.5, "t50")):
-            if lv not in self._alerted and lr_min <= lv:
-                self._alerted.add(lv)
-                i = int(np.argmax(lr_all <= lv))
-                self._alert(f"{name}_reached", {"t_h": float(t_s[i]) / 3600.0,
-                                                "l_rel": float(lr_all[i])})
-        level = self.params.stop_level()
-        if level is not None and (lr_min <= level or self.below) and self.n >= self._recheck_at:
-            for i, v in enumerate(lr_all.tolist()):
-                self.below = self.below + 1 if (v == v and v <= level) else 0
-                if self.below >= 3:
-                    # the final analysis decides: stop once it measures the crossing (by
-                    # interpolation, with samples past it), not on the live values alone
-                    if self._final_analysis_reached(float(t_s[i])):
-                        self._stop(f"reached_{self.params.until.lower()}", float(t_s[i]))
-                        return
-                    self.below = 0
-                    self._recheck_at = self.n + max(3, self.n // 50)
-                    break
-        dur = self.params.duration_h()
-        limit_h = min(dur if dur is not None else math.inf, self.params.max_duration_h)
+        self._lifetime_alerts(lr_all, lr_min, t_s)
+        if self._level_confirmed(lr_all, lr_min, t_s):
+            return
+        limit_h, why = rules.duration_limit(self.params.duration_h(), self.params.max_duration_h)
         if float(t_s.max()) / 3600.0 >= limit_h:
-            self._stop("duration" if dur is not None and limit_h == dur else "max_duration",
-                       first(t_s / 3600.0 >= limit_h))
+            self._stop(why, first(t_s / 3600.0 >= limit_h))
+
+    def _lifetime_alerts(self, lr_all: np.ndarray, lr_min: float, t_s: np.ndarray) -> None:
+        for lv, name in rules.lifetime_alerts_due(lr_min, self._alerted):
+            self._alerted.add(lv)
+            i = int(np.argmax(lr_all <= lv))
+            self._alert(f"{name}_reached", {"t_h": float(t_s[i]) / 3600.0,
+                                            "l_rel": float(lr_all[i])})
+
+    def _level_confirmed(self, lr_all: np.ndarray, lr_min: float, t_s: np.ndarray) -> bool:
+        """The stop level (t50, ...): once three samples in a row are at or below it, the final
+        analysis decides — the run stops once it measures the crossing (by interpolation, with
+        samples past it), not on the live values alone. True when the run stopped."""
+        level = self.params.stop_level()
+        if level is None or not rules.level_check_due(level, lr_min, self.below, self.n,
+                                                      self._recheck_at):
+            return False
+        i, self.below = rules.count_below(lr_all.tolist(), level, self.below)
+        if i is None:
+            return False
+        if self._final_analysis_reached(float(t_s[i])):
+            self._stop(f"reached_{self.params.until.lower()}", float(t_s[i]))
+            return True
+        self.below = 0
+        self._recheck_at = rules.recheck_at(self.n)
+        return False
 
     def _final_analysis_reached(self, t_until_s: float) -> bool:
         """Does the run's final analysis (analyze_lifetime on the samples up to ``t_until_s``)
@@ -231,9 +238,9 @@ class AgingCollector:
         self.stop_reason = reason
         self.stop_t_s = t_stop_s
         self.stopped.set()
-        if reason.startswith(("failure", "voltage")):
-            self._alert("pixel_failure" if reason.startswith("failure") else "compliance",
-                        {"reason": reason, "t_h": t_stop_s / 3600.0})
+        alert = rules.stop_alert(reason)
+        if alert is not None:
+            self._alert(alert, {"reason": reason, "t_h": t_stop_s / 3600.0})
 
     def _alert(self, kind: str, data: dict[str, Any]) -> None:
         if self.on_alert is not None:

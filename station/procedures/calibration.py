@@ -10,7 +10,6 @@ from ..analysis.photometry import (
 from ..config import StationConfig
 
 DATA_DIR = Path(__file__).parent.parent / "data"
-MA_CM2_PER_A_M2 = 0.1
 
 
 # -- calibration ---------------------------------------------------------------------------------

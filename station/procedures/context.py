@@ -9,23 +9,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from firmware_protocol.messages import (
-    PdRead,
-    PdReading,
-)
 from firmware_protocol.messages import Spectrum as SpectrumMsg
 
 from ..acquisition import Acquisition
-from ..analysis.photometry import (
-    Spectrum,
-)
+from ..analysis.photometry import Spectrum
 from ..config import ConfigError, PixelConfig, StationConfig, SubstrateConfig
+from ..devices import Board
 from ..errors import LimitError
 from ..link import BoardLink
 from ..store import Store
 from .spectra import board_spectrum
-
-# -- the station context ---------------------------------------------------------------------------
 
 
 class DarkReading(NamedTuple):
@@ -61,6 +54,11 @@ class StationContext:
     shutting_down: bool = False
     """Set when the station stops (SIGTERM): runs cancelled now are interrupted, not ended."""
 
+    @property
+    def board(self) -> Board:
+        """The board's devices (SMU, photodiode, spectrometer, ...) over this context's link."""
+        return Board(self.link, self.acq)
+
     async def dark_reading(self, pixel_no: int, n: int, integration_ms: float,
                            max_age_s: float) -> DarkReading:
         """The pixel's photodiode dark current (its LED off: the caller has selected the pixel
@@ -79,8 +77,7 @@ class StationContext:
                 and all(abs(a - b) <= DARK_MAX_DELTA_T_C for a, b in zip(temps, got.temps,
                                                                          strict=True))):
             return DarkReading(got.mean_a, got.std_a, now - got.mono, got.gain_index)
-        r = await self.link.request(PdRead(pixel=pixel_no, n=n, integration_ms=integration_ms),
-                                    PdReading)
+        r = await self.board.pd.read(pixel_no, n=n, integration_ms=integration_ms)
         self._darks[key] = _TakenDark(self.link.board, time.monotonic(), self._temperatures(),
                                       r.mean_a, r.std_a, r.gain_index)
         return DarkReading(r.mean_a, r.std_a, 0.0, r.gain_index)

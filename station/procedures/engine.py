@@ -1,42 +1,85 @@
-"""What every procedure shares: outputs off on every path, stream sync."""
+"""The one place that guarantees "outputs off on every path" (a plan/engine split after Bluesky's).
+
+A procedure (the plan) says what it measures; :func:`guarded` (the engine) runs it and, on
+every path out — completion, an exception, Ctrl-C, a cancelled task — stops its helper tasks,
+aborts what only a failure aborts, switches its outputs off (each best effort: one failing never
+keeps the next from being tried) and then lets the procedure record how it ended. As before
+the split, the cleanup itself is not shielded from a further cancellation; only
+:func:`all_outputs_off` is.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from firmware_protocol.messages import (
-    AllOff,
-)
-from firmware_protocol.spec import Stream
+from ..devices import all_outputs_off, sync_stream
 
-from ..link import BoardError, BoardLink, LinkDown, RequestTimeout
-
-
-async def all_outputs_off(link: BoardLink) -> None:
-    """Best effort: everything off. Used on every path out."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.shield(link.request(AllOff(), wait_up_s=2.0)), 5.0)
+__all__ = ["Exit", "Guard", "Output", "all_outputs_off", "guarded", "stop_task", "sync_stream"]
 
 
-async def _safe(link: BoardLink, *msgs: Any) -> None:
-    for m in msgs:
-        with contextlib.suppress(BoardError, LinkDown, RequestTimeout, TimeoutError):
-            await asyncio.wait_for(link.request(m, wait_up_s=5.0), 10.0)
+class Exit(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"  # an exception
+    CANCELLED = "cancelled"  # the task was cancelled (a job stopped, Ctrl-C, SIGTERM)
 
 
-async def sync_stream(link: BoardLink, stream: Stream, head32: int, timeout_s: float = 120.0) -> None:
-    """Wait until every record of ``stream`` before the board's ``head32`` has arrived.
+class Output(Protocol):
+    """Anything the board can switch off (a device of :mod:`station.devices`)."""
 
-    A gap is only visible when a later record arrives; records lost at the very end of a burst
-    are declared missing here, and the link's repair loop fetches them.
-    """
-    link.note_head(stream, head32)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while link.missing_before(stream, head32) > 0:
-        if loop.time() > deadline:
-            raise RequestTimeout(f"{link.missing_before(stream, head32)} {stream.name} records "
-                                 f"before {head32} did not arrive within {timeout_s:g} s")
-        await asyncio.sleep(0.02)
+    async def off(self, *, best_effort: bool = False) -> None: ...
+
+
+@dataclass
+class Guard:
+    """How the guarded block ended (FAILED until it completes)."""
+
+    exit: Exit = Exit.FAILED
+
+    @property
+    def completed(self) -> bool:
+        return self.exit is Exit.COMPLETED
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a helper task and wait for it, whatever it ends with."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+@asynccontextmanager
+async def guarded(*, off: Sequence[Output], off_unless_completed: Sequence[Output] = (),
+                  on_cancel: Callable[[], None] | None = None,
+                  before: Callable[[], Awaitable[None]] | None = None,
+                  after: Callable[[Guard], Awaitable[None]] | None = None) -> AsyncIterator[Guard]:
+    """Run the block; ``on_cancel`` is called the moment it is cancelled (to note why, before
+    anything else happens). On every path out, in this order: ``before`` (stop the block's helpers),
+    ``off_unless_completed`` switched off unless the block completed (a sweep program aborted),
+    every one of ``off`` switched off, then ``after`` (the procedure's records of the end)."""
+    guard = Guard()
+    try:
+        yield guard
+        guard.exit = Exit.COMPLETED
+    except asyncio.CancelledError:
+        guard.exit = Exit.CANCELLED
+        if on_cancel is not None:
+            on_cancel()
+        raise
+    finally:
+        if before is not None:
+            await before()
+        if not guard.completed:
+            for out in off_unless_completed:
+                await out.off(best_effort=True)
+        for out in off:
+            await out.off(best_effort=True)
+        if after is not None:
+            await after(guard)

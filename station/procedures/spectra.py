@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -10,14 +9,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from firmware_protocol.messages import Spectrum as SpectrumMsg
-from firmware_protocol.messages import (
-    SpectrumAcquire,
-)
-from firmware_protocol.spec import MAX_SPECTRUM_INTEGRATION_MS, Stream
+from firmware_protocol.spec import MAX_SPECTRUM_INTEGRATION_MS
 
-from ..analysis.photometry import (
-    Spectrum,
-)
+from ..analysis.photometry import Spectrum
 
 if TYPE_CHECKING:
     from .context import StationContext
@@ -114,10 +108,7 @@ async def acquire_spectrum(ctx: StationContext, pixel_no: int, *, t_s: float | N
     low = False
     taken: list[int] = []
     for _ in range(6):
-        ok = await ctx.link.request(SpectrumAcquire(pixel=pixel_no, integration_ms=integ))
-        fut = ctx.acq.wait_spectrum(ok.value)
-        ctx.link.note_head(Stream.SPECTRUM, (ok.value + 1) & 0xFFFFFFFF)  # fetched if lost
-        got, seq64 = await asyncio.wait_for(fut, 120.0)
+        got, seq64 = await ctx.board.spectrometer.acquire(pixel_no, integ)  # fetched if lost
         taken.append(seq64)
         msg = got
         peak = float(np.max(got.counts)) - got.dark_counts if got.counts else 0.0

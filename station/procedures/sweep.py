@@ -14,17 +14,11 @@ from typing import Any
 import numpy as np
 
 from firmware_protocol.connection import Unsolicited
-from firmware_protocol.messages import (
-    GetStatus,
-    MuxSelect,
-    SmuConfigure,
-    SmuOutput,
-    Status,
-    SweepAbort,
-    SweepDone,
-    SweepStart,
-)
 from firmware_protocol.messages import Spectrum as SpectrumMsg
+from firmware_protocol.messages import (
+    Status,
+    SweepDone,
+)
 from firmware_protocol.spec import SampleFlags, SmuMode, Stream, SweepEnd
 
 from ..analysis.photometry import (
@@ -38,19 +32,17 @@ from ..analysis.photometry import (
 )
 from ..analysis.summary import sweep_summary
 from ..config import PixelConfig
-from ..errors import LimitError
-from ..link import BoardLink, LinkDown, RequestTimeout
+from ..link import LinkDown, RequestTimeout
 from ..params import SweepParams
 from ..store import Store
-from .calibration import MA_CM2_PER_A_M2, calibration_for
-from .context import StationContext
-from .engine import _safe, sync_stream
+from . import rules
+from .calibration import calibration_for
+from .context import DarkReading, StationContext
+from .engine import Guard, guarded
+from .rules import MA_CM2_PER_A_M2
 from .spectra import acquire_spectrum
 
 log = logging.getLogger(__name__)
-
-# -- sweep -----------------------------------------------------------------------------------------
-
 
 @dataclass
 class SweepOutcome:
@@ -120,11 +112,7 @@ class SweepCollector:
         return self.run_id
 
     def inferred_end(self) -> str:
-        if self.n_points >= self.n_expected:
-            return "completed"
-        if self.last_flags & int(SampleFlags.COMPLIANCE):
-            return "compliance"
-        return "ended early (sweep_done lost; see the points)"
+        return rules.sweep_end_inferred(self.n_points, self.n_expected, self.last_flags)
 
     def on_event(self, ev: object) -> None:
         if (isinstance(ev, Unsolicited) and isinstance(ev.message, SweepDone)
@@ -136,22 +124,11 @@ class SweepCollector:
 def check_sweep_limits(ctx: StationContext, pixel: PixelConfig, params: SweepParams) -> float:
     """Returns the compliance current (A). Raises LimitError naming the limit."""
     lim = ctx.config.limits
-    prog = params.program()
-    vmax = max(abs(v) for v in prog)
-    if vmax > lim.max_voltage_v:
-        raise LimitError(f"sweep reaches {vmax:g} V, above the station limit "
-                         f"limits.max_voltage_v = {lim.max_voltage_v:g} V")
-    if ctx.link.caps is not None and vmax > ctx.link.caps.max_voltage_v:
-        raise LimitError(f"sweep reaches {vmax:g} V, above the board's {ctx.link.caps.max_voltage_v:g} V")
-    if len(prog) > 200 and params.voltages_v:
-        raise LimitError("a list sweep holds at most 200 voltages")
-    area = pixel.area_mm2 * 1e-6
-    j_limit = lim.max_current_density_ma_cm2
-    j = params.compliance_ma_cm2 if params.compliance_ma_cm2 is not None else j_limit
-    if j > j_limit:
-        raise LimitError(f"compliance {j:g} mA/cm² is above limits.max_current_density_ma_cm2 = "
-                         f"{j_limit:g} mA/cm²")
-    return j / MA_CM2_PER_A_M2 * area
+    return rules.sweep_compliance_a(
+        params.program(), listed=bool(params.voltages_v), area_m2=pixel.area_mm2 * 1e-6,
+        compliance_ma_cm2=params.compliance_ma_cm2, max_voltage_v=lim.max_voltage_v,
+        board_max_voltage_v=ctx.link.caps.max_voltage_v if ctx.link.caps is not None else None,
+        max_current_density_ma_cm2=lim.max_current_density_ma_cm2)
 
 
 MAX_SWEEP_SPECTRA = 16
@@ -184,81 +161,104 @@ def last_turn_on_v(store: Store, pixel_no: int) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
+def _create_run(ctx: StationContext, pixel_no: int, params: SweepParams,
+                cal: Calibration, job_id: str | None) -> int:
+    sub, pixel = ctx.pixel(pixel_no)
+    board = ctx.link.board
+    return ctx.store.create_run(
+        kind="sweep", station=ctx.config.station.id, pixel=pixel_no, area_m2=cal.pixel_area_m2,
+        substrate=sub.id if sub else None, label=pixel.label, device=pixel.device, job_id=job_id,
+        params=asdict(params) | {"spectrometer": ctx.spectrometer_info()},
+        calibration=cal.to_dict(), board_serial=board.serial_number if board else None)
+
+
+class _SweepRun:
+    """One sweep on the board: the plan :func:`run_sweep` runs under :func:`guarded`."""
+
+    def __init__(self, ctx: StationContext, run_id: int, pixel_no: int, params: SweepParams,
+                 compliance_a: float) -> None:
+        self.ctx, self.run_id, self.pixel_no, self.params = ctx, run_id, pixel_no, params
+        self.compliance_a = compliance_a
+        self.sweep_id = ctx.next_sweep_id()
+        self.col: SweepCollector | None = None
+        self.reason = "error"
+
+    async def measure(self, cal: Calibration, n_expected: int, spectrum_at_v: list[float],
+                      progress: Callable[[int, int, dict[str, float]], None] | None) -> DarkReading:
+        """Dark reading, the sweep program, every record in: returns the dark reading."""
+        ctx, board, p, pixel_no = self.ctx, self.ctx.board, self.params, self.pixel_no
+        await board.mux.select(pixel_no)
+        dark = await ctx.dark_reading(pixel_no, p.dark_n, p.integration_ms, p.dark_max_age_s)
+        col = self.col = SweepCollector(ctx, self.run_id, self.sweep_id, cal, dark.mean_a,
+                                        n_expected, progress)
+        col.sweep_pixel = pixel_no
+        ctx.acq.sweeps[self.sweep_id] = col
+        board.listen(col.on_event)
+        await board.sweeper.start(
+            sweep_id=self.sweep_id, pixel=pixel_no, start_v=p.start_v, stop_v=p.stop_v,
+            step_v=p.step_v, voltages_v=p.voltages_v or (), dwell_ms=p.dwell_ms,
+            integration_ms=p.integration_ms, compliance_a=self.compliance_a, reverse=p.reverse,
+            stop_on_compliance=p.stop_on_compliance, autorange=p.autorange, pd_gain=p.pd_gain,
+            spectrum_at_v=spectrum_at_v[:MAX_SWEEP_SPECTRA],
+            spectrum_integration_ms=p.spectrum_integration_ms,
+            breakdown_v_drop=p.breakdown_v_drop)
+        status = await _wait_sweep_end(ctx, col)
+        await board.sync(Stream.SWEEP, status.sweep_head_seq)
+        await board.sync(Stream.SPECTRUM, status.spectrum_head_seq)
+        end_reason = (SweepEnd(col.done_msg.reason).name.lower() if col.done_msg is not None
+                      # sweep_done was lost with the link; the points tell how it ended
+                      else col.inferred_end())
+        if not col.spectra and not ctx.last_spectra.get(pixel_no):
+            await _spectrum_after_sweep(ctx, col, pixel_no, self.compliance_a)
+        self.reason = end_reason
+        return dark
+
+    async def ended(self, guard: Guard) -> None:
+        """The sweep's records of its end, once its outputs are off."""
+        ctx = self.ctx
+        ctx.acq.sweeps.pop(self.sweep_id, None)
+        if self.col is not None:
+            ctx.board.unlisten(self.col.on_event)
+        if not guard.completed:
+            ctx.store.finish_run(self.run_id, *rules.failed_run_status(ctx.shutting_down,
+                                                                      resumes=False))
+
+
 async def run_sweep(ctx: StationContext, pixel_no: int, params: SweepParams, *,
                     job_id: str | None = None, progress: Callable[[int, int, dict[str, float]], None]
                     | None = None) -> SweepOutcome:
-    link, store = ctx.link, ctx.store
-    sub, pixel = ctx.pixel(pixel_no)
+    """One J–V–L sweep of ``pixel_no``: a dark reading, the board's sweep program with its
+    spectra, then every point recomputed with all the spectra and the sweep summarised."""
+    store, board = ctx.store, ctx.board
+    _sub, pixel = ctx.pixel(pixel_no)
     compliance_a = check_sweep_limits(ctx, pixel, params)
     prog = params.program()
     n_expected = len(prog) * (2 if params.reverse else 1)
     spec_v = params.spectrum_at_v
     if spec_v is None:
         spec_v = default_spectrum_voltages(prog, last_turn_on_v(store, pixel_no))
-    area = pixel.area_mm2 * 1e-6
-    cal = calibration_for(ctx.config, area)
+    cal = calibration_for(ctx.config, pixel.area_mm2 * 1e-6)
     async with ctx.instrument_lock:
-        run_id = store.create_run(
-            kind="sweep", station=ctx.config.station.id, pixel=pixel_no, area_m2=area,
-            substrate=sub.id if sub else None, label=pixel.label, device=pixel.device, job_id=job_id,
-            params=asdict(params) | {"spectrometer": ctx.spectrometer_info()},
-            calibration=cal.to_dict(),
-            board_serial=link.board.serial_number if link.board else None)
-        sweep_id = ctx.next_sweep_id()
-        col: SweepCollector | None = None
-        reason = "error"
-        try:
-            await link.request(MuxSelect(pixel=pixel_no))
-            dark = await ctx.dark_reading(pixel_no, params.dark_n, params.integration_ms,
-                                          params.dark_max_age_s)
-            col = SweepCollector(ctx, run_id, sweep_id, cal, dark.mean_a, n_expected, progress)
-            col.sweep_pixel = pixel_no
-            ctx.acq.sweeps[sweep_id] = col
-            link.add_listener(col.on_event)
-            options = ((1 if params.reverse else 0) | (2 if params.stop_on_compliance else 0)
-                       | (4 if params.autorange else 0))
-            await link.request(SweepStart(
-                sweep_id=sweep_id, pixel=pixel_no, start_v=params.start_v, stop_v=params.stop_v,
-                step_v=params.step_v, voltages_v=tuple(params.voltages_v or ()),
-                dwell_ms=params.dwell_ms, integration_ms=params.integration_ms,
-                compliance_a=compliance_a, options=options, pd_gain=params.pd_gain,
-                spectrum_at_v=tuple(spec_v[:MAX_SWEEP_SPECTRA]),
-                spectrum_integration_ms=params.spectrum_integration_ms,
-                breakdown_v_drop=params.breakdown_v_drop))
-            status = await _wait_sweep_end(link, col)
-            await sync_stream(link, Stream.SWEEP, status.sweep_head_seq)
-            await sync_stream(link, Stream.SPECTRUM, status.spectrum_head_seq)
-            end_reason = (SweepEnd(col.done_msg.reason).name.lower() if col.done_msg is not None
-                          # sweep_done was lost with the link; the points tell how it ended
-                          else col.inferred_end())
-            if not col.spectra and not ctx.last_spectra.get(pixel_no):
-                await _spectrum_after_sweep(ctx, col, pixel_no, compliance_a)
-            reason = end_reason
-        finally:
-            if reason == "error":
-                await _safe(link, SweepAbort())
-            await _safe(link, SmuOutput(enable=0, level=0.0), MuxSelect(pixel=0))
-            ctx.acq.sweeps.pop(sweep_id, None)
-            if col is not None:
-                with contextlib.suppress(ValueError):
-                    link._listeners.remove(col.on_event)
-            if reason == "error" and ctx.shutting_down:
-                store.finish_run(run_id, "interrupted", "station stopped; taken again at its next start")
-            elif reason == "error":
-                store.finish_run(run_id, "failed", "error")
+        run = _SweepRun(ctx, _create_run(ctx, pixel_no, params, cal, job_id), pixel_no, params,
+                        compliance_a)
+        async with guarded(off=(board.smu, board.mux), off_unless_completed=(board.sweeper,),
+                           after=run.ended):
+            dark = await run.measure(cal, n_expected, spec_v, progress)
+    col, reason = run.col, run.reason
     assert col is not None
     ctx.acq.flush()
-    summary = finalize_sweep(ctx, run_id, col, dark_std_a=dark.std_a, threshold=params.threshold_cd_m2,
+    summary = finalize_sweep(ctx, run.run_id, col, dark_std_a=dark.std_a,
+                             threshold=params.threshold_cd_m2,
                              adc_step_a=ctx.pd_adc_step_a(dark.gain_index))
     if col.spectrum_after_sweep is not None:
         summary["spectrum_after_sweep"] = col.spectrum_after_sweep
     summary["dark_age_s"] = dark.age_s
     summary["dark_pd_gain"] = dark.gain_index
     summary["end_reason"] = reason
-    store.finish_run(run_id, "completed", reason, summary)
+    store.finish_run(run.run_id, "completed", reason, summary)
     if col.spectra:
         ctx.last_spectra[pixel_no] = col.spectra
-    return SweepOutcome(run_id, summary, reason, col.n_points)
+    return SweepOutcome(run.run_id, summary, reason, col.n_points)
 
 
 async def _spectrum_after_sweep(ctx: StationContext, col: SweepCollector, pixel_no: int,
@@ -267,7 +267,7 @@ async def _spectrum_after_sweep(ctx: StationContext, col: SweepCollector, pixel_
     the noise. Take one with auto-exposure (up to the longest allowed integration) at the
     brightest point of the sweep, the SMU holding that voltage; the sweep's photometry uses it.
     Returns whether it is low signal (None: no point to take it at, or nothing usable)."""
-    link = ctx.link
+    board = ctx.board
     ctx.acq.flush()
     d = ctx.store.fetch("sweep_points", col.run_id)
     ok = (d["direction"] == "forward") & ((d["flags"].astype(np.int64)
@@ -276,14 +276,11 @@ async def _spectrum_after_sweep(ctx: StationContext, col: SweepCollector, pixel_
         return None
     i = int(np.flatnonzero(ok)[np.argmax(d["photodiode_a"][ok])])
     v = float(d["voltage_set_v"][i])
-    await link.request(MuxSelect(pixel=pixel_no))  # the sweep program ended with the mux open
-    await link.request(SmuConfigure(mode=int(SmuMode.SOURCE_V), range_index=0xFF,
-                                    compliance=compliance_a, integration_ms=20.0))
-    try:
-        await link.request(SmuOutput(enable=1, level=v))
+    await board.mux.select(pixel_no)  # the sweep program ended with the mux open
+    await board.smu.configure(SmuMode.SOURCE_V, compliance=compliance_a, integration_ms=20.0)
+    async with guarded(off=(board.smu,)):
+        await board.smu.source(v)
         res = await acquire_spectrum(ctx, pixel_no)
-    finally:
-        await _safe(link, SmuOutput(enable=0, level=0.0))
     if res.spectrum is None:
         log.warning("pixel %d: no usable spectrum even at %g ms and %g V", pixel_no,
                     res.msg.integration_ms, v)
@@ -295,13 +292,13 @@ async def _spectrum_after_sweep(ctx: StationContext, col: SweepCollector, pixel_
     return res.low_signal
 
 
-async def _wait_sweep_end(link: BoardLink, col: SweepCollector) -> Status:
+async def _wait_sweep_end(ctx: StationContext, col: SweepCollector) -> Status:
     """Wait for sweep_done; if it was lost, notice the end in the board's status."""
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(col.done.wait(), 1.0)
         try:
-            status: Status = await link.request(GetStatus(), Status)
+            status = await ctx.board.status()
         except (LinkDown, RequestTimeout):
             continue
         if col.done.is_set() or not status.sweep_active:

@@ -5,27 +5,19 @@ from __future__ import annotations
 import logging
 import time
 
-from firmware_protocol.messages import (
-    AgingSet,
-    AgingStart,
-    Status,
-)
+from firmware_protocol.messages import Status
 from firmware_protocol.spec import Stream
 
+from ..devices import AgingDriver
+from ..link import BoardLink
+from . import rules
 from .aging import AgingCollector
-from .context import StationContext
+from .rules import BOARD_SILENT_ALERT_S, WATCHDOG_INTERVALS, WATCHDOG_MIN_S, WATCHDOG_RECOVERIES
+
+__all__ = ["BOARD_SILENT_ALERT_S", "WATCHDOG_INTERVALS", "WATCHDOG_MIN_S", "WATCHDOG_RECOVERIES",
+           "AgingWatchdog", "watch_aging"]
 
 log = logging.getLogger(__name__)
-
-WATCHDOG_INTERVALS = 3.0
-"""An aging run is stalled when no sample came for this many intervals of board time..."""
-WATCHDOG_MIN_S = 5.0
-"""... and for at least this long on the host's clock (samples reach the host in batches, and a
-fast simulator's board time races ahead of the host's)."""
-WATCHDOG_RECOVERIES = 2
-"""Recoveries (replay, re-arm) tried on a stalled run before it is ended with reason 'stalled'."""
-BOARD_SILENT_ALERT_S = 30.0
-"""The board not answering a run's status requests for this long raises board_not_answering."""
 
 
 class AgingWatchdog:
@@ -63,7 +55,7 @@ class AgingWatchdog:
 
     def not_answering(self, now: float) -> bool:
         """True once per silence, when it has lasted BOARD_SILENT_ALERT_S."""
-        if self.silent_alerted or self.silent_s(now) < BOARD_SILENT_ALERT_S:
+        if not rules.silent_alert_due(self.silent_s(now), self.silent_alerted):
             return False
         self.silent_alerted = True
         return True
@@ -78,32 +70,29 @@ class AgingWatchdog:
         last_t = self.ref_t_us if col.last_t_us is None else max(col.last_t_us, self.ref_t_us)
         last_mono = self.ref_mono if col.last_mono is None else max(col.last_mono, self.ref_mono)
         age_s = now - last_mono
-        late = board_t_us - last_t > WATCHDOG_INTERVALS * self.interval_us
-        return late and age_s > WATCHDOG_MIN_S, age_s
+        return rules.is_stalled(board_t_us, last_t, self.interval_us, age_s), age_s
 
 
-async def _watch_aging(ctx: StationContext, col: AgingCollector, wd: AgingWatchdog, status: Status,
-                       start_msg: AgingStart) -> None:
+async def watch_aging(link: BoardLink, col: AgingCollector, wd: AgingWatchdog, status: Status,
+                      driver: AgingDriver) -> None:
     """One watchdog round of a running channel: recover or end a stalled run."""
     stalled, age_s = wd.stalled(col, int(status.t_us), time.monotonic())
     if not stalled:
         return
-    link = ctx.link
     info = {"channel": col.channel, "last_sample_age_s": round(age_s, 3),
             "interval_s": col.params.interval_s}
-    if wd.recoveries >= WATCHDOG_RECOVERIES:
+    if rules.recoveries_spent(wd.recoveries):
         col._alert("aging_stalled", {**info, "action": "ended", "recoveries": wd.recoveries})
         col._stop("stalled", col.last_t_s)
         return
     wd.recoveries += 1
     missing = link.missing_before(Stream.AGING, status.aging_head_seq)
-    if missing > 0:
-        action = f"fetching {missing} records the board holds"
+    if rules.recovery(missing) == "fetch":
+        what = f"fetching {missing} records the board holds"
         link.note_head(Stream.AGING, status.aging_head_seq)
     else:
-        action = "re-armed the channel"
-        await link.request(AgingSet(channel=col.channel, current_a=start_msg.current_a,
-                                    interval_ms=start_msg.interval_ms))
-    log.warning("aging pixel %d: no sample for %.1f s; %s", col.pixel, age_s, action)
-    col._alert("aging_stalled", {**info, "action": action, "recovery": wd.recoveries})
+        what = "re-armed the channel"
+        await driver.rearm()
+    log.warning("aging pixel %d: no sample for %.1f s; %s", col.pixel, age_s, what)
+    col._alert("aging_stalled", {**info, "action": what, "recovery": wd.recoveries})
     wd.rearm()
