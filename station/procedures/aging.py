@@ -36,11 +36,9 @@ from ..params import AgingParams, SweepParams
 from . import rules
 from .context import StationContext
 from .spectra import board_spectrum
-from .sweep import _losses
+from .sweep import losses_summary
 
 log = logging.getLogger(__name__)
-
-# -- aging -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -175,11 +173,11 @@ class AgingCollector:
         failure = rules.failure_reason(seen)
         if failure is not None:
             bit, reason = failure
-            self._stop(reason, first((flags & int(bit)) != 0))
+            self.stop(reason, first((flags & int(bit)) != 0))
             return
         limit_v = rules.runaway_limit_v(self.v0, self.params.voltage_runaway_v)
         if float(rec["voltage_v"].max()) > limit_v:
-            self._stop("voltage_runaway", first(rec["voltage_v"] > limit_v))
+            self.stop("voltage_runaway", first(rec["voltage_v"] > limit_v))
             return
         if seen & int(SampleFlags.STOPPED):
             self.paused_flag = True  # interlock or reboot: the monitor restarts the channel
@@ -190,13 +188,13 @@ class AgingCollector:
             return
         limit_h, why = rules.duration_limit(self.params.duration_h(), self.params.max_duration_h)
         if float(t_s.max()) / 3600.0 >= limit_h:
-            self._stop(why, first(t_s / 3600.0 >= limit_h))
+            self.stop(why, first(t_s / 3600.0 >= limit_h))
 
     def _lifetime_alerts(self, lr_all: np.ndarray, lr_min: float, t_s: np.ndarray) -> None:
         for lv, name in rules.lifetime_alerts_due(lr_min, self._alerted):
             self._alerted.add(lv)
             i = int(np.argmax(lr_all <= lv))
-            self._alert(f"{name}_reached", {"t_h": float(t_s[i]) / 3600.0,
+            self.alert(f"{name}_reached", {"t_h": float(t_s[i]) / 3600.0,
                                             "l_rel": float(lr_all[i])})
 
     def _level_confirmed(self, lr_all: np.ndarray, lr_min: float, t_s: np.ndarray) -> bool:
@@ -211,7 +209,7 @@ class AgingCollector:
         if i is None:
             return False
         if self._final_analysis_reached(float(t_s[i])):
-            self._stop(f"reached_{self.params.until.lower()}", float(t_s[i]))
+            self.stop(f"reached_{self.params.until.lower()}", float(t_s[i]))
             return True
         self.below = 0
         self._recheck_at = rules.recheck_at(self.n)
@@ -232,7 +230,7 @@ class AgingCollector:
             return False
         return res.tx_h.get(self.params.until.lower()) is not None
 
-    def _stop(self, reason: str, t_stop_s: float) -> None:
+    def stop(self, reason: str, t_stop_s: float) -> None:
         """Stop condition met at board time ``t_stop_s`` (since t0). The board goes on sampling
         until the host's aging_stop reaches it; those later samples are stored but not analysed."""
         self.stop_reason = reason
@@ -240,9 +238,9 @@ class AgingCollector:
         self.stopped.set()
         alert = rules.stop_alert(reason)
         if alert is not None:
-            self._alert(alert, {"reason": reason, "t_h": t_stop_s / 3600.0})
+            self.alert(alert, {"reason": reason, "t_h": t_stop_s / 3600.0})
 
-    def _alert(self, kind: str, data: dict[str, Any]) -> None:
+    def alert(self, kind: str, data: dict[str, Any]) -> None:
         if self.on_alert is not None:
             try:
                 self.on_alert(kind, {"pixel": self.pixel, "run_id": self.run_id, **data})
@@ -320,6 +318,6 @@ def finalize_aging(ctx: StationContext, run_id: int, col: AgingCollector) -> dic
     # which samples the analysis used (station analyze applies the same to the export)
     summary["analysed_until_t_s"] = col.stop_t_s if math.isfinite(col.stop_t_s) else None
     summary["analysed_exclude_flags"] = bad
-    summary.update(_losses(store, d["t_us"], "aging"))
+    summary.update(losses_summary(store, d["t_us"], "aging"))
     summary["spectra_used"] = len(col.spectra)
     return summary

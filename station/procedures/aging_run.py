@@ -42,6 +42,7 @@ from .watchdog import AgingWatchdog, watch_aging
 
 log = logging.getLogger(__name__)
 
+
 ROUND_S = 0.5
 """The monitor's round: the board's status, the watchdog, what is due."""
 DARK_N = 16
@@ -235,7 +236,7 @@ class _AgingMonitor:
             status = await self.ctx.board.status()
         except RequestTimeout:
             if self.wd.not_answering(time.monotonic()):
-                self.col._alert("board_not_answering", {
+                self.col.alert("board_not_answering", {
                     "channel": self.driver.channel, "since_s": self.wd.silent_s(time.monotonic()),
                     "action": "asking again (the board keeps aging and buffering)"})
             raise
@@ -308,7 +309,7 @@ class _AgingMonitor:
             every_h=self.params.spectrum_every_h, interval_s=self.params.interval_s)
         if res is not None and res.low_signal and not self.low_signal_alerted:
             self.low_signal_alerted = True
-            self.col._alert("spectrum_low_signal", {
+            self.col.alert("spectrum_low_signal", {
                 "integration_ms": res.msg.integration_ms, "usable": res.spectrum is not None,
                 "t_h": t_h})
 

@@ -12,9 +12,6 @@ from ..config import StationConfig
 DATA_DIR = Path(__file__).parent.parent / "data"
 
 
-# -- calibration ---------------------------------------------------------------------------------
-
-
 def load_responsivity(path: str | Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """A CSV of ``wavelength_nm,a_per_w`` ('#' comments and a header line allowed); default: the
     built-in typical Si photodiode table."""

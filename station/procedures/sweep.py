@@ -15,10 +15,7 @@ import numpy as np
 
 from firmware_protocol.connection import Unsolicited
 from firmware_protocol.messages import Spectrum as SpectrumMsg
-from firmware_protocol.messages import (
-    Status,
-    SweepDone,
-)
+from firmware_protocol.messages import Status, SweepDone
 from firmware_protocol.spec import SampleFlags, SmuMode, Stream, SweepEnd
 
 from ..analysis.photometry import (
@@ -43,6 +40,7 @@ from .rules import MA_CM2_PER_A_M2
 from .spectra import acquire_spectrum
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class SweepOutcome:
@@ -305,7 +303,7 @@ async def _wait_sweep_end(ctx: StationContext, col: SweepCollector) -> Status:
             return status
 
 
-def _losses(store: Store, t_us: np.ndarray, stream: str) -> dict[str, Any]:
+def losses_summary(store: Store, t_us: np.ndarray, stream: str) -> dict[str, Any]:
     """Records of the run's stream the board lost during the run (``records_lost``; on the
     AGING stream, shared by every channel running then), for its summary."""
     t = t_us[np.isfinite(t_us)]
@@ -338,7 +336,7 @@ def finalize_sweep(ctx: StationContext, run_id: int, col: SweepCollector, *, dar
                          noise_floor_cd_m2=floor)
     summary = summ.to_dict()
     summary["n_points"] = len(pts)
-    summary.update(_losses(store, data["t_us"], "sweep"))
+    summary.update(losses_summary(store, data["t_us"], "sweep"))
     summary["dark_a"] = col.dark_a
     summary["dark_std_a"] = dark_std_a
     summary["pd_adc_step_a"] = adc_step_a

@@ -82,8 +82,8 @@ async def watch_aging(link: BoardLink, col: AgingCollector, wd: AgingWatchdog, s
     info = {"channel": col.channel, "last_sample_age_s": round(age_s, 3),
             "interval_s": col.params.interval_s}
     if rules.recoveries_spent(wd.recoveries):
-        col._alert("aging_stalled", {**info, "action": "ended", "recoveries": wd.recoveries})
-        col._stop("stalled", col.last_t_s)
+        col.alert("aging_stalled", {**info, "action": "ended", "recoveries": wd.recoveries})
+        col.stop("stalled", col.last_t_s)
         return
     wd.recoveries += 1
     missing = link.missing_before(Stream.AGING, status.aging_head_seq)
@@ -94,5 +94,5 @@ async def watch_aging(link: BoardLink, col: AgingCollector, wd: AgingWatchdog, s
         what = "re-armed the channel"
         await driver.rearm()
     log.warning("aging pixel %d: no sample for %.1f s; %s", col.pixel, age_s, what)
-    col._alert("aging_stalled", {**info, "action": what, "recovery": wd.recoveries})
+    col.alert("aging_stalled", {**info, "action": what, "recovery": wd.recoveries})
     wd.rearm()
