@@ -189,18 +189,7 @@ def analyze_lifetime(
     """Everything about one aging trace. Non-finite samples are dropped; the trace is sorted by
     time. ``fit=False`` skips only the stretched-exponential fit and its extrapolations: L0,
     the peak and the measured Tx are the same either way."""
-    t = np.asarray(t_s, dtype=float).ravel()
-    lum = np.asarray(luminance_cd_m2, dtype=float).ravel()
-    if t.shape != lum.shape:
-        raise ValueError(f"lifetime: {t.size} times but {lum.size} luminance values")
-    ok = np.isfinite(t) & np.isfinite(lum)
-    if not ok.all():
-        t, lum = t[ok], lum[ok]
-    if t.size < 2:
-        raise ValueError("lifetime: need at least 2 finite samples")
-    if np.any(np.diff(t) < 0):
-        order = np.argsort(t, kind="stable")
-        t, lum = t[order], lum[order]
+    t, lum = _clean_trace(t_s, luminance_cd_m2)
     l0e = estimate_l0(t, lum, l0_window_s, l0_min_samples)
     l0 = l0e.value
     if not l0 > 0:
@@ -212,53 +201,17 @@ def analyze_lifetime(
     eps = l0e.err / l0 if math.isfinite(l0e.err) else 0.0  # relative standard error of L0
     t_h = t / 3600.0
     tb, yb, eb = analysis_trace(t_h, lum / l0, bins)
-
-    try:
-        pk, t_pk, pk_err, ipk = smooth_peak(tb, yb, eb)
-    except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a degenerate trace
-        ipk = int(np.argmax(yb))
-        pk, t_pk, pk_err = float(yb[ipk]), float(tb[ipk]), math.nan
-    # positive aging: a peak above L0 by more than 3 times its uncertainty (noise alone puts the
-    # largest of many noisy points above L0) and by 0.01 %, and an early trace that needs the
-    # rise (a stretched exponential alone fits it: no peak)
-    rises = l0e.model != "stretched"
-    if rises and pk - 1.0 > max(3.0 * math.hypot(pk_err, eps), 1e-4):
-        l_peak_rel, t_peak_h, start, peak_err = pk, t_pk, ipk, pk_err
+    l_peak_rel, t_peak_h, start, peak_err = _peak(tb, yb, eb, l0e.model != "stretched", eps,
+                                                  float(t_h[0]))
+    tx, tx_err, sens = _tx_from_l0(tb, yb, eb, l_peak_rel, t_peak_h, start, eps)
+    if start == 0 and l_peak_rel == 1.0:  # no brightening: the same crossings
+        txp, txp_err = dict(tx), dict(tx_err)
     else:
-        l_peak_rel, t_peak_h, start, peak_err = 1.0, float(t_h[0]), 0, eps
-
-    tx: dict[str, float | None] = {}
-    tx_err: dict[str, float | None] = {}
-    sens: dict[str, float | None] = {}
-    txp: dict[str, float | None] = {}
-    txp_err: dict[str, float | None] = {}
-    for name, x in LEVELS:
-        # L0 enters through the level: the data were divided by an L0 with relative error eps
-        v, e, slope = refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel),
-                                        t_peak_h if start else 0.0, eps)
-        tx[name] = v
-        tx_err[name] = None if v is None or not math.isfinite(e) else e
-        # d ln Tx / d ln L0 with the data fixed: y*(1 - d) crosses x at dT = x*d/(dy/dt)
-        sens[name] = (x / (slope * v) if v is not None and v > 0 and math.isfinite(slope)
-                      and slope < 0 else None)
-        if not (start == 0 and l_peak_rel == 1.0):  # else no brightening: the same crossing
-            # from the peak: the level x*L_peak does not involve L0, only the peak's own error
-            v, e, _ = refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel, t_peak_h,
-                                        peak_err / l_peak_rel)
-        txp[name] = v
-        txp_err[name] = None if v is None or not math.isfinite(e) else e
-
+        txp, txp_err = _tx_from_peak(tb, yb, eb, l_peak_rel, t_peak_h, start, peak_err)
     sfit = None
     if fit:
         sfit = fit_stretched_exponential(tb[start:], yb[start:], None if eb is None else eb[start:])
-    extrap: dict[str, float | None] = {}
-    if sfit is not None:
-        for name, x in LEVELS:
-            ve, ee = sfit.time_to(x, eps)
-            extrap[f"{name}_h"], extrap[f"{name}_h_err"] = ve, ee
-        for name, x in LEVELS:
-            ve, ee = sfit.time_to(x * l_peak_rel, peak_err / l_peak_rel)
-            extrap[f"{name}_from_peak_h"], extrap[f"{name}_from_peak_h_err"] = ve, ee
+    extrap = _extrapolated(sfit, eps, l_peak_rel, peak_err)
 
     return LifetimeResult(
         l0_cd_m2=l0,
@@ -280,3 +233,87 @@ def analyze_lifetime(
         l0_model=l0e.model,
         tx_l0_sensitivity=sens,
     )
+
+
+def _clean_trace(t_s: npt.ArrayLike, luminance_cd_m2: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """The trace as :func:`analyze_lifetime` takes it: finite samples, sorted by time."""
+    t = np.asarray(t_s, dtype=float).ravel()
+    lum = np.asarray(luminance_cd_m2, dtype=float).ravel()
+    if t.shape != lum.shape:
+        raise ValueError(f"lifetime: {t.size} times but {lum.size} luminance values")
+    ok = np.isfinite(t) & np.isfinite(lum)
+    if not ok.all():
+        t, lum = t[ok], lum[ok]
+    if t.size < 2:
+        raise ValueError("lifetime: need at least 2 finite samples")
+    if np.any(np.diff(t) < 0):
+        order = np.argsort(t, kind="stable")
+        t, lum = t[order], lum[order]
+    return t, lum
+
+
+def _peak(tb: FloatArray, yb: FloatArray, eb: FloatArray | None, rises: bool, eps: float,
+          t_first_h: float) -> tuple[float, float, int, float]:
+    """(L_peak/L0, t_peak_h, index of the peak in the trace, L_peak's relative standard error)
+    on the trace relative to L0 (L0's relative error ``eps``): the peak of a device that
+    brightens, else L0 itself at the first sample. Positive aging: a peak above L0 by more than
+    3 times its uncertainty (noise alone puts the largest of many noisy points above L0) and by
+    0.01 %, and an early trace that needs the rise (``rises``; a stretched exponential alone
+    fits it: no peak)."""
+    try:
+        pk, t_pk, pk_err, ipk = smooth_peak(tb, yb, eb)
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError):  # a degenerate trace
+        ipk = int(np.argmax(yb))
+        pk, t_pk, pk_err = float(yb[ipk]), float(tb[ipk]), math.nan
+    if rises and pk - 1.0 > max(3.0 * math.hypot(pk_err, eps), 1e-4):
+        return pk, t_pk, ipk, pk_err
+    return 1.0, t_first_h, 0, eps
+
+
+TxTable = dict[str, float | None]
+
+
+def _tx_from_l0(tb: FloatArray, yb: FloatArray, eb: FloatArray | None, l_peak_rel: float,
+                t_peak_h: float, start: int, eps: float) -> tuple[TxTable, TxTable, TxTable]:
+    """The measured Tx (x*L0) of each level, their standard errors and d ln Tx / d ln L0."""
+    tx: TxTable = {}
+    tx_err: TxTable = {}
+    sens: TxTable = {}
+    for name, x in LEVELS:
+        # L0 enters through the level: the data were divided by an L0 with relative error eps
+        v, e, slope = refined_crossing(tb, yb, eb, x, 0, max(1.0, l_peak_rel),
+                                       t_peak_h if start else 0.0, eps)
+        tx[name] = v
+        tx_err[name] = None if v is None or not math.isfinite(e) else e
+        # d ln Tx / d ln L0 with the data fixed: y*(1 - d) crosses x at dT = x*d/(dy/dt)
+        sens[name] = (x / (slope * v) if v is not None and v > 0 and math.isfinite(slope)
+                      and slope < 0 else None)
+    return tx, tx_err, sens
+
+
+def _tx_from_peak(tb: FloatArray, yb: FloatArray, eb: FloatArray | None, l_peak_rel: float,
+                  t_peak_h: float, start: int, peak_err: float) -> tuple[TxTable, TxTable]:
+    """The measured Tx from the peak (x*L_peak, from t_peak on) and their standard errors: the
+    level x*L_peak does not involve L0, only the peak's own error."""
+    txp: TxTable = {}
+    txp_err: TxTable = {}
+    for name, x in LEVELS:
+        v, e, _ = refined_crossing(tb, yb, eb, x * l_peak_rel, start, l_peak_rel, t_peak_h,
+                                   peak_err / l_peak_rel)
+        txp[name] = v
+        txp_err[name] = None if v is None or not math.isfinite(e) else e
+    return txp, txp_err
+
+
+def _extrapolated(sfit: StretchedExpFit | None, eps: float, l_peak_rel: float,
+                  peak_err: float) -> TxTable:
+    """Each Tx (and Tx from the peak) of the fit, with its standard error; empty without a fit."""
+    extrap: TxTable = {}
+    if sfit is not None:
+        for name, x in LEVELS:
+            ve, ee = sfit.time_to(x, eps)
+            extrap[f"{name}_h"], extrap[f"{name}_h_err"] = ve, ee
+        for name, x in LEVELS:
+            ve, ee = sfit.time_to(x * l_peak_rel, peak_err / l_peak_rel)
+            extrap[f"{name}_from_peak_h"], extrap[f"{name}_from_peak_h_err"] = ve, ee
+    return extrap

@@ -95,6 +95,8 @@ class StretchedExpFit:
 
 
 def initial_guess(t: FloatArray, y: FloatArray) -> tuple[float, float, float]:
+    """Starting point (a, tau, beta) of a stretched-exponential fit: a just above the highest
+    point, tau and beta from a straight line of ln(-ln(y/a)) against ln t."""
     a0 = float(np.max(y)) * 1.001
     ok = (t > 0) & (y > 0) & (y < a0 * 0.999)
     beta0, tau0 = 1.0, float(t[-1]) if t[-1] > 0 else 1.0

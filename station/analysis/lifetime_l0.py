@@ -144,9 +144,15 @@ def _l0_fit_data(t_s: FloatArray, lum: FloatArray, window_s: float, min_samples:
     return np.concatenate([d0, bt]), np.concatenate([l0_, bl]), np.concatenate([w0, bw])
 
 
+Bounds = tuple[list[float], list[float]]
+EarlyFit = tuple[FloatArray, float, FloatArray]
+"""(params, weighted SSR, Jacobian of the weighted residuals) of :func:`_fit_early`."""
+Candidate = tuple[str, FloatArray, float, FloatArray, Bounds]
+"""An early-trace model fitted: (model, params, weighted SSR, Jacobian, the bounds it had)."""
+
+
 def _fit_early(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str,
-               starts: list[list[float]], bounds: tuple[list[float], list[float]]
-               ) -> tuple[FloatArray, float, FloatArray] | None:
+               starts: list[list[float]], bounds: Bounds) -> EarlyFit | None:
     """Weighted least squares of ln L on the early model from several starts: (params, weighted
     SSR, Jacobian of the weighted residuals at the best solution)."""
     from scipy import optimize
@@ -224,6 +230,26 @@ def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_sampl
     if dt.size < 5 or np.ptp(dt) <= 0:
         return _l0_theil_sen(t_s, lum, window_s, min_samples), math.nan
     t_end = float(dt[-1])
+    candidates = _early_candidates(dt, ly, w, sigma_ln)
+    if not candidates:
+        return _l0_theil_sen(t_s, lum, window_s, min_samples), math.nan
+    n = dt.size
+
+    def bic(c: Candidate) -> float:
+        return n * math.log(max(c[2] / n, 1e-300)) + math.log(n) * c[1].size
+
+    model, p, ssr, jac, bounds = min(candidates, key=bic)
+    dt, ly, w, (p, ssr, jac) = _refit_without_spikes(dt, ly, w, model, (p, ssr, jac), bounds)
+    err = _l0_fit_error(dt, ly, w, model, (p, ssr, jac), bounds)
+    rms = math.sqrt(ssr / float(np.sum(w)))
+    return L0Estimate(math.exp(float(p[0])), err, model, tuple(float(v) for v in p), t_end), rms
+
+
+def _early_candidates(dt: FloatArray, ly: FloatArray, w: FloatArray, sigma_ln: float) -> list[Candidate]:
+    """The early-trace models fitted to (dt, ln L, weight): the stretched exponential, and the
+    same times a rise unless the stretched exponential already fits to the scatter of the
+    samples (then the rise cannot lower the BIC by its two more parameters' worth)."""
+    t_end = float(dt[-1])
     span = t_end if t_end > 0 else 1.0
     first = float(np.median(ly[: min(3, ly.size)]))
     # starting points: tau and beta from ln(-ln(L/L_first)) against ln t on the decaying part
@@ -238,61 +264,72 @@ def _fit_l0_segment(t_s: FloatArray, lum: FloatArray, window_s: float, min_sampl
                                                   [first, math.log(10 * span), 0.5]], (lo_s, hi_s))
         if more is not None and (fs is None or more[1] < fs[1]):
             fs = more
-    candidates: list[tuple[str, FloatArray, float, FloatArray]] = []
+    candidates: list[Candidate] = []
     if fs is not None:
-        candidates.append(("stretched", *fs))
-    # the rise is tried unless the stretched exponential already fits to the scatter of the
-    # samples (then it cannot lower the BIC by its two more parameters' worth)
+        candidates.append(("stretched", *fs, (lo_s, hi_s)))
     fits_to_noise = fs is not None and math.sqrt(fs[1] / float(np.sum(w))) <= 1.2 * sigma_ln
     if dt.size >= 8 and not fits_to_noise:
-        ipk = int(np.argmax(ly))
-        rise = max(float(ly[ipk] - first), 0.0)
-        tpk = max(float(dt[ipk]), float(dt[1]))
         p_s = fs[0] if fs is not None else np.array([first, lt0, beta0])
-        lo_b = [*lo_s, 0.0, math.log(max(float(np.min(np.diff(dt)[np.diff(dt) > 0])), 1e-9) * 0.1)]
-        hi_b = [*hi_s, 20.0, math.log(100.0 * span)]
-        starts_b = [[p_s[0], p_s[1], p_s[2], a, math.log(tb)]
-                    for a, tb in ((max(2 * math.expm1(rise), 0.02), tpk / 3.0),
-                                  (max(math.expm1(rise), 0.02), tpk), (0.3, 0.01 * span))]
-        fb = _fit_early(dt, ly, w, "brightening", starts_b, (lo_b, hi_b))
+        fb = _fit_brightening(dt, ly, w, first, p_s, (lo_s, hi_s))
         if fb is not None:
-            candidates.append(("brightening", *fb))
-    if not candidates:
-        return _l0_theil_sen(t_s, lum, window_s, min_samples), math.nan
-    n = dt.size
+            candidates.append(fb)
+    return candidates
 
-    def bic(c: tuple[str, FloatArray, float, FloatArray]) -> float:
-        return n * math.log(max(c[2] / n, 1e-300)) + math.log(n) * c[1].size
 
-    model, p, ssr, jac = min(candidates, key=bic)
-    # spikes and dropouts: the single samples (weight 1) more than 6 robust sigmas (and 0.1 %)
-    # off the fit are left out, and the chosen model is fitted again once
+def _fit_brightening(dt: FloatArray, ly: FloatArray, w: FloatArray, first: float, p_s: FloatArray,
+                     bounds_s: Bounds) -> Candidate | None:
+    """The stretched exponential times a saturating rise, started from the stretched
+    exponential's parameters ``p_s`` and three guesses of the rise (from the highest sample)."""
+    lo_s, hi_s = bounds_s
+    t_end = float(dt[-1])
+    span = t_end if t_end > 0 else 1.0
+    ipk = int(np.argmax(ly))
+    rise = max(float(ly[ipk] - first), 0.0)
+    tpk = max(float(dt[ipk]), float(dt[1]))
+    lo_b = [*lo_s, 0.0, math.log(max(float(np.min(np.diff(dt)[np.diff(dt) > 0])), 1e-9) * 0.1)]
+    hi_b = [*hi_s, 20.0, math.log(100.0 * span)]
+    starts_b = [[p_s[0], p_s[1], p_s[2], a, math.log(tb)]
+                for a, tb in ((max(2 * math.expm1(rise), 0.02), tpk / 3.0),
+                              (max(math.expm1(rise), 0.02), tpk), (0.3, 0.01 * span))]
+    fb = _fit_early(dt, ly, w, "brightening", starts_b, (lo_b, hi_b))
+    return None if fb is None else ("brightening", *fb, (lo_b, hi_b))
+
+
+def _refit_without_spikes(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str, fit: EarlyFit,
+                          bounds: Bounds) -> tuple[FloatArray, FloatArray, FloatArray, EarlyFit]:
+    """Spikes and dropouts: the single samples (weight 1) more than 6 robust sigmas (and 0.1 %)
+    off the fit are left out, and the model is fitted again once. The data and the fit kept."""
+    p = fit[0]
     r = _early_log_model(dt, p, model) - ly
     single = w == 1.0
     mad = 1.4826 * float(np.median(np.abs(r[single] - np.median(r[single])))) if single.any() else 0.0
     bad = single & (np.abs(r) > max(6.0 * mad, 1e-3))
     if bad.any() and np.count_nonzero(~bad) >= p.size + 2:
         keep = ~bad
-        dt, ly, w, n = dt[keep], ly[keep], w[keep], int(np.count_nonzero(keep))
-        bnds = (lo_s, hi_s) if model == "stretched" else (lo_b, hi_b)
-        refit = _fit_early(dt, ly, w, model, [list(p)], bnds)
+        dt, ly, w = dt[keep], ly[keep], w[keep]
+        refit = _fit_early(dt, ly, w, model, [list(p)], bounds)
         if refit is not None:
-            p, ssr, jac = refit
-    dof = n - p.size
-    err = math.nan
-    if dof > 0:
-        try:
-            cov = np.linalg.pinv(jac.T @ jac) * (ssr / dof)
-            sig = math.sqrt(max(float(cov[0, 0]), 0.0))
-        except np.linalg.LinAlgError:
-            sig = math.nan
-        if math.isfinite(sig) and model == "brightening":
-            # a rise and a decay trade off: the SSR profile's error where it is larger
-            sig = max(sig, _profile_sigma(dt, ly, w, model, p, ssr, ssr / dof, 1.5 * sig,
-                                          (lo_b, hi_b)))
-        err = math.exp(float(p[0])) * sig
-    rms = math.sqrt(ssr / float(np.sum(w)))
-    return L0Estimate(math.exp(float(p[0])), err, model, tuple(float(v) for v in p), t_end), rms
+            fit = refit
+    return dt, ly, w, fit
+
+
+def _l0_fit_error(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str, fit: EarlyFit,
+                  bounds: Bounds) -> float:
+    """L0's standard error from the fit's Jacobian, scaled by the residual scatter (for the rise,
+    the SSR profile's where that is larger); NaN without degrees of freedom."""
+    p, ssr, jac = fit
+    dof = dt.size - p.size
+    if dof <= 0:
+        return math.nan
+    try:
+        cov = np.linalg.pinv(jac.T @ jac) * (ssr / dof)
+        sig = math.sqrt(max(float(cov[0, 0]), 0.0))
+    except np.linalg.LinAlgError:
+        sig = math.nan
+    if math.isfinite(sig) and model == "brightening":
+        # a rise and a decay trade off: the SSR profile's error where it is larger
+        sig = max(sig, _profile_sigma(dt, ly, w, model, p, ssr, ssr / dof, 1.5 * sig, bounds))
+    return math.exp(float(p[0])) * sig
 
 
 def _profile_sigma(dt: FloatArray, ly: FloatArray, w: FloatArray, model: str, p: FloatArray,

@@ -175,6 +175,7 @@ def smoothed(y: FloatArray, half: int) -> FloatArray:
 
 
 def point_error(err: FloatArray | None, noise: float, i: int) -> float:
+    """The standard error of point ``i``: its bin's, or ``noise`` for an unbinned trace."""
     return float(err[i]) if err is not None else noise
 
 
@@ -189,7 +190,7 @@ def smoothing_half_width(e: float, w: float) -> int:
 
 
 def smooth_peak(t: FloatArray, y: FloatArray, err: FloatArray | None
-                 ) -> tuple[float, float, float, int]:
+                ) -> tuple[float, float, float, int]:
     """(peak, t_peak, sigma, index): the vertex of a quadratic in ln t fitted to the points
     around the peak, so the peak is not the maximum of noisy points, which is biased high (a
     rise that saturates times a stretched-exponential decay is nearly symmetric in ln t). The

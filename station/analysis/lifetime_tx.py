@@ -14,7 +14,10 @@ import numpy as np
 from .lifetime_fit import FloatArray
 from .lifetime_trace import crossing_time, noise_scale, point_error, smoothed, smoothing_half_width
 
-__all__ = ["CROSSING_MAX_HALF_WIDTH", "CROSSING_WIDEST", "refined_crossing"]
+__all__ = ["CROSSING_MAX_HALF_WIDTH", "CROSSING_WIDEST", "Crossing", "refined_crossing"]
+
+Crossing = tuple[float | None, float, float]
+"""(Tx, its standard error, the slope dy/dt there); Tx None while not reached."""
 
 
 CROSSING_MAX_HALF_WIDTH = 0.5
@@ -89,8 +92,8 @@ def _local_stretched_fit_k(t: FloatArray, y: FloatArray, err: FloatArray | None,
 
 
 def refined_crossing(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
-                      start: int = 0, ref: float = 1.0, t0: float = 0.0,
-                      level_rel_err: float = 0.0) -> tuple[float | None, float, float]:
+                     start: int = 0, ref: float = 1.0, t0: float = 0.0,
+                     level_rel_err: float = 0.0) -> Crossing:
     """:func:`_refined_crossing_from` with time counted from ``t0`` (the peak, for a device that
     brightens: after the peak, -ln(y/peak) grows as a power of the time since the peak)."""
     first = crossing_time(t, y, level, start)
@@ -117,7 +120,7 @@ def _root(c0: float, c1: float, c2: float, z: float) -> float | None:
 
 def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
                            start: int = 0, ref: float = 1.0, level_rel_err: float = 0.0
-                           ) -> tuple[float | None, float, float]:
+                           ) -> Crossing:
     """(Tx, sigma, slope): the first crossing of ``level`` at or after index ``start`` (None if
     the trace never falls to it), from a local fit, so that noise does not make it come early
     (the first of many noisy points to fall below a level does so before the curve does). The
@@ -142,29 +145,27 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
     if i == start or not t_s > 0 or not 0 < level < ref:
         return t_s, math.nan, math.nan
     lo = max(start, int(np.searchsorted(t, 0.0, side="right")))
+    fitted = _crossing_by_local_fits(t, y, err, level, ref, level_rel_err, lo, t_s, e, w)
+    if fitted is not None:
+        return fitted
+    return _crossing_by_line(t, y, err, level, level_rel_err, lo, i, t_s, e)
+
+
+def _crossing_by_local_fits(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
+                            ref: float, level_rel_err: float, lo: int, t_s: float, e: float, w: float
+                            ) -> Crossing | None:
+    """:func:`_refined_crossing_from`'s local fits, the window first centred on the running
+    median's crossing ``t_s``, then on the root found; the second accepted root is the result.
+    ``(None, nan, nan)`` while fewer than 3 points follow a window; None when no clean fit."""
     t_c = t_s
-    result: tuple[float, float, float] | None = None
+    result: Crossing | None = None
     z_level = math.log(-math.log(level / ref))
     # window: where the curve is within w of the level (at least 9 points), in ln t; the slope
     # dy/dln t = -y*ln(ref/y)*beta is first guessed with beta = 0.7, then taken from the fit
     dydlnt = level * math.log(ref / level) * 0.7
     accepted = 0
     for _ in range(4):
-        h = min(max(w / dydlnt, 0.02), CROSSING_MAX_HALF_WIDTH)
-        while True:
-            a = max(lo, int(np.searchsorted(t, t_c * math.exp(-h))))
-            b = int(np.searchsorted(t, t_c * math.exp(h), side="right"))
-            # a slope known to 10 % or better: else widen (exact for a stretched exponential)
-            n_pts = max(b - a, 2)
-            if e * math.sqrt(12.0 / n_pts) <= 0.1 * 2 * h * dydlnt or h >= CROSSING_WIDEST:
-                break
-            h = min(1.5 * h, CROSSING_WIDEST)
-        k = int(np.searchsorted(t, t_c))
-        while b - a < 9 and (a > lo or b < t.size):
-            if a > lo and (k - a <= b - k or b >= t.size):
-                a -= 1
-            else:
-                b += 1
+        a, b = _crossing_window(t, lo, t_c, w, e, dydlnt)
         if b + 3 > t.size:
             # fewer than 3 points after the window: not measured yet (later samples would
             # change the window; the stop rule waits for them)
@@ -173,14 +174,9 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
         if f is None:
             break
         (c0, c1, c2), cov = f
-        disc = c1 * c1 - 4 * c2 * (c0 - z_level)
-        if not (c1 > 0 and disc >= 0):
+        sv = _root(c0, c1, c2, z_level)
+        if sv is None:
             break
-        if abs(c2) < 1e-12 * abs(c1):
-            sv = (z_level - c0) / c1
-        else:
-            r = math.sqrt(disc)
-            sv = min(((-c1 + r) / (2 * c2), (-c1 - r) / (2 * c2)), key=abs)
         dz = c1 + 2 * c2 * sv
         if not (dz > 0 and abs(sv) < 1.0):
             break
@@ -194,24 +190,57 @@ def _refined_crossing_from(t: FloatArray, y: FloatArray, err: FloatArray | None,
         sig = tx * math.sqrt(max(float(g @ cov @ g), 0.0))
         slope = -level * (-math.log(level / ref)) * dz / tx  # dy/dt = -y*e^z*dz/ds / t
         if level_rel_err > 0:
-            # the level's own error (L0's): the fitted curve solved at level*(1 -+ err), half
-            # the difference (not the slope: T95 of a small-beta device is far from linear in L0)
-            ends = []
-            for lv in (level * (1 - level_rel_err), level * (1 + level_rel_err)):
-                s_lv = _root(c0, c1, c2, math.log(-math.log(lv / ref))) if 0 < lv < ref else None
-                ends.append(None if s_lv is None else t_fit * math.exp(s_lv))
-            if ends[0] is not None and ends[1] is not None:
-                sig = math.hypot(sig, abs(ends[0] - ends[1]) / 2)
-            else:
-                sig = math.hypot(sig, level * level_rel_err / abs(slope))
+            sig = _with_level_error(sig, (c0, c1, c2), level, ref, level_rel_err, t_fit, slope)
         result = (tx, sig, slope)
         accepted += 1
         if accepted >= 2:
             break
-    if result is not None:
-        return result
-    # no clean local fit: a straight line through the 9 points nearest the running median's
-    # crossing, solved for the level
+    return result
+
+
+def _crossing_window(t: FloatArray, lo: int, t_c: float, w: float, e: float, dydlnt: float
+                     ) -> tuple[int, int]:
+    """Indices [a, b) of the points fitted around ``t_c``: where the curve is within ``w`` of
+    the level (half-width in ln t from the slope ``dydlnt``, at most
+    :data:`CROSSING_MAX_HALF_WIDTH`), widened up to :data:`CROSSING_WIDEST` until the slope is
+    known to 10 %, and to at least 9 points (from index ``lo`` on)."""
+    h = min(max(w / dydlnt, 0.02), CROSSING_MAX_HALF_WIDTH)
+    while True:
+        a = max(lo, int(np.searchsorted(t, t_c * math.exp(-h))))
+        b = int(np.searchsorted(t, t_c * math.exp(h), side="right"))
+        # a slope known to 10 % or better: else widen (exact for a stretched exponential)
+        n_pts = max(b - a, 2)
+        if e * math.sqrt(12.0 / n_pts) <= 0.1 * 2 * h * dydlnt or h >= CROSSING_WIDEST:
+            break
+        h = min(1.5 * h, CROSSING_WIDEST)
+    k = int(np.searchsorted(t, t_c))
+    while b - a < 9 and (a > lo or b < t.size):
+        if a > lo and (k - a <= b - k or b >= t.size):
+            a -= 1
+        else:
+            b += 1
+    return a, b
+
+
+def _with_level_error(sig: float, c: tuple[float, float, float], level: float, ref: float,
+                      level_rel_err: float, t_fit: float, slope: float) -> float:
+    """``sig`` with the level's own error (L0's) added: the fitted curve (``c``, centred on
+    ``t_fit``) solved at level*(1 -+ err), half the difference (not the slope: T95 of a
+    small-beta device is far from linear in L0); the slope where it has no such roots."""
+    c0, c1, c2 = c
+    ends = []
+    for lv in (level * (1 - level_rel_err), level * (1 + level_rel_err)):
+        s_lv = _root(c0, c1, c2, math.log(-math.log(lv / ref))) if 0 < lv < ref else None
+        ends.append(None if s_lv is None else t_fit * math.exp(s_lv))
+    if ends[0] is not None and ends[1] is not None:
+        return math.hypot(sig, abs(ends[0] - ends[1]) / 2)
+    return math.hypot(sig, level * level_rel_err / abs(slope))
+
+
+def _crossing_by_line(t: FloatArray, y: FloatArray, err: FloatArray | None, level: float,
+                      level_rel_err: float, lo: int, i: int, t_s: float, e: float) -> Crossing:
+    """No clean local fit: a straight line through the 9 points nearest the running median's
+    crossing (index ``i``, time ``t_s``), solved for the level."""
     a = max(lo, i - 4)
     b = min(t.size, a + 9)
     if b + 3 > t.size:
