@@ -216,17 +216,30 @@ def _parse_float(text: str, path: Path, line: int, name: str) -> float:
 
 
 def _read_table(path: Path, kind: str) -> np.ndarray:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ExportError(f"{path}: missing ({kind} exports keep their data in {path.name})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{path}: cannot read ({exc})") from None
+    text = _read_text(path, kind)
     first = text.split("\n", 1)[0]
     head = [h.strip() for h in next(csv.reader([first]), [])]
     fast = _fast_numeric(text, head, kind, path)
     if fast is not None:
         return fast
+    header, body = _csv_body(text, kind, path)
+    columns = {name: _parse_column([r[j] for _, r in body], name, body, path)
+               for j, name in enumerate(header)}
+    return table_from_columns(columns) if columns else np.empty(0)
+
+
+def _read_text(path: Path, kind: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExportError(f"{path}: missing ({kind} exports keep their data in {path.name})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path}: cannot read ({exc})") from None
+
+
+def _csv_body(text: str, kind: str, path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the non-blank rows (with their line numbers) of a table, checked: unique
+    column names, the required ones present, as many fields in each row as in the header."""
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or not rows[0]:
         raise ExportError(f"{path}:1: empty file (expected a header of column names)")
@@ -240,30 +253,27 @@ def _read_table(path: Path, kind: str) -> np.ndarray:
     for line, r in body:
         if len(r) != len(header):
             raise ExportError(f"{path}:{line}: {len(r)} fields, header has {len(header)}")
-    columns: dict[str, Any] = {}
-    for j, name in enumerate(header):
-        raw = [r[j] for _, r in body]
-        if name in TEXT_COLUMNS:
-            columns[name] = (
-                np.asarray([v.strip() for v in raw], dtype=str) if raw else np.array([], dtype="U1")
-            )
-            continue
-        try:
-            arr = np.asarray(raw, dtype=float) if raw else np.array([], dtype=float)
-        except ValueError:
-            # slow path only to name the bad line
-            arr = np.asarray(
-                [_parse_float(v, path, line, name) for (line, _), v in zip(body, raw, strict=True)]
-            )
-        if name in INT_COLUMNS:
-            bad = ~np.isfinite(arr) | (arr != np.round(arr))
-            if bad.any():
-                k = int(np.argmax(bad))
-                raise ExportError(f"{path}:{body[k][0]}: field {name!r}: {raw[k]!r} is not an integer")
-            columns[name] = arr.astype(np.int64)
-        else:
-            columns[name] = arr
-    return table_from_columns(columns) if columns else np.empty(0)
+    return header, body
+
+
+def _parse_column(raw: list[str], name: str, body: list[tuple[int, list[str]]], path: Path) -> np.ndarray:
+    """One column's fields as text, floats or integers (by its name); an error names the line."""
+    if name in TEXT_COLUMNS:
+        return np.asarray([v.strip() for v in raw], dtype=str) if raw else np.array([], dtype="U1")
+    try:
+        arr = np.asarray(raw, dtype=float) if raw else np.array([], dtype=float)
+    except ValueError:
+        # slow path only to name the bad line
+        arr = np.asarray(
+            [_parse_float(v, path, line, name) for (line, _), v in zip(body, raw, strict=True)]
+        )
+    if name in INT_COLUMNS:
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ExportError(f"{path}:{body[k][0]}: field {name!r}: {raw[k]!r} is not an integer")
+        return arr.astype(np.int64)
+    return arr
 
 
 def _fast_numeric(text: str, header: list[str], kind: str, path: Path) -> np.ndarray | None:

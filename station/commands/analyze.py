@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # heavy imports are deferred so `station --help` stays fast
     import numpy as np
 
     from station.analysis.lifetime import LifetimeResult
-    from station.analysis.photometry import Calibration, Spectrum
+    from station.analysis.photometry import Calibration, PreparedSpectra, Spectrum
     from station.analysis.summary import SweepSummary
 
 EXIT_BAD_INPUT = 2
@@ -117,15 +117,6 @@ def reanalyze(
     """Recompute the derived columns and the summary (sweep) or lifetime (aging) of a run."""
     import numpy as np
 
-    from station.analysis.lifetime import analyze_lifetime
-    from station.analysis.photometry import (
-        compute_points,
-        dark_noise_floor_cd_m2,
-        detection_limit_a,
-        luminance_per_photodiode_amp,
-        prepare_spectra,
-    )
-    from station.analysis.summary import sweep_summary
     from station.exportfmt import calibration_from_meta, spectra_from_meta
 
     notes: list[str] = []
@@ -141,80 +132,125 @@ def reanalyze(
     else:
         dark = np.zeros(table.shape[0])
         notes.append("no dark_a column: no dark-current subtraction")
-    out = dict(meta)
-    out["calibration"] = cal.to_dict()
+    run = Reanalysis(dict(meta), table, cal, spectra, notes=notes)
+    run.meta["calibration"] = cal.to_dict()
     if kind == "sweep":
-        _require(table, ("voltage_v", "current_a", "photodiode_a"), f"{where}/points.csv")
-        if len(spectra) > 1 and any(s.voltage_v is None for s in spectra):
-            raise CommandError(f"{where}/run.json: several spectra but not all have voltage_v")
-        prepared = prepare_spectra(spectra, cal, "voltage_v")
-        pts = compute_points(
-            table["voltage_v"], table["current_a"], table["photodiode_a"], cal, prepared, dark
-        )
-        for col in ("current_density_ma_cm2", "luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w"):
-            if col in names:
-                table[col] = pts[col]
-        floor = noise_floor_cd_m2
-        recorded = meta.get("summary") if isinstance(meta.get("summary"), Mapping) else None
-        dark_std = meta.get("dark_std_a", recorded.get("dark_std_a") if recorded else None)
-        top = len(prepared.key) - 1  # the spectrum at the highest voltage
-        dark_samples = meta.get("dark_samples_a")
-        step = meta.get("pd_adc_step_a", recorded.get("pd_adc_step_a") if recorded else None)
-        step = float(step) if isinstance(step, int | float) and math.isfinite(step) and step > 0 else None
-        if floor is None and isinstance(dark_samples, list) and len(dark_samples) >= 2:
-            floor = dark_noise_floor_cd_m2(dark_samples, cal, prepared, top, adc_step_a=step)
-            notes.append("noise floor: 3 sigma of the sidecar's dark_samples_a, at least one ADC step")
-        elif floor is None and ((isinstance(dark_std, int | float) and math.isfinite(dark_std)
-                                 and dark_std > 0) or step is not None):
-            std = float(dark_std) if isinstance(dark_std, int | float) else math.nan
-            floor = detection_limit_a(std, step) * luminance_per_photodiode_amp(cal, prepared, top)
-            notes.append("noise floor: 3 x the recorded dark_std_a, at least one ADC step (pd_adc_step_a)")
-        sel = pts
-        if "direction" in names:
-            forward = np.asarray(table["direction"]) == "forward"
-            if forward.any() and not forward.all():
-                sel = pts[forward]
-                notes.append("summary over the forward branch (direction == 'forward')")
-        summary = sweep_summary(sel, spectra, threshold_cd_m2, floor)
-        out["summary"] = summary.to_dict()
-        out["summary"]["n_points"] = len(pts)  # every point, as the station's summary counts
-        return Reanalysis(out, table, cal, spectra, summary=summary, notes=notes)
+        _reanalyze_sweep(run, dark, threshold_cd_m2, noise_floor_cd_m2, where)
+        return run
     if kind == "aging":
-        _require(table, ("t_s", "current_a", "voltage_v", "photodiode_a"), f"{where}/samples.csv")
-        if len(spectra) > 1 and any(s.t_s is None for s in spectra):
-            raise CommandError(f"{where}/run.json: several spectra but not all have t_s")
-        prepared = prepare_spectra(spectra, cal, "t_s")
-        pts = compute_points(
-            table["voltage_v"],
-            table["current_a"],
-            table["photodiode_a"],
-            cal,
-            prepared,
-            dark,
-            t_s=table["t_s"],
-        )
-        if "luminance_cd_m2" in names:
-            table["luminance_cd_m2"] = pts["luminance_cd_m2"]
-        if "eqe_pct" in names:
-            table["eqe_pct"] = pts["eqe_pct"]
-        # the samples the run's own analysis used: not a channel's final STOPPED sample nor a
-        # failure's, and none after the stop condition (the board goes on sampling until the
-        # host's stop reaches it); both recorded in the summary
-        prev = meta.get("summary") or {}
-        use = np.ones(len(table["t_s"]), dtype=bool)
-        bad = prev.get("analysed_exclude_flags")
-        if isinstance(bad, int) and "flags" in names:
-            use &= (np.nan_to_num(table["flags"]).astype(np.int64) & bad) == 0
-        until = prev.get("analysed_until_t_s")
-        if isinstance(until, int | float) and math.isfinite(until):
-            use &= table["t_s"] <= until
-            notes.append(f"samples up to t = {until:g} s, where the run's stop condition was met")
-        result = analyze_lifetime(table["t_s"][use], pts["luminance_cd_m2"][use])
-        if "l_rel" in names:
-            table["l_rel"] = pts["luminance_cd_m2"] / result.l0_cd_m2
-        out["summary"] = result.to_dict()
-        return Reanalysis(out, table, cal, spectra, lifetime=result, notes=notes)
+        _reanalyze_aging(run, dark, where)
+        return run
     raise CommandError(f"{where}/run.json: unknown kind {kind!r}")
+
+
+def _reanalyze_sweep(run: Reanalysis, dark: np.ndarray, threshold_cd_m2: float,
+                     noise_floor_cd_m2: float | None, where: str) -> None:
+    """:func:`reanalyze` of a sweep: the points' derived columns and the summary, into ``run``."""
+    import numpy as np
+
+    from station.analysis.photometry import compute_points, prepare_spectra
+    from station.analysis.summary import sweep_summary
+
+    table, cal, spectra, notes = run.table, run.calibration, run.spectra, run.notes
+    names = table.dtype.names or ()
+    _require(table, ("voltage_v", "current_a", "photodiode_a"), f"{where}/points.csv")
+    if len(spectra) > 1 and any(s.voltage_v is None for s in spectra):
+        raise CommandError(f"{where}/run.json: several spectra but not all have voltage_v")
+    prepared = prepare_spectra(spectra, cal, "voltage_v")
+    pts = compute_points(
+        table["voltage_v"], table["current_a"], table["photodiode_a"], cal, prepared, dark
+    )
+    for col in ("current_density_ma_cm2", "luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w"):
+        if col in names:
+            table[col] = pts[col]
+    floor = noise_floor_cd_m2
+    if floor is None:
+        floor = _recorded_noise_floor(run.meta, cal, prepared, notes)
+    sel = pts
+    if "direction" in names:
+        forward = np.asarray(table["direction"]) == "forward"
+        if forward.any() and not forward.all():
+            sel = pts[forward]
+            notes.append("summary over the forward branch (direction == 'forward')")
+    summary = sweep_summary(sel, spectra, threshold_cd_m2, floor)
+    run.meta["summary"] = summary.to_dict()
+    run.meta["summary"]["n_points"] = len(pts)  # every point, as the station's summary counts
+    run.summary = summary
+
+
+def _recorded_noise_floor(meta: Mapping[str, Any], cal: Calibration, prepared: PreparedSpectra,
+                          notes: list[str]) -> float | None:
+    """A sweep's noise floor from what its sidecar recorded (dark readings, their standard
+    deviation, the ADC step), in luminance with the spectrum at the highest voltage; None when
+    nothing was recorded."""
+    from station.analysis.photometry import (
+        dark_noise_floor_cd_m2,
+        detection_limit_a,
+        luminance_per_photodiode_amp,
+    )
+
+    recorded = meta.get("summary") if isinstance(meta.get("summary"), Mapping) else None
+    dark_std = meta.get("dark_std_a", recorded.get("dark_std_a") if recorded else None)
+    top = len(prepared.key) - 1  # the spectrum at the highest voltage
+    dark_samples = meta.get("dark_samples_a")
+    step = meta.get("pd_adc_step_a", recorded.get("pd_adc_step_a") if recorded else None)
+    step = float(step) if isinstance(step, int | float) and math.isfinite(step) and step > 0 else None
+    if isinstance(dark_samples, list) and len(dark_samples) >= 2:
+        floor = dark_noise_floor_cd_m2(dark_samples, cal, prepared, top, adc_step_a=step)
+        notes.append("noise floor: 3 sigma of the sidecar's dark_samples_a, at least one ADC step")
+        return floor
+    if (isinstance(dark_std, int | float) and math.isfinite(dark_std) and dark_std > 0) or step is not None:
+        std = float(dark_std) if isinstance(dark_std, int | float) else math.nan
+        floor = detection_limit_a(std, step) * luminance_per_photodiode_amp(cal, prepared, top)
+        notes.append("noise floor: 3 x the recorded dark_std_a, at least one ADC step (pd_adc_step_a)")
+        return floor
+    return None
+
+
+def _reanalyze_aging(run: Reanalysis, dark: np.ndarray, where: str) -> None:
+    """:func:`reanalyze` of an aging run: luminance, EQE and L/L0 of each sample and the
+    lifetime, into ``run``."""
+    import numpy as np
+
+    from station.analysis.lifetime import analyze_lifetime
+    from station.analysis.photometry import compute_points, prepare_spectra
+
+    table, cal, spectra, notes = run.table, run.calibration, run.spectra, run.notes
+    names = table.dtype.names or ()
+    _require(table, ("t_s", "current_a", "voltage_v", "photodiode_a"), f"{where}/samples.csv")
+    if len(spectra) > 1 and any(s.t_s is None for s in spectra):
+        raise CommandError(f"{where}/run.json: several spectra but not all have t_s")
+    prepared = prepare_spectra(spectra, cal, "t_s")
+    pts = compute_points(
+        table["voltage_v"],
+        table["current_a"],
+        table["photodiode_a"],
+        cal,
+        prepared,
+        dark,
+        t_s=table["t_s"],
+    )
+    if "luminance_cd_m2" in names:
+        table["luminance_cd_m2"] = pts["luminance_cd_m2"]
+    if "eqe_pct" in names:
+        table["eqe_pct"] = pts["eqe_pct"]
+    # the samples the run's own analysis used: not a channel's final STOPPED sample nor a
+    # failure's, and none after the stop condition (the board goes on sampling until the
+    # host's stop reaches it); both recorded in the summary
+    prev = run.meta.get("summary") or {}
+    use = np.ones(len(table["t_s"]), dtype=bool)
+    bad = prev.get("analysed_exclude_flags")
+    if isinstance(bad, int) and "flags" in names:
+        use &= (np.nan_to_num(table["flags"]).astype(np.int64) & bad) == 0
+    until = prev.get("analysed_until_t_s")
+    if isinstance(until, int | float) and math.isfinite(until):
+        use &= table["t_s"] <= until
+        notes.append(f"samples up to t = {until:g} s, where the run's stop condition was met")
+    result = analyze_lifetime(table["t_s"][use], pts["luminance_cd_m2"][use])
+    if "l_rel" in names:
+        table["l_rel"] = pts["luminance_cd_m2"] / result.l0_cd_m2
+    run.meta["summary"] = result.to_dict()
+    run.lifetime = result
 
 
 def _fmt(v: Any, unit: str = "", sig: int = 4) -> str:
@@ -308,7 +344,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "analyze",
         help="recompute every figure of an exported run from its raw columns",

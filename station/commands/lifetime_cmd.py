@@ -108,7 +108,7 @@ def _acceleration(pixels: list[dict[str, Any]], args: argparse.Namespace,
     return fit, None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "lifetime",
         help="lifetime across aging exports and the acceleration law",
