@@ -277,17 +277,12 @@ class Acquisition:
         self.store.flush()
         table = {Stream.AGING: "aging_samples", Stream.SWEEP: "sweep_points",
                  Stream.SPECTRUM: "spectra"}[ev.stream]
-        db = self.store.db
         t_from = ev.t_before_us
         if t_from is None:
-            row = db.execute(f"SELECT t_us FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT 1",
-                             (ev.from_seq,)).fetchone()
-            t_from = None if row is None else row[0]
+            t_from = self.store.neighbour_t_us(table, ev.from_seq, before=True)
         t_to = ev.t_after_us
         if t_to is None:
-            row = db.execute(f"SELECT t_us FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1",
-                             (ev.to_seq,)).fetchone()
-            t_to = None if row is None else row[0]
+            t_to = self.store.neighbour_t_us(table, ev.to_seq, before=False)
         new = self.store.add_records_lost(stream=ev.stream.name.lower(), epoch=ev.epoch,
                                           from_seq=ev.from_seq, to_seq=ev.to_seq,
                                           reason=ev.reason, t_from_us=t_from, t_to_us=t_to)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import secrets
@@ -52,22 +51,6 @@ from .procedures import (
 )
 
 log = logging.getLogger(__name__)
-
-_DDL = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    client TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL,
-    progress TEXT NOT NULL DEFAULT '{}',
-    error TEXT
-);
-"""
 
 UNFINISHED = ("queued", "running", "paused")
 SWEEP_ATTEMPTS = 3  # a sweep cut by a board reboot is taken again, at most this many times
@@ -318,8 +301,8 @@ class JobManager:
     def __init__(self, ctx: StationContext, *,
                  publish: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.ctx = ctx
-        self.db = ctx.store.db
-        self.db.executescript(_DDL)
+        self.table = ctx.store.jobs  # the jobs table (station.store.jobs)
+        self.table.ensure()
         self.publish = publish
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running: dict[str, asyncio.Event] = {}
@@ -327,19 +310,13 @@ class JobManager:
 
     # -- store ------------------------------------------------------------------------------
     def _row(self, job_id: str) -> dict[str, Any]:
-        cur = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        row = cur.fetchone()
-        if row is None:
+        d = self.table.row(job_id)
+        if d is None:
             raise JobError(f"no job {job_id!r} (station jobs list shows the jobs)", "not_found")
-        d = dict(zip([c[0] for c in cur.description], row, strict=True))
-        d["spec"] = json.loads(d["spec"])
-        d["progress"] = json.loads(d["progress"])
         return d
 
     def _update(self, job_id: str, **fields: Any) -> None:
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        vals = [json.dumps(v) if k == "progress" else v for k, v in fields.items()]
-        self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*vals, job_id))
+        self.table.update(job_id, **fields)
 
     def _event(self, kind: str, job_id: str, **data: Any) -> None:
         info = self.get(job_id)
@@ -380,24 +357,16 @@ class JobManager:
                     raise JobError(f"steps.{n} pixel {px}: {e}", "limit") from None
 
     def _busy_pixels(self) -> dict[int, str]:
-        out: dict[int, str] = {}
-        for r in self.db.execute("SELECT pixel, job_id FROM runs WHERE kind = 'aging' AND "
-                                 "status IN ('running', 'paused')"):
-            out[int(r[0])] = str(r[1])
-        return out
+        return self.table.busy_aging_pixels()
 
     # -- JobControl -------------------------------------------------------------------------
     async def submit(self, job: dict[str, Any], client: str) -> dict[str, Any]:
         spec = parse_job(job)
         self.validate(spec)
         job_id = f"j{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        self.db.execute(
-            "INSERT INTO jobs (id, name, kind, spec, state, client, created_at, progress) "
-            "VALUES (?,?,?,?,?,?,?,?)",
-            (job_id, spec.name or f"{spec.kind} job", spec.kind,
-             json.dumps(job_dict(spec)),
-             "queued", client, time.time(),
-             json.dumps({"step": 0, "done": []})))
+        self.table.insert(job_id, name=spec.name or f"{spec.kind} job", kind=spec.kind,
+                          spec=job_dict(spec), state="queued", client=client,
+                          created_at=time.time(), progress={"step": 0, "done": []})
         self._event("job/submitted", job_id, client=client)
         self._spawn(job_id)
         return self.get(job_id)
@@ -436,14 +405,11 @@ class JobManager:
         return self.get(job_id)
 
     def list(self) -> list[dict[str, Any]]:
-        ids = [r[0] for r in self.db.execute("SELECT id FROM jobs ORDER BY created_at DESC")]
-        return [self.get(i) for i in ids]
+        return [self.get(i) for i in self.table.ids_newest_first()]
 
     def get(self, job_id: str) -> dict[str, Any]:
         r = self._row(job_id)
-        runs = [dict(id=x[0], kind=x[1], pixel=x[2], status=x[3], end_reason=x[4])
-                for x in self.db.execute("SELECT id, kind, pixel, status, end_reason FROM runs "
-                                         "WHERE job_id = ? ORDER BY id", (job_id,))]
+        runs = self.table.runs_of(job_id)
         return {"id": r["id"], "name": r["name"], "kind": r["kind"], "state": r["state"],
                 "client": r["client"], "created": r["created_at"], "started": r["started_at"],
                 "ended": r["ended_at"], "progress": r["progress"], "error": r["error"],
@@ -464,10 +430,8 @@ class JobManager:
             "faults": None if st is None else st.faults,
             "temperatures_c": None if st is None else list(st.temperatures_c),
             "aging_channels_active": None if st is None else sorted(active_channels(st)),
-            "jobs": {s: n for s, n in self.db.execute(
-                "SELECT state, count(*) FROM jobs GROUP BY state")},
-            "running_jobs": [r[0] for r in self.db.execute(
-                "SELECT id FROM jobs WHERE state IN ('running', 'paused', 'queued')")],
+            "jobs": self.table.count_by_state(),
+            "running_jobs": self.table.active_ids(),
             "link_stats": asdict(link.stats),
             "board_epoch": link.conn.epoch,
             "records_lost": records_lost_summary(self.ctx.store),
@@ -500,24 +464,17 @@ class JobManager:
     def prepare(self, ctx: StationContext) -> None:
         """Before the link starts: rebuild the aging runs of unfinished jobs, so the samples the
         board buffered while the station was down reach them."""
-        self.db.executescript(_DDL)
-        for job_id, in self.db.execute(
-                f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(UNFINISHED))})",
-                UNFINISHED).fetchall():
-            for run_id, pixel in self.db.execute(
-                    "SELECT id, pixel FROM runs WHERE job_id = ? AND kind = 'aging' AND "
-                    "status IN ('running', 'paused', 'interrupted')", (job_id,)).fetchall():
-                self._resumed[(job_id, int(pixel))] = rebuild_aging_collector(ctx, int(run_id))
+        self.table.ensure()
+        for job_id in self.table.ids_in_states(UNFINISHED):
+            for run_id, pixel in self.table.resumable_aging_runs(job_id):
+                self._resumed[(job_id, pixel)] = rebuild_aging_collector(ctx, run_id)
                 log.info("job %s: will resume aging run %d of pixel %d", job_id, run_id, pixel)
             # sweeps cut by the crash are run again
-            self.db.execute("UPDATE runs SET status = 'interrupted', end_reason = 'station restart' "
-                            "WHERE job_id = ? AND kind = 'sweep' AND status = 'running'", (job_id,))
+            self.table.interrupt_running_sweeps(job_id)
 
     def start(self) -> None:
         """Start (or resume) every unfinished job."""
-        for job_id, state in self.db.execute(
-                f"SELECT id, state FROM jobs WHERE state IN ({','.join('?' * len(UNFINISHED))}) "
-                "ORDER BY created_at", UNFINISHED).fetchall():
+        for job_id, state in self.table.in_states_oldest_first(UNFINISHED):
             ev = self.running.setdefault(job_id, asyncio.Event())
             if state != "paused":
                 ev.set()

@@ -108,3 +108,59 @@ def test_a_store_from_a_newer_release_is_refused_with_a_clear_error(tmp_path):
     con.close()
     with pytest.raises(StoreError, match="newer than this release"):
         Store(path)
+
+
+def test_a_store_written_by_todays_release_opens_with_every_table_and_row(tmp_path):
+    """tests/data/store-v2.db was written by the release before the store package (schema 2,
+    commit b7a9d88): runs, aging samples, sweep points, a spectrum, a loss, a job, an event, a
+    sink cursor, a time anchor and a published run. It opens with this release, keeps every
+    row, and its jobs, events and sink state read as before."""
+    import shutil
+
+    from station.store import SCHEMA_VERSION, JobTable
+    from station.store.sinks import SinkDB
+
+    path = tmp_path / "v2.db"
+    shutil.copy(Path(__file__).parent / "data" / "store-v2.db", path)
+    st = Store(path)
+    assert st.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert [r["kind"] for r in st.runs()] == ["aging", "sweep"]
+    assert st.fetch("aging_samples", 1)["seq"].tolist() == [10, 11, 12, 13, 14]
+    assert st.fetch("sweep_points", 2)["direction"].tolist() == ["fwd"] * 3
+    (spec,) = st.spectra_of(2)
+    assert spec["counts"].tolist() == list(range(8)) and spec["probe"] is False
+    assert st.stream_next(0) == 15
+    assert [(x["from_seq"], x["to_seq"], x["count"]) for x in st.records_lost()] == [(5, 9, 5)]
+    assert st.last_turn_on_v(3) == 2.5 and st.last_turn_on_v(2) is None
+    jobs = JobTable(st.db)
+    assert jobs.ids_in_states(("running",)) == ["j1"] and jobs.runs_of("j1")[0]["pixel"] == 2
+    assert jobs.row("j1")["progress"] == {"step": 0, "done": []}
+    st.close()
+    db = SinkDB(path)
+    assert db.cursor("mqtt", "aging_samples") == 3
+    assert db.backlog("mqtt", "events")["rows_behind"] == 1
+    assert db.records_lost() == {"aging": 5}
+    assert [r["id"] for r in db.completed_runs_to_publish("mqtt")] == [2]  # digest "abc" is stale
+    db.close()
+
+
+def test_a_new_store_has_every_table_of_the_schema(tmp_path):
+    """The store creates every table (the jobs' and the sinks' too): one schema, one place."""
+    st = Store(tmp_path / "s.db")
+    names = {r[0] for r in st.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"meta", "runs", "sweep_points", "aging_samples", "spectra", "stream_state",
+            "records_lost", "jobs", "sink_cursors", "events", "sink_delivered_runs",
+            "sink_time_anchors"} <= names
+    st.close()
+
+
+def test_last_turn_on_v_is_the_latest_completed_sweeps(tmp_path):
+    st = Store(tmp_path / "s.db")
+    for von, status in ((2.4, "completed"), (2.6, "completed"), (9.9, "failed")):
+        rid = st.create_run(kind="sweep", station="s1", pixel=1, area_m2=4e-6)
+        st.finish_run(rid, status, status, {"von_v": von})
+    rid = st.create_run(kind="sweep", station="s1", pixel=2, area_m2=4e-6)
+    st.finish_run(rid, "completed", "completed", {"von_v": float("nan")})
+    assert st.last_turn_on_v(1) == 2.6
+    assert st.last_turn_on_v(2) is None and st.last_turn_on_v(3) is None
+    st.close()

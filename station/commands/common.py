@@ -8,7 +8,6 @@ import contextlib
 import json
 import math
 import signal
-import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 from tqdm import tqdm
 
 from station.config import ConfigError, StationConfig, load_config, resolve_config_path
+from station.store import Store
+from station.store.queries import runs_in_file
 
 SEED_TABLE_S1: dict[str, dict[str, Any]] = {
     # Jin et al. 2023, Supporting Information, Table S1 (shared/seed/)
@@ -205,15 +206,13 @@ def uncancel() -> None:
             task.uncancel()
 
 
-def newest_run(store: Any, after: int) -> int | None:
+def newest_run(store: Store, after: int) -> int | None:
     """The id of the newest run created after run ``after`` (this command's run), if any."""
-    row = store.db.execute("SELECT max(id) FROM runs WHERE id > ?", (after,)).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
+    return store.newest_run_after(after)
 
 
-def last_run_id(store: Any) -> int:
-    row = store.db.execute("SELECT max(id) FROM runs").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+def last_run_id(store: Store) -> int:
+    return store.last_run_id()
 
 
 def save_interrupted(store: Any, run_id: int, out: Path, stop: Stop) -> str:
@@ -262,15 +261,7 @@ def discard_new_store(path: str | Path, existed: bool, new_dirs: list[Path]) -> 
     p = Path(path)
     if existed or not p.exists():
         return
-    try:
-        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-        try:
-            n = con.execute("SELECT count(*) FROM runs").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        n = 0
-    if n:
+    if runs_in_file(p):
         return
     for f in store_files(p):
         with contextlib.suppress(FileNotFoundError):

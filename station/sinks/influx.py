@@ -215,15 +215,9 @@ class InfluxSink(Sink):
         """Ids of the rows of ``table`` a resend covers: those of ``runs``, or those whose point
         time (board time + the run's anchor) is at or after ``since_unix_us`` (rows never
         delivered have no anchor yet: the normal delivery sends them)."""
-        db = self.db.db
         if runs:
-            marks = ",".join("?" * len(runs))
-            return [r[0] for r in db.execute(
-                f"SELECT id FROM {table} WHERE run_id IN ({marks}) ORDER BY id", runs)]
-        return [r[0] for r in db.execute(
-            f"SELECT t.id FROM {table} t JOIN sink_time_anchors a "
-            "ON a.run_key = coalesce(t.run_id, 0) WHERE t.t_us + a.offset_us >= ? ORDER BY t.id",
-            (since_unix_us or 0,))]
+            return self.db.ids_of_runs(table, runs)
+        return self.db.ids_since(table, since_unix_us or 0)
 
     async def resend(self, *, since_unix_us: int | None = None, runs: list[int] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> int:
@@ -243,9 +237,7 @@ class InfluxSink(Sink):
                     def build(chunk: list[int] = chunk, table: str = table,
                               q: _Query = q) -> list[str]:
                         with self._db_lock:
-                            rows = self.db.db.execute(
-                                f"SELECT id, {', '.join(q.columns)} FROM {table} WHERE id IN "
-                                f"({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+                            rows = self.db.rows_with_ids(table, q.columns, chunk)
                             return self._lines(table, rows)
 
                     lines = await asyncio.to_thread(build)

@@ -344,20 +344,11 @@ class MqttSink(Sink):
 
         for items in groups.values():
             items.sort()
-        # the board time of each group's previous sample (by seq), all groups in one query: a
-        # round trip per group and batch was a few % of a core at 32 channels
-        prev_t: dict[tuple[Any, Any], Any] = {}
+        # the board time of each group's previous sample (by seq), all groups in one query
         keys = list(groups)
-        for k0 in range(0, len(keys), 100):
-            part = keys[k0:k0 + 100]
-            sql, args = [], []
-            for j, (run_id, pixel) in enumerate(part):
-                where = "run_id = ?" if run_id is not None else "run_id IS NULL"
-                sql.append(f"SELECT {j}, (SELECT t_us FROM aging_samples WHERE {where} AND "
-                           "pixel IS ? AND seq < ? ORDER BY seq DESC LIMIT 1)")
-                args += [*((run_id,) if run_id is not None else ()), pixel, groups[(run_id, pixel)][0][0]]
-            for j, t in db.db.execute(" UNION ALL ".join(sql), args).fetchall():
-                prev_t[part[j]] = t
+        prev_t: dict[tuple[Any, Any], Any] = dict(zip(keys, db.previous_aging_t_us(
+            [(run_id, pixel, groups[(run_id, pixel)][0][0]) for run_id, pixel in keys]),
+            strict=True))
         for key, items in groups.items():
             # no previous sample and one without a board time both keep the group's first
             # sample (below: first, or b != None), so a NULL from the query needs no telling apart

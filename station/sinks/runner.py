@@ -31,6 +31,7 @@ from station.config import ConfigError, StationConfig, load_config
 from station.sinks.cursor import Sink, publish_event
 from station.sinks.influx import InfluxSink
 from station.sinks.mqtt import MqttSink
+from station.store.sinks import open_connection
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ class SinkRunner:
     def publish_event(self, kind: str, payload: dict[str, Any]) -> int:
         """Persist an event/alert (see :func:`station.sinks.cursor.publish_event`) in the
         store and wake the sinks. Blocking (one small SQLite transaction)."""
-        import sqlite3
-        db = sqlite3.connect(str(self.store_path), isolation_level=None, timeout=30.0)
+        db = open_connection(self.store_path)
         try:
             eid = publish_event(db, kind, payload)
         finally:

@@ -1,6 +1,7 @@
 """What the web API returns, read from the store (the truth) and the job manager.
 
-Pure functions of a SQLite connection (and the station's configuration), so the same code answers
+Pure functions of a connection to the store (its queries are :mod:`station.store.queries`) and
+the station's configuration, so the same code answers
 the HTTP API and fills the push channel. Figures come from the same functions as everywhere else:
 sweep summaries are the ones the procedures stored, lifetimes come from
 :func:`station.analysis.lifetime.analyze_lifetime` on the stored samples (as ``station analyze``),
@@ -19,6 +20,8 @@ import numpy as np
 from firmware_protocol.spec import Fault, SampleFlags
 
 from ..config import StationConfig
+from ..store import queries
+from ..store.jobs import JobTable
 
 # samples that are not analysed (as in station.procedures.finalize_aging)
 BAD_AGING_FLAGS = int(SampleFlags.STOPPED | SampleFlags.SHORT | SampleFlags.OPEN)
@@ -51,11 +54,11 @@ def fault_list(bits: int | None) -> list[str] | None:
 
 def job_progress(db: sqlite3.Connection, info: dict[str, Any]) -> dict[str, Any]:
     """A job's info with ``fraction`` (pixel-steps done / all), ``steps_total``, ``words``."""
-    row = db.execute("SELECT spec FROM jobs WHERE id = ?", (info["id"],)).fetchone()
+    stored = JobTable(db).spec(info["id"])
     total = 0
     spec: dict[str, Any] = {}
-    if row is not None:
-        spec = json.loads(row[0])
+    if stored is not None:
+        spec = stored
         steps = spec.get("steps") or [{"pixels": spec.get("pixels", [])}]
         total = sum(len(s.get("pixels", [])) for s in steps)
     prog = info.get("progress") or {}
@@ -84,9 +87,7 @@ def pixels(db: sqlite3.Connection, cfg: StationConfig) -> list[dict[str, Any]]:
                          "substrate": sub.id, "device": p.device, "area_mm2": p.area_mm2,
                          "state": "idle", "run_id": None, "job_id": None, "last_sweep": None,
                          "last_aging": None, "l_rel": None, "voltage_v": None}
-    for rid, kind, px, status, job_id, label, device, substrate in db.execute(
-            "SELECT id, kind, pixel, status, job_id, label, device, substrate FROM runs "
-            "ORDER BY id"):
+    for rid, kind, px, status, job_id, label, device, substrate in queries.run_summaries_by_id(db):
         d = out.setdefault(int(px), {
             "pixel": int(px), "label": label or f"px{px}", "substrate": substrate,
             "device": device, "area_mm2": None, "state": "idle", "run_id": None, "job_id": None,
@@ -100,46 +101,21 @@ def pixels(db: sqlite3.Connection, cfg: StationConfig) -> list[dict[str, Any]]:
             d["state"], d["run_id"], d["job_id"] = "idle", None, None
     for d in out.values():
         if d["last_aging"] is not None:
-            r = db.execute("SELECT l_rel, voltage_v FROM aging_samples WHERE run_id = ? "
-                           "ORDER BY seq DESC LIMIT 1", (d["last_aging"],)).fetchone()
+            r = queries.last_aging_sample(db, d["last_aging"])
             if r is not None:
                 d["l_rel"], d["voltage_v"] = num(r[0]), num(r[1])
     return [out[k] for k in sorted(out)]
 
 
-_RUN_LIST_COLS = ("id", "kind", "pixel", "substrate", "label", "device", "job_id", "status",
-                  "end_reason", "started_at", "ended_at", "summary")
-
-
 def runs(db: sqlite3.Connection, *, limit: int = 200, pixel: int | None = None,
          kind: str | None = None, job_id: str | None = None) -> list[dict[str, Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if pixel is not None:
-        where.append("pixel = ?")
-        args.append(pixel)
-    if kind is not None:
-        where.append("kind = ?")
-        args.append(kind)
-    if job_id is not None:
-        where.append("job_id = ?")
-        args.append(job_id)
-    q = (f"SELECT {', '.join(_RUN_LIST_COLS)} FROM runs"
-         + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?")
-    out = []
-    for row in db.execute(q, (*args, limit)):
-        d = dict(zip(_RUN_LIST_COLS, row, strict=True))
-        d["summary"] = json.loads(d["summary"]) if d["summary"] else None
-        out.append(d)
-    return out
+    return queries.list_runs(db, limit=limit, pixel=pixel, kind=kind, job_id=job_id)
 
 
 def run_info(db: sqlite3.Connection, run_id: int) -> dict[str, Any] | None:
-    cur = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
-    row = cur.fetchone()
-    if row is None:
+    d = queries.run_row(db, run_id)
+    if d is None:
         return None
-    d = dict(zip([c[0] for c in cur.description], row, strict=True))
     for k in ("params", "calibration", "summary"):
         d[k] = json.loads(d[k]) if d.get(k) else None
     from ..analysis.report import seed_row
@@ -159,8 +135,7 @@ def aging_t0(db: sqlite3.Connection, run_id: int, t0_us: int | None) -> int | No
     """The run's time origin (board µs): the drive's switch-on, else its first sample."""
     if t0_us is not None:
         return int(t0_us)
-    r = db.execute("SELECT min(t_us) FROM aging_samples WHERE run_id = ?", (run_id,)).fetchone()
-    return None if r is None or r[0] is None else int(r[0])
+    return queries.aging_first_t_us(db, run_id)
 
 
 def aging_data(db: sqlite3.Connection, run: dict[str, Any], max_points: int = 2000
@@ -168,8 +143,7 @@ def aging_data(db: sqlite3.Connection, run: dict[str, Any], max_points: int = 20
     """An aging run's trace (decimated evenly to ``max_points``) and its lifetimes so far."""
     from ..analysis.lifetime import analyze_lifetime
 
-    rows = db.execute("SELECT t_us, flags, voltage_v, luminance_cd_m2, l_rel, temperature_c, seq "
-                      "FROM aging_samples WHERE run_id = ? ORDER BY seq", (run["id"],)).fetchall()
+    rows = queries.aging_trace(db, run["id"])
     t0 = aging_t0(db, run["id"], run.get("t0_us"))
     if rows:
         a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
@@ -191,14 +165,12 @@ def aging_data(db: sqlite3.Connection, run: dict[str, Any], max_points: int = 20
             "lifetime": lifetime, "lifetime_error": lifetime_error}
 
 
-SWEEP_DATA_COLS = ("direction", "voltage_v", "current_density_ma_cm2", "luminance_cd_m2",
-                   "eqe_pct", "ce_cd_a", "pe_lm_w")
+SWEEP_DATA_COLS = queries.SWEEP_TRACE_COLUMNS
 
 
 def sweep_data(store_db: sqlite3.Connection, run: dict[str, Any]) -> dict[str, Any]:
     """A sweep run's points, its spectra (power-normalised), summary and Table S1 rows."""
-    rows = store_db.execute(f"SELECT {', '.join(SWEEP_DATA_COLS)} FROM sweep_points "
-                            "WHERE run_id = ? ORDER BY seq", (run["id"],)).fetchall()
+    rows = queries.sweep_trace(store_db, run["id"])
     cols: dict[str, Any] = {c: [r[i] for r in rows] for i, c in enumerate(SWEEP_DATA_COLS)}
     for c in SWEEP_DATA_COLS[1:]:
         cols[c] = nums(np.array([np.nan if v is None else v for v in cols[c]], dtype=float))

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..sinks.cursor import clean_json
+from ..store import queries
 from .data import aging_t0, nums
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,6 @@ class Subscriber:
                 self.queue.put_nowait(None)  # ends the stream
 
 
-def _max_id(db: sqlite3.Connection, table: str) -> int:
-    try:
-        r = db.execute(f"SELECT max(id) FROM {table}").fetchone()
-    except sqlite3.OperationalError:  # the events table is created by the first event
-        return 0
-    return int(r[0] or 0)
-
-
 class Live:
     """Follows the store and fans messages out. ``notify()`` after a commit; ``run()`` as a
     task; ``subscribe()``/``unsubscribe()`` per viewer."""
@@ -84,7 +77,8 @@ class Live:
         self._commit_ts: float | None = None
         self._t0: dict[int, int | None] = {}
         self.messages_sent = 0
-        self.cursor = {t: _max_id(db, t) for t in ("aging_samples", "sweep_points", "events")}
+        self.cursor = {t: queries.max_id(db, t) for t in ("aging_samples", "sweep_points",
+                                                           "events")}
 
     def notify(self) -> None:
         """New rows were committed (the acquisition's on_commit)."""
@@ -96,7 +90,7 @@ class Live:
         if not self.subscribers:
             # nobody watched: start from what is in the store now (the page reads history
             # from the API)
-            self.cursor = {t: _max_id(self.db, t) for t in self.cursor}
+            self.cursor = {t: queries.max_id(self.db, t) for t in self.cursor}
         sub = Subscriber(name)
         self.subscribers.add(sub)
         return sub
@@ -142,8 +136,7 @@ class Live:
     # -- rows -----------------------------------------------------------------------------------
     def _t0_of(self, run_id: int) -> int | None:
         if run_id not in self._t0 or self._t0[run_id] is None:
-            r = self.db.execute("SELECT t0_us FROM runs WHERE id = ?", (run_id,)).fetchone()
-            self._t0[run_id] = aging_t0(self.db, run_id, r[0] if r else None)
+            self._t0[run_id] = aging_t0(self.db, run_id, queries.run_t0_us(self.db, run_id))
         return self._t0[run_id]
 
     def _pick(self, n: int) -> np.ndarray:
@@ -155,10 +148,7 @@ class Live:
     def _push_rows(self, commit_ts: float | None) -> None:
         ts = time.time()
         # aging samples
-        rows = self.db.execute(
-            "SELECT id, run_id, pixel, seq, t_us, voltage_v, l_rel, luminance_cd_m2, "
-            "temperature_c FROM aging_samples WHERE id > ? ORDER BY id LIMIT 100000",
-            (self.cursor["aging_samples"],)).fetchall()
+        rows = queries.aging_after(self.db, self.cursor["aging_samples"], 100000)
         if rows:
             self.cursor["aging_samples"] = int(rows[-1][0])
             by_run: dict[int, list[tuple[Any, ...]]] = {}
@@ -181,10 +171,7 @@ class Live:
                 self.broadcast(sse("aging", {"runs": out, "decimated": decimated,
                                              "commit_ts": commit_ts, "ts": ts}))
         # sweep points
-        rows = self.db.execute(
-            "SELECT id, run_id, pixel, seq, direction, voltage_v, current_density_ma_cm2, "
-            "luminance_cd_m2, eqe_pct FROM sweep_points WHERE id > ? ORDER BY id LIMIT 100000",
-            (self.cursor["sweep_points"],)).fetchall()
+        rows = queries.sweep_after(self.db, self.cursor["sweep_points"], 100000)
         if rows:
             self.cursor["sweep_points"] = int(rows[-1][0])
             sw: dict[str, Any] = {}
@@ -202,11 +189,7 @@ class Live:
             if sw:
                 self.broadcast(sse("sweep", {"runs": sw, "commit_ts": commit_ts, "ts": ts}))
         # events (job lifecycle, alerts)
-        try:
-            ev = self.db.execute("SELECT id, ts, kind, payload FROM events WHERE id > ? "
-                                 "ORDER BY id LIMIT 1000", (self.cursor["events"],)).fetchall()
-        except sqlite3.OperationalError:
-            ev = []
+        ev = queries.events_after(self.db, self.cursor["events"], 1000)
         for eid, ets, kind, payload in ev:
             self.cursor["events"] = int(eid)
             self.broadcast(sse("event", {"id": eid, "ts": ets, "kind": kind,

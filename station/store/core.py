@@ -20,125 +20,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2
-
-SWEEP_COLUMNS = (
-    "seq", "run_id", "sweep_id", "idx", "t_us", "pixel", "flags", "pd_gain", "direction",
-    "voltage_set_v", "voltage_v", "current_a", "photodiode_a", "dark_a",
-    "current_density_ma_cm2", "luminance_cd_m2", "eqe_pct", "ce_cd_a", "pe_lm_w", "spectrum_seq",
-    "epoch", "rev",
-)
-AGING_COLUMNS = (
-    "seq", "run_id", "t_us", "channel", "pixel", "flags", "pd_gain", "current_a", "voltage_v",
-    "photodiode_a", "temperature_c", "dark_a", "luminance_cd_m2", "l_rel", "eqe_pct", "epoch",
-    "rev",
-)
-SPECTRUM_COLUMNS = (
-    "seq", "run_id", "t_us", "sweep_id", "idx", "pixel", "flags", "voltage_v", "current_a",
-    "integration_ms", "dark_counts", "counts", "epoch",
-)
-
-_RECORDS_LOST_DDL = """
-CREATE TABLE IF NOT EXISTS records_lost (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    stream TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    from_seq INTEGER NOT NULL,
-    to_seq INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    t_from_us INTEGER,
-    t_to_us INTEGER,
-    UNIQUE (stream, from_seq)
-);"""
-
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # 1 -> 2: board epochs (a reset that restarts the board's counters), lost records, and
-    # revisions of derived values
-    2: (
-        "ALTER TABLE sweep_points ADD COLUMN epoch INTEGER DEFAULT 0",
-        "ALTER TABLE aging_samples ADD COLUMN epoch INTEGER DEFAULT 0",
-        "ALTER TABLE spectra ADD COLUMN epoch INTEGER DEFAULT 0",
-        "ALTER TABLE spectra ADD COLUMN probe INTEGER DEFAULT 0",
-        "ALTER TABLE sweep_points ADD COLUMN rev INTEGER DEFAULT 0",
-        "ALTER TABLE aging_samples ADD COLUMN rev INTEGER DEFAULT 0",
-        "ALTER TABLE stream_state ADD COLUMN base INTEGER NOT NULL DEFAULT 0",
-        _RECORDS_LOST_DDL,
-    ),
-}
-"""Schema upgrades: ``MIGRATIONS[v]`` takes a store from version v-1 to v, in one transaction."""
-
-_DDL = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL CHECK (kind IN ('sweep', 'aging')),
-    station TEXT NOT NULL,
-    pixel INTEGER NOT NULL,
-    substrate TEXT,
-    label TEXT,
-    device TEXT,
-    area_m2 REAL NOT NULL,
-    job_id TEXT,
-    status TEXT NOT NULL DEFAULT 'running',
-    end_reason TEXT,
-    params TEXT NOT NULL DEFAULT '{{}}',
-    calibration TEXT NOT NULL DEFAULT '{{}}',
-    summary TEXT,
-    board_serial TEXT,
-    channel INTEGER,
-    sweep_id INTEGER,
-    t0_us INTEGER,
-    started_at REAL NOT NULL,
-    ended_at REAL
-);
-CREATE TABLE IF NOT EXISTS sweep_points (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq INTEGER NOT NULL UNIQUE,
-    run_id INTEGER REFERENCES runs(id),
-    sweep_id INTEGER, idx INTEGER, t_us INTEGER, pixel INTEGER, flags INTEGER, pd_gain INTEGER,
-    direction TEXT,
-    voltage_set_v REAL, voltage_v REAL, current_a REAL, photodiode_a REAL, dark_a REAL,
-    current_density_ma_cm2 REAL, luminance_cd_m2 REAL, eqe_pct REAL, ce_cd_a REAL, pe_lm_w REAL,
-    spectrum_seq INTEGER,
-    epoch INTEGER DEFAULT 0,
-    rev INTEGER DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS sweep_points_run ON sweep_points(run_id, idx);
-CREATE TABLE IF NOT EXISTS aging_samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq INTEGER NOT NULL UNIQUE,
-    run_id INTEGER REFERENCES runs(id),
-    t_us INTEGER, channel INTEGER, pixel INTEGER, flags INTEGER, pd_gain INTEGER,
-    current_a REAL, voltage_v REAL, photodiode_a REAL, temperature_c REAL, dark_a REAL,
-    luminance_cd_m2 REAL, l_rel REAL, eqe_pct REAL,
-    epoch INTEGER DEFAULT 0,
-    rev INTEGER DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS aging_samples_run ON aging_samples(run_id, seq);
-CREATE TABLE IF NOT EXISTS spectra (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq INTEGER NOT NULL UNIQUE,
-    run_id INTEGER REFERENCES runs(id),
-    t_us INTEGER, sweep_id INTEGER, idx INTEGER, pixel INTEGER, flags INTEGER,
-    voltage_v REAL, current_a REAL, integration_ms REAL, dark_counts REAL,
-    counts BLOB NOT NULL,
-    epoch INTEGER DEFAULT 0,
-    probe INTEGER DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS stream_state (
-    stream INTEGER PRIMARY KEY,
-    next_seq INTEGER NOT NULL,
-    base INTEGER NOT NULL DEFAULT 0
-);
-{_RECORDS_LOST_DDL}
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
-
-
-class StoreError(Exception):
-    pass
+from .jobs import JobTable
+from .schema import COLUMNS, REVISABLE, SPECTRUM_COLUMNS, StoreError, open_schema
 
 
 class Store:
@@ -156,29 +39,15 @@ class Store:
             self._open_schema()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open store {path}: {e}") from e
-        self._pending: dict[str, list[tuple[Any, ...]]] = {
-            "sweep_points": [], "aging_samples": [], "spectra": []}
+        self._pending: dict[str, list[tuple[Any, ...]]] = {t: [] for t in COLUMNS}
         self._pending_streams: dict[int, tuple[int, int | None]] = {}
         self._pending_meta: dict[str, Any] = {}
         self.rows_written = 0
+        self.jobs = JobTable(self.db)
+        """The job queue's table (:class:`station.store.jobs.JobTable`), on this connection."""
 
     def _open_schema(self) -> None:
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"store {self.path} has schema version {version}, newer than this "
-                             f"release's {SCHEMA_VERSION}: upgrade the station software")
-        has_tables = self.db.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
-        if version == 0 and not has_tables:
-            self.db.executescript(_DDL)
-            return
-        for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-            with self.db:
-                self.db.execute("BEGIN")
-                for stmt in MIGRATIONS[v]:
-                    self.db.execute(stmt)
-                self.db.execute(f"PRAGMA user_version = {v}")
-        self.db.executescript(_DDL)  # anything a migration does not touch (indexes)
+        open_schema(self.db, self.path)
 
     def close(self) -> None:
         self.flush()
@@ -232,18 +101,39 @@ class Store:
         q = "SELECT id FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY id"
         return [self.run(r[0]) for r in self.db.execute(q, (status,) if status else ())]
 
+    def last_run_id(self) -> int:
+        """The newest run's id; 0 in a store without runs."""
+        row = self.db.execute("SELECT max(id) FROM runs").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def newest_run_after(self, after: int) -> int | None:
+        """The id of the newest run created after run ``after``, if any."""
+        row = self.db.execute("SELECT max(id) FROM runs WHERE id > ?", (after,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def last_turn_on_v(self, pixel_no: int) -> float | None:
+        """V_on (``summary["von_v"]``) of the pixel's latest completed sweep, if any."""
+        row = self.db.execute(
+            "SELECT summary FROM runs WHERE kind = 'sweep' AND pixel = ? AND status = 'completed' "
+            "AND summary IS NOT NULL ORDER BY id DESC LIMIT 1", (pixel_no,)).fetchone()
+        if row is None:
+            return None
+        try:
+            v = json.loads(row[0]).get("von_v")
+        except (ValueError, AttributeError):
+            return None
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
     # -- samples ----------------------------------------------------------------------------
     def add_rows(self, table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
-        expected = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS,
-                    "spectra": SPECTRUM_COLUMNS}[table]
+        expected = COLUMNS[table]
         if tuple(columns) != expected:
             raise StoreError(f"{table}: columns must be {expected}")
         self._pending[table].extend(rows)
 
     def add_structured(self, table: str, arr: np.ndarray) -> None:
         """Queue a numpy structured array whose field names are the table's columns."""
-        cols = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS,
-                "spectra": SPECTRUM_COLUMNS}[table]
+        cols = COLUMNS[table]
         data = [arr[c].tolist() for c in cols]
         self._pending[table].extend(zip(*data, strict=True))
 
@@ -305,14 +195,12 @@ class Store:
         if not self.pending_rows and not self._pending_streams and not self._pending_meta:
             return 0
         n = 0
-        cols_of = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS,
-                   "spectra": SPECTRUM_COLUMNS}
         with self.db:
             self.db.execute("BEGIN")
             for table, rows in self._pending.items():
                 if not rows:
                     continue
-                cols = cols_of[table]
+                cols = COLUMNS[table]
                 before = self.db.total_changes
                 # a record already stored (a replay) is skipped; any other constraint fails
                 self.db.executemany(
@@ -343,7 +231,9 @@ class Store:
         point, MQTT subscribers get it with its ``rev``). Every row given is revised, changed
         or not (a run's final analysis), so that a database which cannot overwrite gets the
         final values once under their own names. Returns the number of rows revised."""
-        cols = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS}[table]
+        if table not in REVISABLE:
+            raise KeyError(table)
+        cols = COLUMNS[table]
         bad = set(values) - set(cols) or {"seq", "run_id", "rev", "epoch"} & set(values)
         if bad:
             raise StoreError(f"{table}: cannot revise {sorted(bad)}")
@@ -372,6 +262,15 @@ class Store:
                                 f"VALUES ({', '.join('?' * len(cols))})", out)
         return len(out)
 
+    def neighbour_t_us(self, table: str, seq: int, *, before: bool) -> int | None:
+        """Board time of the stored record of ``table`` just before (or after) ``seq``."""
+        if table not in COLUMNS:
+            raise StoreError(f"unknown table {table}")
+        q = (f"SELECT t_us FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT 1" if before else
+             f"SELECT t_us FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1")
+        row = self.db.execute(q, (seq,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def stream_next(self, stream: int) -> int | None:
         row = self.db.execute("SELECT next_seq FROM stream_state WHERE stream = ?",
                               (stream,)).fetchone()
@@ -383,7 +282,7 @@ class Store:
         return 0 if row is None else int(row[0])
 
     def count(self, table: str, run_id: int | None = None) -> int:
-        if table not in ("sweep_points", "aging_samples", "spectra"):
+        if table not in COLUMNS:
             raise StoreError(f"unknown table {table}")
         if run_id is None:
             return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
@@ -391,7 +290,9 @@ class Store:
                                    (run_id,)).fetchone()[0])
 
     def fetch(self, table: str, run_id: int, order: str = "seq") -> dict[str, np.ndarray]:
-        cols = {"sweep_points": SWEEP_COLUMNS, "aging_samples": AGING_COLUMNS}[table]
+        if table not in REVISABLE:
+            raise KeyError(table)
+        cols = COLUMNS[table]
         rows = self.db.execute(
             f"SELECT {', '.join(cols)} FROM {table} WHERE run_id = ? ORDER BY {order}",
             (run_id,)).fetchall()
