@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -147,16 +145,7 @@ def default_spectrum_voltages(program: list[float], turn_on_v: float | None) -> 
 
 def last_turn_on_v(store: Store, pixel_no: int) -> float | None:
     """V_on of the pixel's latest completed sweep in this store, if any."""
-    row = store.db.execute(
-        "SELECT summary FROM runs WHERE kind = 'sweep' AND pixel = ? AND status = 'completed' "
-        "AND summary IS NOT NULL ORDER BY id DESC LIMIT 1", (pixel_no,)).fetchone()
-    if row is None:
-        return None
-    try:
-        v = json.loads(row[0]).get("von_v")
-    except (ValueError, AttributeError):
-        return None
-    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+    return store.last_turn_on_v(pixel_no)
 
 
 def _create_run(ctx: StationContext, pixel_no: int, params: SweepParams,
