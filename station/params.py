@@ -62,7 +62,8 @@ def spec_bounds(message: str, field: str, per: float = 1.0) -> FieldInfo:
     if r is None:
         raise AssertionError(f"{message}.{field} has no range in the protocol spec")
     lo, hi = r.lo / per, r.hi / per
-    return Field(gt=lo, le=hi) if r.lo_open else Field(ge=lo, le=hi)
+    bounds: FieldInfo = Field(gt=lo, le=hi) if r.lo_open else Field(ge=lo, le=hi)
+    return bounds
 
 
 def _max_len(message: str, field: str) -> int:

@@ -39,7 +39,7 @@ board times: with the simulator's virtual clock, 1,000 hours pass in seconds.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("age", help="constant-current lifetime test of one pixel",
                        description="Hold a pixel at constant current on an aging driver, sample it "
                        "every --interval seconds, and report L0, the peak of any initial "

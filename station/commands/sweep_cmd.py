@@ -34,7 +34,7 @@ EPILOG = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sweep", help="J-V-L sweep of one pixel; prints its Table S1 summary",
                        description="Run one on-board J-V-L sweep on a pixel, compute J, L, EQE, "
                        "CE and PE for every point as it arrives, print the pixel's Table S1 "
