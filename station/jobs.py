@@ -40,7 +40,7 @@ from firmware_protocol.spec import Range, field_range
 from .errors import LimitError
 from .jobs_api import JobError
 from .link import LinkDown, RequestTimeout
-from .params import AgingParams, AgingSpec, SweepParams, SweepSpec
+from .params import AgingParams, AgingSpec, SweepParams, SweepSpec, error_message
 from .procedures import (
     AgingCollector,
     StationContext,
@@ -239,7 +239,7 @@ def _format(e: ValidationError, where: str) -> str:
     lines = [f"invalid job {where}:"]
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = error_message(err)
         if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key (see examples/jobs/)"
         lines.append(f"  {loc}: {msg}")

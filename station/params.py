@@ -263,6 +263,19 @@ def parse_duration_h(text: str) -> float:
                      f"s, m, h, d or w (e.g. 300h)")
 
 
+UNITS = {"_ma_cm2": "mA/cm²", "_cd_m2": "cd/m²", "_ms": "ms", "_s": "s", "_h": "h", "_v": "V"}
+BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def error_message(err: Any) -> str:
+    """A pydantic error of a parameter in words: its message, with the field's unit after a
+    bound (``Input should be less than or equal to 10000 ms``)."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    name = str(err["loc"][-1]) if err["loc"] else ""
+    unit = next((u for suffix, u in UNITS.items() if name.endswith(suffix)), "")
+    return f"{msg} {unit}" if unit and err["type"] in BOUND_ERRORS else msg
+
+
 # -- derived: the parameter tables of docs/jobs.md ----------------------------------------------
 
 def model_fields(model: type[Any]) -> dict[str, FieldInfo]:

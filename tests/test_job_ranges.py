@@ -35,9 +35,9 @@ REFUSED = [
 # outside the protocol's own range: refused by the job's schema (station/params.py), naming the key
 OUT_OF_SPEC = [
     ({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 20000}},
-     "sweep.integration_ms: Input should be less than or equal to 10000"),
+     "sweep.integration_ms: Input should be less than or equal to 10000 ms"),
     ({"kind": "aging", "pixels": [1], "aging": {"current_density_ma_cm2": 1, "interval_s": 0.005}},
-     "aging.interval_s: Input should be greater than or equal to 0.01"),
+     "aging.interval_s: Input should be greater than or equal to 0.01 s"),
 ]
 
 
@@ -81,7 +81,7 @@ async def test_before_any_board_answers_jobs_are_checked_against_the_protocols_r
             await jm.submit({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 20000}},
                             "t")
         assert e.value.code == "bad_request"
-        assert "sweep.integration_ms: Input should be less than or equal to 10000" in str(e.value)
+        assert "sweep.integration_ms: Input should be less than or equal to 10000 ms" in str(e.value)
         info = await jm.submit({"kind": "sweep", "pixels": [1],
                                 "sweep": {"integration_ms": 9000}}, "t")
         assert info["state"] == "queued"  # waits for its board

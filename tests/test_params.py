@@ -119,14 +119,14 @@ def test_integration_above_the_protocols_maximum_is_refused_naming_the_key(where
     with pytest.raises(JobError) as e:
         parse_job(job)
     key = "sweep.integration_ms" if where == "sweep" else "aging.interim_sweep.integration_ms"
-    assert f"{key}: Input should be less than or equal to 10000" in str(e.value)
+    assert f"{key}: Input should be less than or equal to 10000 ms" in str(e.value)
     assert parse_job({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 10_000}})
 
 
 def test_bad_command_line_values_are_refused_naming_the_option() -> None:
     cases = [
         (("sweep", "--stop", "6", "--integration-ms", "20000"),
-         "--integration-ms (integration_ms): Input should be less than or equal to 10000"),
+         "--integration-ms (integration_ms): Input should be less than or equal to 10000 ms"),
         (("sweep", "--stop", "6", "--pd-gain", "9"), "--pd-gain (pd_gain): Input should be"),
         (("sweep", "--start", "6", "--stop", "0"), "step_v = 0.05 must be non-zero and point"),
         (("sweep", "--stop", "6", "--dwell-ms", "nan"), "--dwell-ms (dwell_ms): Input should "
@@ -134,7 +134,7 @@ def test_bad_command_line_values_are_refused_naming_the_option() -> None:
         (("age", "--current-density", "1", "--until", "soon"),
          "--until (until): cannot read duration 'soon'"),
         (("age", "--current-density", "1", "--interval", "0.001"),
-         "--interval (interval_s): Input should be greater than or equal to 0.01"),
+         "--interval (interval_s): Input should be greater than or equal to 0.01 s"),
     ]
     for argv, says in cases:
         model = SweepParams if argv[0] == "sweep" else AgingParams

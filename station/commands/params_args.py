@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from station.errors import LimitError
-from station.params import cli_flag, cli_of, model_fields
+from station.params import cli_flag, cli_of, error_message, model_fields
 
 T = TypeVar("T")
 
@@ -91,7 +91,7 @@ def describe(e: ValidationError, fields: dict[str, FieldInfo]) -> str:
     out = []
     for err in e.errors():
         name = str(err["loc"][0]) if err["loc"] else ""
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = error_message(err)
         flag = cli_flag(name, fields[name]) if name in fields else None
         out.append(f"{flag} ({name}): {msg}" if flag else f"{name}: {msg}" if name else msg)
     return "; ".join(out)
