@@ -22,6 +22,7 @@ lint:
 
 generate:
 	$(VENV)/python -m firmware_protocol check --write
+	$(VENV)/python -m station.params --write
 
 bench:
 	@scripts/bootstrap.sh

@@ -39,7 +39,7 @@ from firmware_protocol.spec import Range, field_range
 from .errors import LimitError
 from .jobs_api import JobError
 from .link import LinkDown, RequestTimeout
-from .params import AgingParams, SweepParams, parse_duration_h
+from .params import AgingParams, AgingSpec, SweepParams, SweepSpec, error_message
 from .procedures import (
     AgingCollector,
     StationContext,
@@ -59,63 +59,6 @@ FINISHED = ("completed", "failed", "stopped")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class SweepSpec(_Strict):
-    start_v: float = 0.0
-    stop_v: float = 6.0
-    step_v: float = Field(0.05, gt=0)
-    voltages_v: list[float] | None = Field(None, max_length=200)
-    dwell_ms: float = Field(10.0, ge=0, le=60000)
-    integration_ms: float = Field(20.0, gt=0, le=60000)
-    compliance_ma_cm2: float | None = Field(None, gt=0)
-    reverse: bool = False
-    stop_on_compliance: bool = True
-    autorange: bool = True
-    spectrum_at_v: list[float] | None = Field(None, max_length=16)
-    spectrum_integration_ms: float = Field(400.0, gt=0, le=60000)
-    threshold_cd_m2: float = Field(1.0, gt=0)
-    dark_n: int = Field(16, ge=1, le=1000)
-    dark_max_age_s: float = Field(300.0, ge=0, le=86400)
-
-    def params(self) -> SweepParams:
-        return SweepParams(**self.model_dump())
-
-
-class AgingSpec(_Strict):
-    current_density_ma_cm2: float | list[float] | None = None
-    initial_luminance_cd_m2: float | list[float] | None = None
-    until: str = "t50"
-    interval_s: float = Field(60.0, gt=0, le=86400)
-    max_duration_h: float = Field(10000.0, gt=0)
-    voltage_runaway_v: float = Field(3.0, gt=0)
-    interim_sweep_every_h: float | None = Field(None, gt=0)
-    interim_sweep: SweepSpec | None = None
-    spectrum_every_h: float = Field(24.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_drive(self) -> AgingSpec:
-        if (self.current_density_ma_cm2 is None) == (self.initial_luminance_cd_m2 is None):
-            raise ValueError("give exactly one of current_density_ma_cm2 and initial_luminance_cd_m2")
-        if self.until.lower() not in ("t95", "t90", "t80", "t70", "t50"):
-            try:
-                parse_duration_h(self.until)
-            except LimitError as e:
-                raise ValueError(str(e)) from None
-        return self
-
-    def for_pixel(self, i: int) -> AgingParams:
-        def pick(v: float | list[float] | None) -> float | None:
-            return v[i] if isinstance(v, list) else v
-
-        return AgingParams(
-            current_density_ma_cm2=pick(self.current_density_ma_cm2),
-            initial_luminance_cd_m2=pick(self.initial_luminance_cd_m2),
-            until=self.until, interval_s=self.interval_s, max_duration_h=self.max_duration_h,
-            voltage_runaway_v=self.voltage_runaway_v,
-            interim_sweep_every_h=self.interim_sweep_every_h,
-            interim_sweep=self.interim_sweep.params() if self.interim_sweep else None,
-            spectrum_every_h=self.spectrum_every_h)
 
 
 class StepSpec(_Strict):
@@ -187,6 +130,7 @@ class BoardRanges:
     sweep_points: int
     aging_channels: int | None
     source: str
+    pd_gains: int | None = None  # how many photodiode gains the board has (None: not known)
 
 
 def board_ranges(caps: Capabilities | None) -> BoardRanges:
@@ -203,7 +147,8 @@ def board_ranges(caps: Capabilities | None) -> BoardRanges:
     r = {k: v for k, v in sr.items() if v is not None}
     if caps is None:
         return BoardRanges(**r, sweep_points=SPEC_MAX_SWEEP_POINTS, aging_channels=None,
-                           source="the protocol's (no board has answered yet)")
+                           source="the protocol's (no board has answered yet)",
+                           pd_gains=None)
     return BoardRanges(
         integration_ms=narrowed(r["integration_ms"], caps.max_integration_ms),
         spectrum_integration_ms=narrowed(r["spectrum_integration_ms"],
@@ -213,15 +158,17 @@ def board_ranges(caps: Capabilities | None) -> BoardRanges:
                                    caps.min_aging_interval_ms),
         pd_reads=narrowed(r["pd_reads"], caps.max_pd_reads),
         sweep_points=min(caps.max_sweep_points or SPEC_MAX_SWEEP_POINTS, SPEC_MAX_SWEEP_POINTS),
-        aging_channels=aging_channel_count(caps), source="the board's (its capabilities)")
+        aging_channels=aging_channel_count(caps), source="the board's (its capabilities)",
+        pd_gains=len(caps.pd_gains_v_per_a) or None)
 
 
-def _sweep_points(sw: SweepSpec) -> int:
-    if sw.voltages_v is not None:
+def _sweep_points(sw: SweepParams) -> int:
+    if sw.voltages_v:
         return len(sw.voltages_v)
-    n = math.floor(abs(sw.stop_v - sw.start_v) / sw.step_v + 1e-9) + 1
-    return n + (1 if abs(sw.start_v + (n - 1) * sw.step_v * (1 if sw.stop_v >= sw.start_v else -1)
-                         - sw.stop_v) > 1e-6 * sw.step_v else 0)
+    step = abs(sw.step_v)
+    n = math.floor(abs(sw.stop_v - sw.start_v) / step + 1e-9) + 1
+    return n + (1 if abs(sw.start_v + (n - 1) * step * (1 if sw.stop_v >= sw.start_v else -1)
+                         - sw.stop_v) > 1e-6 * step else 0)
 
 
 def check_board_ranges(step: StepSpec, r: BoardRanges) -> None:
@@ -233,8 +180,14 @@ def check_board_ranges(step: StepSpec, r: BoardRanges) -> None:
             u = f" {unit}" if unit else ""
             raise LimitError(f"{name} = {value:g}{u} is outside {r.source} range {rng}{u}")
 
-    def sweep(sw: SweepSpec, where: str) -> None:
+    def gain(where: str, pd_gain: int) -> None:
+        if r.pd_gains is not None and pd_gain >= r.pd_gains:
+            raise LimitError(f"{where}.pd_gain = {pd_gain} is outside {r.source} range "
+                             f"[0, {r.pd_gains - 1}]")
+
+    def sweep(sw: SweepParams, where: str) -> None:
         within(f"{where}.integration_ms", sw.integration_ms, r.integration_ms, "ms")
+        gain(where, sw.pd_gain)
         within(f"{where}.dwell_ms", sw.dwell_ms, r.dwell_ms, "ms")
         if sw.spectrum_at_v:
             within(f"{where}.spectrum_integration_ms", sw.spectrum_integration_ms,
@@ -248,6 +201,7 @@ def check_board_ranges(step: StepSpec, r: BoardRanges) -> None:
     if step.sweep is not None:
         sweep(step.sweep, "sweep")
     if step.aging is not None:
+        gain("aging", step.aging.pd_gain)
         within("aging.interval_s", step.aging.interval_s,
                Range(r.aging_interval_ms.lo / 1000, r.aging_interval_ms.hi / 1000,
                      r.aging_interval_ms.lo_open), "s")
@@ -268,8 +222,8 @@ def _format(e: ValidationError, where: str) -> str:
     lines = [f"invalid job {where}:"]
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        msg = error_message(err)
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key (see examples/jobs/)"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)

@@ -20,17 +20,24 @@ from .stationkit import station_config
 REFUSED = [
     ({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 8000}},
      "sweep.integration_ms = 8000 ms is outside the board's (its capabilities) range (0, 5000] ms"),
-    ({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 20000}}, "range (0, 5000] ms"),
+    ({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 9000.5}}, "range (0, 5000] ms"),
+    ({"kind": "sweep", "pixels": [1], "sweep": {"pd_gain": 6}},
+     "sweep.pd_gain = 6 is outside the board's (its capabilities) range [0, 4]"),
     ({"kind": "sweep", "pixels": [1], "sweep": {"start_v": 0, "stop_v": 5, "step_v": 0.001}},
      "5001 points, more than the board's (its capabilities) maximum of 2000"),
-    ({"kind": "aging", "pixels": [1], "aging": {"current_density_ma_cm2": 1, "interval_s": 0.005}},
-     "aging.interval_s = 0.005 s is outside the board's (its capabilities) range [0.01, 86400] s"),
     ({"kind": "schedule", "steps": [
         {"kind": "sweep", "pixels": [1]},
         {"kind": "aging", "pixels": [1], "aging": {
             "current_density_ma_cm2": 1, "interim_sweep_every_h": 1,
             "interim_sweep": {"spectrum_at_v": [3.0], "integration_ms": 7000}}}]},
      "steps.1: aging.interim_sweep.integration_ms = 7000 ms is outside"),
+]
+# outside the protocol's own range: refused by the job's schema (station/params.py), naming the key
+OUT_OF_SPEC = [
+    ({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 20000}},
+     "sweep.integration_ms: Input should be less than or equal to 10000 ms"),
+    ({"kind": "aging", "pixels": [1], "aging": {"current_density_ma_cm2": 1, "interval_s": 0.005}},
+     "aging.interval_s: Input should be greater than or equal to 0.01 s"),
 ]
 
 
@@ -46,6 +53,10 @@ async def test_a_job_out_of_the_boards_ranges_is_refused_at_submit_and_changes_n
                 with pytest.raises(JobError) as e:
                     await jm.submit(job, "tester")
                 assert e.value.code == "limit" and says in str(e.value), (job, str(e.value))
+            for job, says in OUT_OF_SPEC:
+                with pytest.raises(JobError) as e:
+                    await jm.submit(job, "tester")
+                assert e.value.code == "bad_request" and says in str(e.value), (job, str(e.value))
             assert jm.list() == []
             assert server.board.counters.requests["sweep_start"] == 0
             ok = await jm.submit({"kind": "sweep", "pixels": [1], "sweep": {
@@ -61,10 +72,16 @@ async def test_before_any_board_answers_jobs_are_checked_against_the_protocols_r
                             wait_for_board=False) as ctx:
         jm = JobManager(ctx)
         with pytest.raises(JobError) as e:
+            await jm.submit({"kind": "sweep", "pixels": [1], "sweep": {
+                "start_v": 0, "stop_v": 5, "step_v": 0.001}}, "t")
+        assert "5001 points, more than the protocol's (no board has answered yet) maximum of " \
+               "2000" in str(e.value)
+        # above the protocol's range: refused by the job's schema, naming the key and its bound
+        with pytest.raises(JobError) as e:
             await jm.submit({"kind": "sweep", "pixels": [1], "sweep": {"integration_ms": 20000}},
                             "t")
-        assert "outside the protocol's (no board has answered yet) range (0, 10000] ms" in str(
-            e.value)
+        assert e.value.code == "bad_request"
+        assert "sweep.integration_ms: Input should be less than or equal to 10000 ms" in str(e.value)
         info = await jm.submit({"kind": "sweep", "pixels": [1],
                                 "sweep": {"integration_ms": 9000}}, "t")
         assert info["state"] == "queued"  # waits for its board

@@ -7,6 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from station.params import AgingParams
+
 from .common import (
     LIFETIME_KEYS,
     AgingBar,
@@ -23,6 +25,7 @@ from .common import (
     save_interrupted,
     uncancel,
 )
+from .params_args import add_params_args, params_from_args
 
 EPILOG = """examples:
   station age --port tcp://127.0.0.1:7000 --pixel 1 --current-density 10 --out age1
@@ -36,7 +39,7 @@ board times: with the simulator's virtual clock, 1,000 hours pass in seconds.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("age", help="constant-current lifetime test of one pixel",
                        description="Hold a pixel at constant current on an aging driver, sample it "
                        "every --interval seconds, and report L0, the peak of any initial "
@@ -46,21 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", metavar="URL", help="board: device path, tcp://HOST:PORT (the simulator) "
                    "or another pyserial URL; default: the config's board.url")
     p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--current-density", type=float, metavar="MA_CM2",
-                   help="constant current density, mA/cm²")
-    g.add_argument("--initial-luminance", type=float, metavar="CD_M2",
-                   help="find the current giving this initial luminance (short search)")
-    p.add_argument("--until", default="t50", help="t95|t90|t80|t50 or a duration (default t50)")
-    p.add_argument("--interval", type=float, default=60.0, metavar="S",
-                   help="sample interval in board seconds (default 60)")
-    p.add_argument("--max-duration", type=float, default=10000.0, metavar="H",
-                   help="stop after this many hours whatever happens (default 10000)")
-    p.add_argument("--voltage-runaway", type=float, default=3.0, metavar="V",
-                   help="stop when the voltage rises this much above its start (default 3)")
-    p.add_argument("--interim-sweep-every", type=float, metavar="H",
-                   help="interrupt for a J-V-L sweep every H hours")
-    p.add_argument("--channel", type=int, help="aging driver (default: pixel - 1)")
+    add_params_args(p, AgingParams, "aging parameters (a job's [aging] takes the same, "
+                    "by their names in docs/jobs.md)")
     add_measure_args(p, "result")
     p.set_defaults(func=main)
 
@@ -72,17 +62,13 @@ def main(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, stop: Stop) -> int:
     from station.export import export_run
     from station.link import BoardError, LinkError
-    from station.procedures import AgingParams, LimitError, run_aging
+    from station.procedures import LimitError, run_aging
     from station.session import open_station
 
     out = Path(args.out)
     cfg = measure_config(args)
-    params = AgingParams(current_density_ma_cm2=args.current_density,
-                         initial_luminance_cd_m2=args.initial_luminance, interval_s=args.interval,
-                         until=args.until, max_duration_h=args.max_duration,
-                         voltage_runaway_v=args.voltage_runaway,
-                         interim_sweep_every_h=args.interim_sweep_every, channel=args.channel)
     try:
+        params = params_from_args(AgingParams, args)
         total = params.duration_h() if params.stop_level() is None else None
     except LimitError as e:
         print(f"station age: {e}", file=sys.stderr)

@@ -7,6 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from station.params import SweepParams
+
 from .common import (
     SWEEP_KEYS,
     NewFiles,
@@ -23,6 +25,7 @@ from .common import (
     save_interrupted,
     uncancel,
 )
+from .params_args import add_params_args, params_from_args
 
 EPILOG = """examples:
   station sweep --port tcp://127.0.0.1:7000 --pixel 1 --start 0 --stop 6 --step 0.05 --out run1
@@ -31,7 +34,7 @@ EPILOG = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sweep", help="J-V-L sweep of one pixel; prints its Table S1 summary",
                        description="Run one on-board J-V-L sweep on a pixel, compute J, L, EQE, "
                        "CE and PE for every point as it arrives, print the pixel's Table S1 "
@@ -40,20 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", metavar="URL", help="board: device path, tcp://HOST:PORT (the simulator) "
                    "or another pyserial URL; default: the config's board.url")
     p.add_argument("--pixel", type=int, required=True, help="pixel number (1-based)")
-    p.add_argument("--start", type=float, default=0.0, help="start voltage, V (default 0)")
-    p.add_argument("--stop", type=float, required=True, help="stop voltage, V")
-    p.add_argument("--step", type=float, default=0.05, help="voltage step, V (default 0.05)")
-    p.add_argument("--dwell-ms", type=float, default=10.0, help="settling per point (default 10)")
-    p.add_argument("--integration-ms", type=float, default=20.0, help="per point (default 20)")
-    p.add_argument("--compliance", type=float, metavar="MA_CM2",
-                   help="current-density compliance (default: limits.max_current_density_ma_cm2)")
-    p.add_argument("--reverse", action="store_true", help="also scan back down (hysteresis)")
-    p.add_argument("--no-stop-on-compliance", action="store_true",
-                   help="keep sweeping, current-limited, after compliance is hit")
-    p.add_argument("--spectrum-at", metavar="V,V,...",
-                   help="take EL spectra at these voltages (default: 8 across the upper half)")
-    p.add_argument("--threshold", type=float, default=1.0, metavar="CD_M2",
-                   help="luminance threshold defining V_on (default 1 cd/m²)")
+    add_params_args(p, SweepParams, "sweep parameters (a job's [sweep] takes the same, "
+                    "by their names in docs/jobs.md)")
     add_measure_args(p, "summary")
     p.set_defaults(func=main)
 
@@ -65,26 +56,14 @@ def main(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, stop: Stop) -> int:
     from station.export import export_run
     from station.link import BoardError, LinkError
-    from station.procedures import LimitError, SweepParams, run_sweep
+    from station.procedures import LimitError, run_sweep
     from station.session import open_station
 
     out = Path(args.out)
     cfg = measure_config(args)
-    spectra = None
-    if args.spectrum_at:
-        try:
-            spectra = [float(x) for x in args.spectrum_at.split(",") if x.strip()]
-        except ValueError:
-            print(f"station sweep: --spectrum-at: not a list of numbers: {args.spectrum_at}",
-                  file=sys.stderr)
-            return 2
-    params = SweepParams(start_v=args.start, stop_v=args.stop, step_v=args.step,
-                         dwell_ms=args.dwell_ms, integration_ms=args.integration_ms,
-                         compliance_ma_cm2=args.compliance, reverse=args.reverse,
-                         stop_on_compliance=not args.no_stop_on_compliance,
-                         spectrum_at_v=spectra, threshold_cd_m2=args.threshold)
     try:
-        n = len(params.program()) * (2 if args.reverse else 1)
+        params = params_from_args(SweepParams, args)
+        n = len(params.program()) * (2 if params.reverse else 1)
     except LimitError as e:
         print(f"station sweep: {e}", file=sys.stderr)
         return 2
