@@ -34,6 +34,7 @@ import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field
 
 from station.config import MqttSection
+from station.direction import SweepDirection
 from station.mqttclient import AckClient, broker_address, json_properties, tls_context
 from station.sinks.cursor import Sink, SinkDB, clean_json
 from station.store import AGING_COLUMNS, SWEEP_COLUMNS
@@ -76,7 +77,7 @@ class SweepPointMessage(_Sample):
     type: Literal["sweep_point"] = "sweep_point"
     sweep_id: int | None
     idx: int | None
-    direction: str | None
+    direction: SweepDirection | None
     voltage_set_v: float | None
     current_density_ma_cm2: float | None
     ce_cd_a: float | None
