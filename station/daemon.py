@@ -49,14 +49,18 @@ class DaemonConfigError(Exception):
 class Daemon:
     """One station's daemon; see the module docstring.
 
-    ``on_ready(daemon)`` is called once the sinks, the command server and the web page run,
-    just before the unfinished jobs start (the CLI prints what it started there).
+    ``on_web(url)`` is called as soon as the web page is served (before the board is up, and
+    while commands still answer 503); ``on_ready(daemon)`` once the sinks, the command server
+    and the web page run, just before the unfinished jobs start (the CLI prints what it
+    started there).
     """
 
     def __init__(self, config: StationConfig, *, url: str | None = None,
+                 on_web: Callable[[str], None] | None = None,
                  on_ready: Callable[[Daemon], None] | None = None, poll_s: float = 0.5) -> None:
         self.config = config
         self.url = url
+        self.on_web = on_web
         self.on_ready = on_ready
         self.poll_s = poll_s
         self.backlog = BacklogPolicy(config.store.backlog_alert_rows)
@@ -145,7 +149,7 @@ class Daemon:
             await self._start()
         except BaseException:
             await stack.aclose()
-            self._close_unused_socket()
+            await self._stop_web_if_started()
             raise
         self._stack = stack
         log.info("station %s running", cfg.station.id)
@@ -170,14 +174,20 @@ class Daemon:
             self.web = web = WebServer(self.config, jm, ctx, sink_health=self.sink_health,
                                        bound=self._bound)
             web.commands_open = False  # until the board is up and the jobs run
-            self._web_started = asyncio.ensure_future(web.start())
+            self._web_started = asyncio.ensure_future(self._start_web(web))
         ctx.link.add_listener(self._on_link)
+
+    async def _start_web(self, web: WebServer) -> str:
+        self.web_url = url = await web.start()
+        log.info("web: serving %s", url)
+        if self.on_web is not None:
+            self.on_web(url)
+        return url
 
     async def _start(self) -> None:
         cfg, jm = self.config, self.jobs
         if self._web_started is not None:
-            self.web_url = await self._web_started
-            log.info("web: serving %s", self.web_url)
+            await self._web_started
         if cfg.mqtt.enabled or cfg.influxdb.enabled:
             self.sinks = SinkRunner(cfg, cfg.store.path)
             self._background.append(asyncio.create_task(self.sinks.run(self._stop),
@@ -205,8 +215,17 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, STOP_GRACE_S)
 
-    def _close_unused_socket(self) -> None:
-        if self._bound is not None and self.web is None:
+    async def _stop_web_if_started(self) -> None:
+        """After a failed start: the page (or its bound socket) does not outlive the daemon."""
+        if self._web_started is not None and not self._web_started.done():
+            self._web_started.cancel()
+        if self._web_started is not None:
+            with contextlib.suppress(BaseException):
+                await self._web_started
+        if self.web is not None:
+            with contextlib.suppress(Exception):
+                await self.web.stop()
+        if self._bound is not None:
             with contextlib.suppress(Exception):
                 self._bound.sock.close()
 

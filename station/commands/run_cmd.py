@@ -86,13 +86,14 @@ async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) ->
 
     from .run_startup import announce_started
 
+    def on_web(url: str) -> None:
+        print(f"web: serving {url}", flush=True)
+
     def on_ready(d: Daemon) -> None:
-        if d.web_url is not None:
-            print(f"web: serving {d.web_url}", flush=True)
         announce_started(cfg, d.ctx, d.jobs)
 
     try:
-        async with Daemon(cfg, on_ready=on_ready) as d:
+        async with Daemon(cfg, on_web=on_web, on_ready=on_ready) as d:
             me = f"{getpass.getuser()}@{socket.gethostname()} (command line)"
             for job in jobs:
                 info = await d.jobs.submit(job, me)
