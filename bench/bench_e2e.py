@@ -197,7 +197,7 @@ async def _station_child(opts: dict[str, Any]) -> None:
 
     from station.procedures import AgingParams, run_aging
     from station.session import open_station
-    from station.sinks.runner import SinkRunner, notify, run_sinks
+    from station.sinks.runner import SinkRunner, run_sinks
 
     logging.basicConfig(level=logging.ERROR)
     n_ch = int(opts.get("channels", N_CH))
@@ -205,6 +205,7 @@ async def _station_child(opts: dict[str, Any]) -> None:
     params = AgingParams(current_density_ma_cm2=AGING_J_MA_CM2, interval_s=opts["interval_s"],
                          until="t50", spectrum_every_h=1e6)
     stop = asyncio.Event()
+    runner = SinkRunner(cfg, cfg.store.path)
     async with open_station(cfg, url=opts["url"]) as ctx:
         # where the MQTT latency (d) goes: board time -> received by the station -> committed
         offset = opts["epoch_offset_s"]
@@ -223,11 +224,10 @@ async def _station_child(opts: dict[str, Any]) -> None:
             now = time.time()
             commit_lag.extend(now - t for t in pending)
             pending.clear()
-            notify()  # as `station run` does: sinks publish right after a commit
+            runner.notify()  # as `station run` does: sinks publish right after a commit
 
         ctx.link.add_stream_consumer(on_stream)
         ctx.acq.on_commit = on_commit
-        runner = SinkRunner(cfg, cfg.store.path)
         publish_lag: list[float] = []
         for sink in runner.sinks:
             if hasattr(sink, "_publish_all"):
@@ -271,8 +271,7 @@ async def _station_child(opts: dict[str, Any]) -> None:
                           "publishing_lag_ms_p50_p99": [float(np.percentile(publish_lag, q)) * 1e3
                                                         for q in (50, 99)] if publish_lag else None,
                           "sinks_behind": {k: v.get("rows_behind") for k, v in
-                                           __import__("station.sinks.runner", fromlist=["x"])
-                                           .health().items()}}), flush=True)
+                                           runner.health().items()}}), flush=True)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -459,7 +458,7 @@ async def e2e_drain(url: str, n: int, tmp: Path, servers: Servers) -> dict[str, 
     from station.procedures import AgingParams
     from station.session import open_station
     from station.sinks.influx import InfluxSink
-    from station.sinks.runner import SinkRunner, notify, run_sinks
+    from station.sinks.runner import SinkRunner, run_sinks
     from station.store import Store
 
     store_path = tmp / "stream.db"
@@ -474,6 +473,7 @@ async def e2e_drain(url: str, n: int, tmp: Path, servers: Servers) -> dict[str, 
     stop = asyncio.Event()
     sink: InfluxSink | None = None
     sink_task = None
+    runner: SinkRunner | None = None
     if cfg.influxdb.enabled:
         runner = SinkRunner(cfg, store_path)
         sink = next(s for s in runner.sinks if isinstance(s, InfluxSink))
@@ -493,7 +493,8 @@ async def e2e_drain(url: str, n: int, tmp: Path, servers: Servers) -> dict[str, 
         async with open_station(cfg, url=url,
                                 prepare=lambda ctx: _collectors(ctx, range(N_CH), params, 15.0)
                                 ) as ctx:
-            ctx.acq.on_commit = notify  # as `station run` does: the sinks wake after a commit
+            if runner is not None:  # as `station run` does: the sinks wake after a commit
+                ctx.acq.on_commit = runner.notify
             if sink is not None:
                 while sink.sent < n:
                     if stored_s is None and ctx.acq.received[Stream.AGING] >= n:

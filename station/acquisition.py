@@ -21,8 +21,9 @@ import numpy as np
 
 from firmware_protocol.connection import EpochStarted, RecordsLost, SpectrumReceived, StreamRecords
 from firmware_protocol.messages import Spectrum as SpectrumMsg
-from firmware_protocol.spec import SampleFlags, Stream
+from firmware_protocol.spec import Stream
 
+from .direction import SweepDirection
 from .link import BoardLink
 from .store import AGING_COLUMNS, SPECTRUM_COLUMNS, SWEEP_COLUMNS, Store
 
@@ -73,7 +74,7 @@ def raw_sweep_rows(rec: np.ndarray, seq64: np.ndarray, run_id: int | None,
               "current_a", "photodiode_a"):
         rows[c] = rec[c]
     rows["idx"] = rec["index"]
-    rows["direction"] = np.where(rec["flags"] & int(SampleFlags.REVERSE), "reverse", "forward")
+    rows["direction"] = SweepDirection.of_flags(rec["flags"])
     rows["spectrum_seq"] = -1
     return rows
 

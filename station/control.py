@@ -41,15 +41,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from station.config import MqttSection, StationConfig
+from station.config import StationConfig
 from station.jobs_api import JobControl, JobError
+from station.mqttclient import AckClient, json_properties, mqtt_client, tls_context
 from station.sinks.cursor import Backoff, clean_json
-from station.sinks.mqtt import AckClient, broker_address, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -215,32 +214,6 @@ def parse_request(verb: str, payload: bytes) -> CommandRequest:
 def dumps(obj: Any) -> bytes:
     return json.dumps(clean_json(obj), allow_nan=False, separators=(",", ":"),
                       default=str).encode()
-
-
-def json_properties() -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    props.PayloadFormatIndicator = 1
-    props.ContentType = "application/json"
-    return props
-
-
-def mqtt_client(cfg: MqttSection, identifier: str, tls: Any, *, clean_start: bool = True,
-                session_expiry_s: int = 0, username: str | None = None,
-                password: str | None = None) -> AckClient:
-    """An :class:`AckClient` (MQTT 5) for ``cfg``: the same address, credentials and TLS as the
-    telemetry sink (unless ``username``/``password`` are given), with its own client
-    identifier."""
-    host, port = broker_address(cfg)
-    if username is not None:
-        cfg = cfg.model_copy(update={"username": username, "password": password})
-    props = None
-    if session_expiry_s > 0:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = session_expiry_s
-    return AckClient(host, port, username=cfg.username, password=cfg.password,
-                     identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5,
-                     tls_context=tls, keepalive=cfg.keepalive_s, timeout=cfg.timeout_s,
-                     clean_start=clean_start, properties=props)
 
 
 def user_property(props: Properties | None, name: str) -> str | None:

@@ -36,11 +36,9 @@ from station.control import (
     VERBS,
     CommandReply,
     dumps,
-    json_properties,
-    mqtt_client,
     request_payload,
 )
-from station.sinks.mqtt import AckClient, PublishRejected, tls_context
+from station.mqttclient import AckClient, PublishRejected, json_properties, mqtt_client, tls_context
 
 log = logging.getLogger(__name__)
 

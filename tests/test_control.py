@@ -35,8 +35,8 @@ from paho.mqtt.properties import Properties
 from station.config import StationConfig
 from station.control import MAX_PAYLOAD_BYTES, ControlServer
 from station.jobs_api import JobError
+from station.mqttclient import AckClient, PublishRejected
 from station.remote import CommandRefused, NoAnswer, RemoteStation
-from station.sinks.mqtt import AckClient, PublishRejected
 from tests.services import (  # noqa: F401  (fixtures)
     VIEWER_PASSWORD,
     VIEWER_USER,

@@ -214,3 +214,116 @@ async def test_a_sweep_cut_by_a_board_reboot_is_taken_again(tmp_path):
             assert_complete(stored_seqs(ctx, "sweep_points"), server.board.counters.produced[Stream.SWEEP])
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="module")
+def anon_broker(tmp_path_factory: pytest.TempPathFactory):
+    from tests.test_control import AnonymousMosquitto
+
+    b = AnonymousMosquitto(tmp_path_factory.mktemp("daemon-mosquitto"))
+    b.start()
+    yield b
+    b.stop()
+
+
+async def retained_status(broker_url: str, topic: str) -> dict:
+    """The retained message on ``topic`` that a new subscriber gets."""
+    import json
+    from urllib.parse import urlsplit
+
+    import aiomqtt
+
+    u = urlsplit(broker_url)
+    async with aiomqtt.Client(u.hostname or "127.0.0.1", u.port or 1883,
+                              identifier=f"daemon-test-{os.getpid()}") as c:
+        await c.subscribe(topic, qos=1)
+        async for m in c.messages:
+            assert m.retain
+            return json.loads(bytes(m.payload))
+    raise AssertionError("no retained message")
+
+
+async def test_the_daemon_started_from_a_library_call_runs_a_remote_sweep_and_stops_with_outputs_off(
+        tmp_path, anon_broker):
+    """No CLI, no subprocess: ``async with Daemon(config)`` against the simulator over a real
+    socket and a real Mosquitto; a sweep submitted over the control plane (MQTT) completes; an
+    aging run submitted through the job API is running when the daemon is stopped, which
+    leaves every output off, the run 'interrupted' (resumed at the next start) and the
+    station's retained status 'offline'."""
+    import time
+    import uuid
+
+    from station.daemon import Daemon
+    from station.remote import NoAnswer, RemoteStation
+
+    server = SimServer(["dbsa", "dbsa"], speed=1e3, seed=6)
+    url = await server.start()
+    station = f"lib-{uuid.uuid4().hex[:8]}"
+    cfg = station_config(tmp_path, ["dbsa", "dbsa"], board={"url": url},
+                         mqtt={"enabled": True, "url": anon_broker.url, "client_id": station,
+                               "retry_min_s": 0.05, "retry_max_s": 0.3})
+    cfg.station.id = station
+    stop = asyncio.Event()
+    try:
+        async with Daemon(cfg) as d:
+            serving = asyncio.create_task(d.serve(stop))
+            async with RemoteStation(cfg) as st:
+                deadline = time.monotonic() + 30
+                while True:  # until the command server has subscribed
+                    try:
+                        status = await st.call("status", timeout_s=2)
+                        break
+                    except NoAnswer:
+                        assert time.monotonic() < deadline, "the command server never answered"
+                assert status["station"] == station
+                info = await st.call("submit", {"job": {
+                    "name": "remote sweep", "kind": "sweep", "pixels": [1],
+                    "sweep": {"start_v": 2.0, "stop_v": 4.0, "step_v": 0.5}}}, timeout_s=5)
+                final = await d.jobs.wait(info["id"])
+                assert final["state"] == "completed", final
+                assert (await st.call("get", {"job_id": info["id"]}))["state"] == "completed"
+            n_points = d.ctx.store.db.execute("SELECT count(*) FROM sweep_points").fetchone()[0]
+            assert n_points >= 5
+            aging = await d.jobs.submit({"name": "held", "kind": "aging", "pixels": [2], "aging": {
+                "current_density_ma_cm2": 1.0, "until": "1000h"}}, "tester")
+            deadline = time.monotonic() + 30
+            while not server.board.active_channels():
+                assert time.monotonic() < deadline, "the aging run never started"
+                await asyncio.sleep(0.05)
+            stop.set()
+            await serving
+        assert not server.board.active_channels()
+        st_board = server.board.status()
+        assert not st_board.smu_output_on and not st_board.sweep_active
+        db = sqlite3.connect(cfg.store.path)
+        try:
+            runs = db.execute("SELECT status FROM runs WHERE job_id = ? AND kind = 'aging'",
+                              (aging["id"],)).fetchall()
+            job_state = db.execute("SELECT state FROM jobs WHERE id = ?", (aging["id"],)).fetchone()
+        finally:
+            db.close()
+        assert runs == [("interrupted",)] and job_state[0] in ("running", "queued")
+        last = await retained_status(anon_broker.url, f"ledstation/{station}/status")
+        assert last["state"] == "offline" and last["reason"] == "stopped"
+    finally:
+        await server.stop()
+
+
+async def test_run_daemon_runs_the_jobs_given_and_returns_0_when_idle(tmp_path):
+    from station.daemon import run_daemon
+
+    server = SimServer(["dbsa"], speed=1e5, seed=7)
+    url = await server.start()
+    try:
+        cfg = station_config(tmp_path, ["dbsa"], board={"url": url})
+        job = {"name": "batch", "kind": "sweep", "pixels": [1],
+               "sweep": {"start_v": 2.0, "stop_v": 3.0, "step_v": 0.5}}
+        assert await run_daemon(cfg, jobs=[job], exit_when_idle=True) == 0
+        db = sqlite3.connect(cfg.store.path)
+        try:
+            assert db.execute("SELECT state FROM jobs").fetchall() == [("completed",)]
+        finally:
+            db.close()
+        assert not server.board.status().smu_output_on
+    finally:
+        await server.stop()

@@ -30,10 +30,10 @@ import pytest
 import yaml
 
 from station.config import load_config
+from station.mqttclient import AckClient, PublishRejected
 from station.sinks import MqttSink, publish_event
 from station.sinks.cursor import RunMeta
 from station.sinks.influx import FLOAT_FIELDS, INT_FIELDS, MEASUREMENTS, line_of
-from station.sinks.mqtt import AckClient, PublishRejected
 from station.store import SWEEP_COLUMNS, Store
 from tests.services import BOOTSTRAP_HINT, free_port, sweep_row, wait_until
 

@@ -17,9 +17,9 @@ import pytest
 
 from station.config import load_config
 from station.control import ControlServer
+from station.mqttclient import AckClient, PublishRejected
 from station.remote import RemoteStation
 from station.sinks import MqttSink
-from station.sinks.mqtt import AckClient, PublishRejected
 from station.store import Store
 from tests.services import wait_until
 from tests.test_control import FakeJobs

@@ -5,10 +5,10 @@ and nothing is doubled: every sample the board produced is in the store once, in
 once, and on MQTT; the job's lifecycle events, the run summaries and the station's status
 reach a subscriber; and each outage raises ``alert/sink_backlog`` once and clears it once.
 
-The daemon runs in-process (``_daemon``) in the test's event loop, next to the simulator, and
-is stopped by cancelling it, which is what SIGTERM does (``run_with_signals``). It runs without
-``exit_when_idle``: started with no job, that mode exits at its first idle check (0.5 s), before
-a job submitted over MQTT could arrive.
+The daemon runs in-process (:class:`station.daemon.Daemon`) in the test's event loop, next to
+the simulator, and is stopped by cancelling it, which is what SIGTERM does
+(``run_with_signals``). It runs without ``exit_when_idle``: started with no job, that mode
+exits at its first idle check (0.5 s), before a job submitted over MQTT could arrive.
 """
 # ruff: noqa: F811  (pytest fixtures imported from tests.services are test arguments)
 
@@ -32,10 +32,9 @@ import pytest
 
 from firmware_protocol.spec import Stream
 from sim.server import SimServer
-from station.commands.run_cmd import _daemon
 from station.config import StationConfig, load_config
+from station.daemon import Daemon
 from station.remote import NoAnswer, RemoteStation
-from station.sinks import runner as sink_runner
 from tests.services import (  # noqa: F401  (fixtures)
     Certs,
     Collector,
@@ -166,8 +165,22 @@ def mqtt_subset(store: StoreView) -> set[int]:
     return out
 
 
+RUNNING: list[Daemon] = []  # the daemon the test started, while it runs
+
+
 def sink(name: str) -> dict[str, Any]:
-    return sink_runner.health().get(name, {})
+    return RUNNING[-1].sink_health().get(name, {}) if RUNNING else {}
+
+
+async def run_daemon_task(cfg: Any) -> int:
+    """The daemon, as ``station run`` runs it (until cancelled), reachable by :func:`sink`."""
+    async with Daemon(cfg) as d:
+        RUNNING.append(d)
+        try:
+            await d.serve()
+        finally:
+            RUNNING.remove(d)
+    return 0
 
 
 async def retained(broker: Mosquitto, topic: str, n: int, what: str) -> list[Any]:
@@ -216,7 +229,7 @@ async def test_daemon_outages_of_broker_and_database_lose_and_double_nothing(
         # published for it while it is away, across the broker's own restart
         async with Collector(broker, f"{PREFIX}/#", persistent=True,
                              client_id="e2e-viewer") as sub:
-            daemon = asyncio.create_task(_daemon(cfg, [], False), name="daemon")
+            daemon = asyncio.create_task(run_daemon_task(cfg), name="daemon")
 
             def statuses() -> list[str]:
                 return [p["state"] for p in on(sub.messages, "status")]

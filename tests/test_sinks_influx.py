@@ -157,6 +157,43 @@ def test_batch_lines_leave_out_missing_and_infinite_fields_and_rows_without_boar
     ]
 
 
+def test_batch_lines_of_full_sweep_rows_are_the_bytes_typed_here_in_both_revision_modes(tmp_path):
+    """The plain field formatter (``template % fields``, which replaced an eval-built f-string)
+    on values whose text is easy to get wrong: repr of floats (exponents, a negative value, the
+    smallest subnormal, 17 significant digits, integral floats keep ".0"), large ints with their
+    "i"; the lines are typed here, and line_of (the general path) agrees with them."""
+    store = Store(tmp_path / "s.db")
+    run = store.create_run(kind="sweep", station="st", pixel=2, area_m2=4e-6, substrate="S1",
+                           device="dbsa", job_id="j1")
+    base = dict.fromkeys(SWEEP_COLUMNS)
+    row = dict(base, seq=2**40 + 1, run_id=run, sweep_id=7, idx=0, t_us=1_000, pixel=2, flags=3,
+               pd_gain=1, direction="reverse", voltage_set_v=3.0, voltage_v=-0.0025,
+               current_a=5e-324, current_density_ma_cm2=1e16, photodiode_a=1.0000000000000002,
+               luminance_cd_m2=123456789012.5, eqe_pct=0.1, ce_cd_a=1e-05, pe_lm_w=2.5e-07,
+               epoch=2, rev=0)
+    revised = dict(row, seq=2**40 + 2, t_us=2_000, rev=1)
+    store.add_rows("sweep_points", SWEEP_COLUMNS,
+                   [tuple(r[c] for c in SWEEP_COLUMNS) for r in (row, revised)])
+    store.flush()
+    tags = "sweep_point,station=st,run=1,pixel=2,substrate=S1,device=dbsa,job=j1,direction=reverse "
+    values = ("voltage_set_v=3.0,voltage_v=-0.0025,current_a=5e-324,current_density_ma_cm2=1e+16,"
+              "photodiode_a=1.0000000000000002,{live}luminance_cd_m2=123456789012.5,"
+              "{live}eqe_pct=0.1,{live}ce_cd_a=1e-05,{live}pe_lm_w=2.5e-07,"
+              "seq={seq}i,sweep_id=7i,idx=0i,flags=3i,epoch=2i,rev={rev}i")
+    for mode, live in (("overwrite", ""), ("live_fields", "live_")):
+        sink = InfluxSink(store.path, influx_cfg("http://127.0.0.1:1", revisions=mode), "st")
+        off = sink.db.anchor_us(run, 1_000)
+        _after, _last, lines = sink._prepare("sweep_points")
+        assert lines == [
+            tags + values.format(live=live, seq=2**40 + 1, rev=0) + f" {1_000 + off}",
+            # a revision (rev > 0) always carries the final names
+            tags + values.format(live="", seq=2**40 + 2, rev=1) + f" {2_000 + off}",
+        ], mode
+        meta = sink.db.run_meta(run)
+        assert [line_of("sweep_points", "st", meta, r, r["t_us"] + off, mode == "live_fields"
+                        and not r["rev"]) for r in (row, revised)] == lines
+
+
 async def test_resend_gives_a_restored_database_the_points_back_idempotently(
         tmp_path, victoria, victoria_factory):
     """`station sinks resend influx`: the daemon's sink delivered everything to one database;

@@ -272,13 +272,13 @@ async def test_run_sinks_starts_enabled_sinks_and_reports_health(tmp_path, mqtt_
     stop = asyncio.Event()
     async with Collector(mqtt_broker, "ledstation/rs/#") as sub:
         task = asyncio.create_task(run_sinks(config, store.path, stop, runner=runner))
-        from station.sinks import health
         await wait_until(caught_up(runner.sinks[0]), what="caught up")
         eid = runner.publish_event("job/finished", {"job": "j"})
         await wait_until(lambda: bool(sub.on("/event/job/finished")), what="event")
         assert sub.on("/event/job/finished")[0]["seq"] == eid
-        await wait_until(lambda: health().get("mqtt", {}).get("rows_behind", 1) == 0, what="health")
-        assert health()["mqtt"]["connected"] is True
+        await wait_until(lambda: runner.health().get("mqtt", {}).get("rows_behind", 1) == 0,
+                         what="health")
+        assert runner.health()["mqtt"]["connected"] is True
         stop.set()
         await asyncio.wait_for(task, 20)
-    assert health() == {}
+    assert runner.health()["mqtt"]["state"] == "stopped"

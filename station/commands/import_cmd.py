@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from station.direction import SweepDirection
+
 from .analyze import CommandError, guarded
 
 #: Columns of the raw CSV files: required first, then optional.
@@ -53,9 +55,10 @@ def read_csv_columns(path: Path, required: tuple[str, ...], optional: tuple[str,
                 raise CommandError(f"{path}:{n}: {len(row)} fields, the header has {len(header)}")
             cell = row[k].strip()
             if name == "direction":
-                if cell not in ("forward", "reverse"):
-                    raise CommandError(f"{path}:{n}: direction must be 'forward' or 'reverse', got {cell!r}")
-                vals.append(cell)
+                try:
+                    vals.append(SweepDirection.parse(cell).value)
+                except ValueError as e:
+                    raise CommandError(f"{path}:{n}: {e}") from None
                 continue
             try:
                 vals.append(float(cell) if cell else math.nan)

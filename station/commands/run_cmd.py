@@ -26,7 +26,7 @@ restart on these), 1 anything else.
 EX_CONFIG = 78
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="the station daemon: jobs, resume after a crash, telemetry",
                        description="Run the station daemon.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from station.config import ConfigError, load_config, resolve_config_path
-    from station.jobs import JobError, job_dict, load_job_file
+    from station.jobs import job_dict, load_job_file
+    from station.jobs_api import JobError
     from station.session import run_with_signals
 
     path, how = resolve_config_path(args.config)
@@ -75,146 +76,30 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _daemon(cfg: Any, jobs: list[dict[str, Any]], exit_when_idle: bool) -> int:
-    import asyncio
-    import contextlib
+    """The CLI over :class:`station.daemon.Daemon`: says what it started, submits ``jobs``
+    (printing their ids) and runs until cancelled (a signal) or, with ``exit_when_idle``, until
+    no job is left."""
     import getpass
-    import logging
     import socket
 
-    from firmware_protocol.connection import Unsolicited
-    from firmware_protocol.messages import Event
-    from firmware_protocol.spec import EventCode
-    from station.jobs import JobManager
-    from station.link import LinkState
-    from station.procedures import StationContext
-    from station.session import open_station
-    from station.sinks.cursor import publish_event
-    from station.sinks.runner import health as sink_health
-    from station.sinks.runner import notify, run_sinks
+    from station.daemon import Daemon, DaemonConfigError
 
-    log = logging.getLogger("station.daemon")
-    holder: dict[str, JobManager] = {}
-    web_box: dict[str, Any] = {}
-    bound = None
-    if cfg.web.enabled:
-        # the port is taken (and the TLS files read) before the board is: a bad one stops here,
-        # and the page is served while the board is still unreachable
-        from station.web.server import WebError, WebServer, bind
+    from .run_startup import announce_started
 
-        try:
-            bound = bind(cfg.web)
-        except WebError as e:
-            print(f"station run: {e}", file=sys.stderr)
-            return EX_CONFIG
+    def on_web(url: str) -> None:
+        print(f"web: serving {url}", flush=True)
 
-    def publish(kind: str, payload: dict[str, Any]) -> None:
-        jm = holder.get("jm")
-        if jm is not None:
-            publish_event(jm.ctx.store.db, kind, payload)
-            notify()
+    def on_ready(d: Daemon) -> None:
+        announce_started(cfg, d.ctx, d.jobs)
 
-    def prepare(ctx: StationContext) -> None:
-        holder["jm"] = jm = JobManager(ctx, publish=publish)
-        ctx.acq.on_commit = notify  # the sinks publish as soon as a batch is committed
-        jm.prepare(ctx)
-        if bound is not None:
-            web_box["web"] = web = WebServer(cfg, jm, ctx, sink_health=sink_health, bound=bound)
-            web.commands_open = False  # until the board is up and the jobs run
-
-            def on_commit() -> None:
-                notify()
-                web.notify()
-
-            ctx.acq.on_commit = on_commit
-
-            async def start_web() -> None:
-                print(f"web: serving {await web.start()}", flush=True)
-
-            web_box["started"] = asyncio.ensure_future(start_web())
-
-        def on_link(ev: object) -> None:
-            if isinstance(ev, LinkState) and not ev.up:
-                publish("alert/link_lost", {"reason": ev.reason})
-            elif isinstance(ev, Unsolicited) and isinstance(ev.message, Event):
-                code = ev.message.code
-                if code == EventCode.INTERLOCK_OPEN:
-                    publish("alert/interlock", {"state": "open", "t_us": ev.message.t_us})
-                elif code == EventCode.INTERLOCK_CLOSED:
-                    publish("alert/interlock", {"state": "closed", "t_us": ev.message.t_us})
-                elif code in (EventCode.PIXEL_SHORT, EventCode.PIXEL_OPEN):
-                    publish("alert/pixel_failure", {"pixel": ev.message.pixel,
-                                                    "detail": ev.message.detail})
-                elif code == EventCode.COMPLIANCE:
-                    publish("alert/compliance", {"pixel": ev.message.pixel,
-                                                 "detail": ev.message.detail})
-
-        ctx.link.add_listener(on_link)
-
-    backlogged: set[str] = set()  # sinks with an alert/sink_backlog raised and not cleared
-
-    def check_backlog() -> None:
-        """alert/sink_backlog once when a sink falls more than store.backlog_alert_rows rows
-        behind, and once ("cleared") when it is back to half of that (no flapping). A burst
-        that a connected sink is delivering (its last acknowledgement within 10 s, e.g. the
-        revisions of a run that ended) is not an alert."""
-        limit = cfg.store.backlog_alert_rows
-        for name, h in sink_health().items():
-            behind = int(h.get("rows_behind") or 0)
-            ack_age = h.get("last_ack_age_s")
-            stalled = not h.get("connected") or ack_age is None or ack_age > 10.0
-            if name not in backlogged and behind > limit and stalled:
-                state = "raised"
-                backlogged.add(name)
-            elif name in backlogged and behind <= limit // 2:
-                state = "cleared"
-                backlogged.discard(name)
-            else:
-                continue
-            publish("alert/sink_backlog", {
-                "sink": name, "state": state, "rows_behind": behind, "threshold_rows": limit,
-                "seconds_behind": h.get("seconds_behind"), "connected": h.get("connected"),
-                "last_error": h.get("last_error")})
-
-    stop = asyncio.Event()
-    background: list[asyncio.Task[Any]] = []
-    # the control plane, the sinks and the job queue run whatever the board does: unplugged,
-    # busy with another host or speaking another protocol, `station status` says so (and why)
-    async with open_station(cfg, prepare=prepare, connect_timeout_s=None,
-                            wait_for_board=False) as ctx:
-        jm = holder["jm"]
-        web = web_box.get("web")
-        if web is not None:
-            await web_box["started"]
-        if cfg.mqtt.enabled or cfg.influxdb.enabled:
-            background.append(asyncio.create_task(run_sinks(cfg, cfg.store.path, stop)))
-        if cfg.mqtt.enabled:
-            from station.control import ControlServer
-
-            background.append(asyncio.create_task(ControlServer(cfg, jm).run(stop)))
-        from .run_startup import announce_started
-
-        announce_started(cfg, ctx, jm)
-        jm.start()
-        if web is not None:
-            web.commands_open = True
-        me = f"{getpass.getuser()}@{socket.gethostname()} (command line)"
-        for job in jobs:
-            info = await jm.submit(job, me)
-            print(f"submitted {info['id']} ({info['name']})", flush=True)
-        log.info("station %s running", cfg.station.id)
-        try:
-            while True:
-                await asyncio.sleep(0.5)
-                check_backlog()
-                if exit_when_idle and not jm.tasks:
-                    break
-        finally:
-            if web is not None:
-                await web.stop()
-            await jm.shutdown()
-            ctx.acq.flush()
-            stop.set()
-            for t in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(t, 10.0)
+    try:
+        async with Daemon(cfg, on_web=on_web, on_ready=on_ready) as d:
+            me = f"{getpass.getuser()}@{socket.gethostname()} (command line)"
+            for job in jobs:
+                info = await d.jobs.submit(job, me)
+                print(f"submitted {info['id']} ({info['name']})", flush=True)
+            await d.serve(exit_when_idle=exit_when_idle)
+    except DaemonConfigError as e:
+        print(f"station run: {e}", file=sys.stderr)
+        return EX_CONFIG
     return 0

@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from station.config import StationConfig
+    from station.jobs import JobManager
+    from station.link import BoardLink
+    from station.procedures import StationContext
 
 
 def _say(line: str) -> None:
     print(f"station run: {line}", file=sys.stderr, flush=True)
 
 
-def announce_config(path: Path | None, how: str, cfg: Any) -> None:
+def announce_config(path: Path | None, how: str, cfg: StationConfig) -> None:
     where = f"{path} ({how})" if path is not None else how
     _say(f"configuration {where}; station id {cfg.station.id}")
 
 
-def _board_line(link: Any) -> str:
+def _board_line(link: BoardLink) -> str:
     b, caps = link.board, link.caps
+    assert b is not None  # said only once a board answered
     line = (f"board URL {link.url}: board {b.serial_number} (firmware {b.firmware_version}, "
             f"boot id {b.boot_id})")
     if caps is not None:
@@ -28,7 +35,7 @@ def _board_line(link: Any) -> str:
     return line
 
 
-def announce_started(cfg: Any, ctx: Any, jm: Any) -> None:
+def announce_started(cfg: StationConfig, ctx: StationContext, jm: JobManager) -> None:
     link = ctx.link
     if link.is_up and link.board is not None:
         _say(_board_line(link))

@@ -2,16 +2,18 @@
 
 - :class:`MqttSink` — live telemetry, status (Last Will), events/alerts, run summaries;
 - :class:`InfluxSink` — history as line protocol over the InfluxDB v2 write API;
-- :func:`run_sinks` / :class:`SinkRunner` — what the daemon starts; :func:`health` reports lag;
+- :func:`run_sinks` / :class:`SinkRunner` — what the daemon starts; ``SinkRunner.health()``
+  reports lag;
 - :func:`publish_event` — persist a job event or alert; the MQTT sink publishes it.
 
 See ``docs/mqtt.md`` for topics and payloads.
 """
 
+from station.mqttclient import AckClient, PublishRejected
 from station.sinks.cursor import Sink, SinkDB, ensure_sink_schema, publish_event
 from station.sinks.influx import InfluxSink
-from station.sinks.mqtt import AckClient, MqttSink, PublishRejected
-from station.sinks.runner import SinkRunner, health, notify, run_sinks
+from station.sinks.mqtt import MqttSink
+from station.sinks.runner import SinkRunner, run_sinks
 
 __all__ = [
     "AckClient",
@@ -22,8 +24,6 @@ __all__ = [
     "SinkDB",
     "SinkRunner",
     "ensure_sink_schema",
-    "health",
-    "notify",
     "publish_event",
     "run_sinks",
 ]

@@ -29,16 +29,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiomqtt
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field
 
 from station.config import MqttSection
+from station.direction import SweepDirection
+from station.mqttclient import AckClient, broker_address, json_properties, tls_context
 from station.sinks.cursor import Sink, SinkDB, clean_json
 from station.store import AGING_COLUMNS, SWEEP_COLUMNS
 
@@ -80,7 +77,7 @@ class SweepPointMessage(_Sample):
     type: Literal["sweep_point"] = "sweep_point"
     sweep_id: int | None
     idx: int | None
-    direction: str | None
+    direction: SweepDirection | None
     voltage_set_v: float | None
     current_density_ma_cm2: float | None
     ce_cd_a: float | None
@@ -135,72 +132,6 @@ class HealthMessage(_Msg):
     sinks: dict[str, Any]
 
 
-# -- the client: QoS 1 that also fails on an error PUBACK or a dropped connection ---------------
-class PublishRejected(aiomqtt.MqttError):
-    """The broker answered a PUBLISH with an error reason code (e.g. not authorized)."""
-
-    def __init__(self, topic: str, rc: ReasonCode) -> None:
-        super().__init__(f"broker rejected publish to {topic}: {rc} (0x{rc.value:02x})")
-        self.topic, self.rc = topic, rc
-
-
-class AckClient(aiomqtt.Client):
-    """aiomqtt's client with :meth:`publish_acked`: a QoS 1 publish that returns only on a
-    PUBACK with a success reason code (aiomqtt's ``publish`` ignores the reason code, and
-    waits for its timeout when the connection drops)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rejected: dict[int, ReasonCode] = {}
-
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
-                    reason_code: ReasonCode, properties: Properties) -> None:
-        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
-            self._rejected[mid] = reason_code
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-
-    async def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False,
-                            properties: Properties | None = None, timeout: float = 10.0) -> None:
-        info = self._client.publish(topic, payload, 1, retain, properties)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {topic}")
-        if not info.is_published():
-            confirmation = asyncio.Event()
-            with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                waiter = asyncio.ensure_future(confirmation.wait())
-                try:
-                    waits: list[asyncio.Future[Any]] = [waiter, self._disconnected]
-                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                if not confirmation.is_set():
-                    if self._disconnected.done():
-                        raise aiomqtt.MqttError(f"connection lost before PUBACK for {topic}")
-                    raise aiomqtt.MqttError(f"no PUBACK for {topic} within {timeout} s")
-        rc = self._rejected.pop(info.mid, None)
-        if rc is not None:
-            raise PublishRejected(topic, rc)
-
-
-def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
-    """The TLS context for ``cfg``, or None for plain TCP."""
-    scheme = urlsplit(cfg.url).scheme
-    use_tls = cfg.tls if cfg.tls is not None else (scheme in ("mqtts", "ssl")
-                                                   or cfg.ca_file is not None)
-    if not use_tls:
-        return None
-    ctx = ssl.create_default_context(cafile=cfg.ca_file)
-    if cfg.client_cert:
-        ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
-    return ctx
-
-
-def broker_address(cfg: MqttSection) -> tuple[str, int]:
-    u = urlsplit(cfg.url)
-    tls = u.scheme in ("mqtts", "ssl") or bool(cfg.tls) or (cfg.tls is None and cfg.ca_file)
-    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883)
-
-
 @dataclass(frozen=True)
 class Outgoing:
     row_id: int
@@ -231,9 +162,7 @@ class MqttSink(Sink):
         self.summary_every_s = summary_every_s
         self._last_summary_check = -math.inf
         self._last_health_pub = -math.inf
-        self._props = Properties(PacketTypes.PUBLISH)
-        self._props.PayloadFormatIndicator = 1
-        self._props.ContentType = "application/json"
+        self._props = json_properties()
         self._tls: ssl.SSLContext | None = None
         self._tls_loaded = False
 

@@ -1,16 +1,17 @@
 """Start the enabled sinks as tasks beside the measurement, and report their health.
 
-The daemon calls::
+The daemon (``station.daemon``) does::
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_sinks(config, config.store.path, stop))
-    ...                       # measure; after each Store.flush() optionally: notify()
+    runner, stop = SinkRunner(config, config.store.path), asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    ...                       # measure; after each Store.flush(): runner.notify()
     stop.set(); await task    # on shutdown (the MQTT sink publishes status "offline")
 
 Each sink reads the store through its own SQLite connection and never writes to the
 measurement tables, so a slow or dead broker/database only makes it fall behind its cursor.
-``health()`` is a cheap snapshot for the daemon's status output; the MQTT sink also publishes
-it (retained) on ``{prefix}/{station}/health``.
+``runner.health()`` is a cheap snapshot for the daemon's status output; the MQTT sink also
+publishes it (retained) on ``{prefix}/{station}/health``. There is no module-level runner:
+whoever starts one holds it.
 
 ``python -m station.sinks.runner CONFIG.toml [--store PATH]`` runs the sinks on their own (a
 separate process next to the daemon, or to drain a store after a measurement).
@@ -82,40 +83,16 @@ class SinkRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-_current: SinkRunner | None = None
-
-
 async def run_sinks(config: StationConfig, store_path: str | Path, stop_event: asyncio.Event,
                     *, runner: SinkRunner | None = None) -> None:
-    """Run the sinks enabled in ``config`` on the store at ``store_path`` until ``stop_event``.
+    """Run the sinks enabled in ``config`` on the store at ``store_path`` until ``stop_event``
+    (or those of ``runner``: pass one to ask it for :meth:`SinkRunner.health` or to
+    :meth:`SinkRunner.notify` it while it runs).
 
     Never raises for a broker or database failure (each sink retries with backoff); returns
-    once every sink has stopped. :func:`health` reports on the sinks while this runs.
+    once every sink has stopped.
     """
-    global _current
-    r = runner or SinkRunner(config, store_path)
-    _current = r
-    try:
-        await r.run(stop_event)
-    finally:
-        if _current is r:
-            _current = None
-
-
-def current() -> SinkRunner | None:
-    """The runner started by :func:`run_sinks`, if one is running."""
-    return _current
-
-
-def health() -> dict[str, Any]:
-    """Health of the sinks started by :func:`run_sinks` (``{}`` when none runs)."""
-    return _current.health() if _current is not None else {}
-
-
-def notify() -> None:
-    """Wake the running sinks (call after ``Store.flush()`` for the lowest latency)."""
-    if _current is not None:
-        _current.notify()
+    await (runner or SinkRunner(config, store_path)).run(stop_event)
 
 
 def main(argv: list[str] | None = None) -> int:
