@@ -92,17 +92,19 @@ async def test_limits_are_checked_before_anything_is_sent(tmp_path):
         assert server.board.counters.requests["aging_start"] == 0
 
 
-async def test_aging_to_t50_matches_the_model_lifetime(tmp_path):
-    # 0.1 mA/cm²: T50 ≈ 171 h, T95 ≈ 30 h. At 2e5 × a host latency of 50 ms (a loaded machine)
-    # is 2.8 virtual hours, small beside T95; at 2 mA/cm² and 2e6 (T50 ≈ 1 h, ~2 ms of wall
-    # time) a loaded host took its first spectrum after the pixel had faded and never saw L0.
-    j = 0.1  # mA/cm²
-    async with sim_station(tmp_path, ["dbsa"], speed=2e5) as (server, ctx):
+async def test_aging_1000_virtual_hours_to_t50_matches_the_model_lifetime(tmp_path):
+    # The OLED preset at 5 mA/cm²: T50 ≈ 1023 h, T95 ≈ 40 h; 1000 h take 7.2 s of wall time at
+    # 5e5. A host latency of 50 ms (a loaded machine) is 7 virtual hours, small
+    # beside T95. (At 2 mA/cm² on DBSA and 2e6, T50 ≈ 1 h lasted 2 ms of wall time and a loaded
+    # host took its first spectrum after the pixel had faded: no L0, max_duration.)
+    j = 5.0  # mA/cm²
+    async with sim_station(tmp_path, ["oled"], speed=5e5) as (server, ctx):
         res = await run_aging(ctx, 1, AgingParams(current_density_ma_cm2=j, until="t50",
                                                   interval_s=60.0))
-        truth = lifetime_truth(get_preset("dbsa"), j)
+        truth = lifetime_truth(get_preset("oled"), j)
         s = res.summary
         assert res.reason == "reached_t50"
+        assert float(truth["t50_h"]) > 1000.0
         assert s["l0_cd_m2"] == pytest.approx(float(truth["l0_cd_m2"]), rel=0.03)
         assert s["l_peak_cd_m2"] == pytest.approx(float(truth["l_peak_cd_m2"]), rel=0.03)
         for k in ("t90_h", "t80_h", "t50_h"):
