@@ -297,6 +297,9 @@ class FrameError:
     reason: str
     detail: str
     nbytes: int
+    msg_id: int | None = None
+    """The frame's message id when its header could be read (``unknown_id``, ``crc``, ``version``,
+    ``payload``), else None."""
 
 
 ERROR_REASONS = ("oversize", "cobs", "short", "crc", "version", "length", "unknown_id", "payload")
@@ -355,9 +358,9 @@ class StreamDecoder:
                 continue
             events.append(self._decode_frame(encoded))
 
-    def _error(self, reason: str, detail: str, nbytes: int) -> FrameError:
+    def _error(self, reason: str, detail: str, nbytes: int, msg_id: int | None = None) -> FrameError:
         self.errors[reason] += 1
-        return FrameError(reason, detail, nbytes)
+        return FrameError(reason, detail, nbytes, msg_id)
 
     def _decode_frame(self, encoded: bytes) -> FrameReceived | FrameError:
         try:
@@ -376,17 +379,17 @@ class StreamDecoder:
             # Unknown ids cannot be CRC-checked against a seed; check with 0 so that a
             # clean frame of a newer spec is reported as unknown, noise as CRC.
             if zlib.crc32(memoryview(raw)[: len(raw) - CRC_SIZE], 0) == crc:
-                return self._error("unknown_id", f"message id 0x{msg_id:02X}", len(encoded))
-            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded))
+                return self._error("unknown_id", f"message id 0x{msg_id:02X}", len(encoded), msg_id)
+            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded), msg_id)
         if zlib.crc32(memoryview(raw)[: len(raw) - CRC_SIZE], seed) != crc:
-            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded))
+            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded), msg_id)
         if version != self.version:
             return self._error("version", f"frame version {version}, expected {self.version}",
-                               len(encoded))
+                               len(encoded), msg_id)
         try:
             msg = decode_payload(msg_id, memoryview(raw)[HEADER_SIZE : len(raw) - CRC_SIZE])
         except DecodeError as e:
-            return self._error("payload", str(e), len(encoded))
+            return self._error("payload", str(e), len(encoded), msg_id)
         self.frames_ok += 1
         return FrameReceived(Header(version, msg_id, flags, seq, plen), msg)
 
