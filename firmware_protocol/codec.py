@@ -160,6 +160,40 @@ def decode_payload(msg_id: int, payload: bytes | memoryview) -> BaseMessage:
     return cls(**decode_fields(_PLANS[msg_id], payload, cls.NAME))
 
 
+def _decode_str(buf: memoryview, off: int, f: Field, name: str) -> tuple[str, int]:
+    """A ``str`` field at ``off``: its value and the offset after it."""
+    if off + 1 > len(buf):
+        raise DecodeError(f"{name}.{f.name}: payload truncated")
+    n = buf[off]
+    off += 1
+    if n > f.max_len or off + n > len(buf):
+        raise DecodeError(f"{name}.{f.name}: bad string length {n}")
+    raw = bytes(buf[off : off + n])
+    if b"\x00" in raw:
+        raise DecodeError(f"{name}.{f.name}: NUL inside a string")
+    try:
+        return raw.decode("utf-8"), off + n
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"{name}.{f.name}: invalid UTF-8") from e
+
+
+def _decode_array(buf: memoryview, off: int, kind: str, codec: Any, f: Field,
+                  name: str) -> tuple[Any, int]:
+    """A counted array (``records``: a structured array; else a tuple) at ``off``."""
+    if off + 2 > len(buf):
+        raise DecodeError(f"{name}.{f.name}: payload truncated")
+    (n,) = _U16.unpack_from(buf, off)
+    off += 2
+    size = n * codec.itemsize
+    if n > f.max_len or off + size > len(buf):
+        raise DecodeError(f"{name}.{f.name}: bad element count {n}")
+    arr = np.frombuffer(buf, dtype=codec, count=n, offset=off)
+    off += size
+    if kind == "records":
+        return arr, off
+    return tuple(arr.tolist()), off
+
+
 def decode_fields(plan: Plan, payload: bytes | memoryview, name: str) -> dict[str, Any]:
     """The fields of ``plan`` read from ``payload``. Extension fields the payload ends before
     are left out (the message class gives their defaults); bytes after the last known field
@@ -181,34 +215,9 @@ def decode_fields(plan: Plan, payload: bytes | memoryview, name: str) -> dict[st
             continue
         f = fields[0]
         if kind == "str":
-            if off + 1 > n_total:
-                raise DecodeError(f"{name}.{f.name}: payload truncated")
-            n = buf[off]
-            off += 1
-            if n > f.max_len or off + n > n_total:
-                raise DecodeError(f"{name}.{f.name}: bad string length {n}")
-            raw = bytes(buf[off : off + n])
-            if b"\x00" in raw:
-                raise DecodeError(f"{name}.{f.name}: NUL inside a string")
-            try:
-                values[f.name] = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DecodeError(f"{name}.{f.name}: invalid UTF-8") from e
-            off += n
-            continue
-        if off + 2 > n_total:
-            raise DecodeError(f"{name}.{f.name}: payload truncated")
-        (n,) = _U16.unpack_from(buf, off)
-        off += 2
-        size = n * codec.itemsize
-        if n > f.max_len or off + size > n_total:
-            raise DecodeError(f"{name}.{f.name}: bad element count {n}")
-        arr = np.frombuffer(buf, dtype=codec, count=n, offset=off)
-        off += size
-        if kind == "records":
-            values[f.name] = arr
+            values[f.name], off = _decode_str(buf, off, f, name)
         else:
-            values[f.name] = tuple(arr.tolist())
+            values[f.name], off = _decode_array(buf, off, kind, codec, f, name)
     return values
 
 
@@ -238,7 +247,8 @@ def frame_bytes(msg_id: int, payload: bytes, seq: int = 0, flags: int = 0,
         raise EncodeError("seq must fit u16 and flags u8")
     raw = _HEADER.pack(version, msg_id, flags, seq, len(payload)) + payload
     crc = zlib.crc32(raw, CRC_SEEDS.get(msg_id, 0))
-    return cobs.encode(raw + _CRC.pack(crc)) + b"\x00"
+    encoded: bytes = cobs.encode(raw + _CRC.pack(crc))
+    return encoded + b"\x00"
 
 
 def encode_message_json(obj: dict[str, Any], seq: int = 0, flags: int = 0) -> bytes:

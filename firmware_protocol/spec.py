@@ -675,6 +675,43 @@ def field_range(message: str, field: str) -> Range | None:
     return next((f.range for f in MESSAGES_BY_NAME[message].fields if f.name == field), None)
 
 
+def _validate_field(m: Message, f: Field) -> None:
+    if f.range is not None and (not f.is_scalar or m.direction != "host_to_board"):
+        raise AssertionError(f"{m.name}.{f.name}: ranges are for scalar request fields")
+    if f.extension and f.type == "records":
+        raise AssertionError(f"{m.name}.{f.name}: records cannot be an extension field")
+    if f.type == "records":
+        if f.record not in RECORDS_BY_NAME:
+            raise AssertionError(f"{m.name}.{f.name}: unknown record {f.record}")
+    elif f.type == "str":
+        if not 0 < f.max_len < 256:
+            raise AssertionError(f"{m.name}.{f.name}: str needs max_len < 256")
+    elif f.is_array:
+        if f.elem_type not in SCALAR_TYPES or f.max_len <= 0:
+            raise AssertionError(f"{m.name}.{f.name}: bad array")
+    elif f.type not in SCALAR_TYPES:
+        raise AssertionError(f"{m.name}.{f.name}: unknown type {f.type}")
+
+
+def _validate_message(m: Message) -> None:
+    if not 0 < m.id < 256:
+        raise AssertionError(f"{m.name}: id out of range")
+    if m.acked and m.direction != "host_to_board":
+        raise AssertionError(f"{m.name}: only requests are acknowledged")
+    if m.reply and m.reply not in MESSAGES_BY_NAME:
+        raise AssertionError(f"{m.name}: unknown reply {m.reply}")
+    ext = [f.extension for f in m.fields]
+    if any(ext) and ext != sorted(ext):
+        raise AssertionError(f"{m.name}: extension fields must come after every other field")
+    if any(ext) and (m.frozen or m.stream):
+        raise AssertionError(f"{m.name}: frozen and stream messages take no extension fields")
+    for f in m.fields:
+        _validate_field(m, f)
+    size = max_payload_size(m)
+    if size > MAX_PAYLOAD:
+        raise AssertionError(f"{m.name}: can exceed MAX_PAYLOAD ({size} bytes)")
+
+
 def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
     for r in RECORDS:
         if any(f.extension for f in r.fields):
@@ -683,36 +720,7 @@ def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
     if len(set(ids)) != len(ids):
         raise AssertionError("duplicate message id in spec")
     for m in messages:
-        if not 0 < m.id < 256:
-            raise AssertionError(f"{m.name}: id out of range")
-        if m.acked and m.direction != "host_to_board":
-            raise AssertionError(f"{m.name}: only requests are acknowledged")
-        if m.reply and m.reply not in MESSAGES_BY_NAME:
-            raise AssertionError(f"{m.name}: unknown reply {m.reply}")
-        ext = [f.extension for f in m.fields]
-        if any(ext) and ext != sorted(ext):
-            raise AssertionError(f"{m.name}: extension fields must come after every other field")
-        if any(f.extension for f in m.fields) and (m.frozen or m.stream):
-            raise AssertionError(f"{m.name}: frozen and stream messages take no extension fields")
-        for f in m.fields:
-            if f.range is not None and (not f.is_scalar or m.direction != "host_to_board"):
-                raise AssertionError(f"{m.name}.{f.name}: ranges are for scalar request fields")
-            if f.extension and f.type == "records":
-                raise AssertionError(f"{m.name}.{f.name}: records cannot be an extension field")
-            if f.type == "records":
-                if f.record not in RECORDS_BY_NAME:
-                    raise AssertionError(f"{m.name}.{f.name}: unknown record {f.record}")
-            elif f.type == "str":
-                if not 0 < f.max_len < 256:
-                    raise AssertionError(f"{m.name}.{f.name}: str needs max_len < 256")
-            elif f.is_array:
-                if f.elem_type not in SCALAR_TYPES or f.max_len <= 0:
-                    raise AssertionError(f"{m.name}.{f.name}: bad array")
-            elif f.type not in SCALAR_TYPES:
-                raise AssertionError(f"{m.name}.{f.name}: unknown type {f.type}")
-        size = max_payload_size(m)
-        if size > MAX_PAYLOAD:
-            raise AssertionError(f"{m.name}: can exceed MAX_PAYLOAD ({size} bytes)")
+        _validate_message(m)
 
 
 def max_payload_size(m: Message) -> int:

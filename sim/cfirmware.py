@@ -516,7 +516,8 @@ class CFirmwareBoard(Board):
             times, recs, i = hit
             if i < len(times) and times[i] == t and (i == 0 or int(recs["pd_gain"][i - 1]) == gain):
                 self._aging_cache[c.index] = (times, recs, i + 1)
-                return recs[i]
+                rec: np.void = recs[i]
+                return rec
         nxt, interval = C.c_uint64(), C.c_uint64()
         self._lib.fw_channel_schedule(c.index, C.byref(nxt), C.byref(interval))
         n = 1
@@ -527,7 +528,8 @@ class CFirmwareBoard(Board):
         c.gain = gain
         recs = self._aging_samples([(c, times)])
         self._aging_cache[c.index] = (times, recs, 1)
-        return recs[0]
+        first: np.void = recs[0]
+        return first
 
     def _hal_spectrum(self, pixel: int, integration_ms: float, counts: Any, n: int, out: Any,
                       flags: Any) -> int:
