@@ -27,6 +27,8 @@ from .messages import MESSAGE_CLASSES, MESSAGE_CLASSES_BY_NAME, RECORD_DTYPES
 from .spec import (
     CRC_SEEDS,
     CRC_SIZE,
+    FROZEN_HEADER_VERSION,
+    FROZEN_IDS,
     HEADER_SIZE,
     MAX_PAYLOAD,
     MESSAGES_BY_ID,
@@ -236,7 +238,8 @@ class Header:
 def encode_frame(msg: BaseMessage, seq: int = 0, flags: int = 0) -> bytes:
     """A complete wire frame, COBS-encoded and 0x00-terminated."""
     payload = encode_payload(msg)
-    return frame_bytes(msg.MSG_ID, payload, seq, flags)
+    version = FROZEN_HEADER_VERSION if msg.MSG_ID in FROZEN_IDS else PROTOCOL_VERSION
+    return frame_bytes(msg.MSG_ID, payload, seq, flags, version)
 
 
 def frame_bytes(msg_id: int, payload: bytes, seq: int = 0, flags: int = 0,
@@ -393,7 +396,7 @@ class StreamDecoder:
             return self._error("crc", f"id 0x{msg_id:02X}", len(encoded), msg_id)
         if zlib.crc32(memoryview(raw)[: len(raw) - CRC_SIZE], seed) != crc:
             return self._error("crc", f"id 0x{msg_id:02X}", len(encoded), msg_id)
-        if version != self.version:
+        if version != self.version and not (msg_id in FROZEN_IDS and version == FROZEN_HEADER_VERSION):
             return self._error("version", f"frame version {version}, expected {self.version}",
                                len(encoded), msg_id)
         try:

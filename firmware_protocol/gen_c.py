@@ -9,6 +9,7 @@ from __future__ import annotations
 from .spec import (
     CRC_SEEDS,
     ENUMS,
+    FROZEN_HEADER_VERSION,
     HEADER_SIZE,
     MAX_PAYLOAD,
     MESSAGES,
@@ -273,6 +274,7 @@ def generate() -> str:
     w("#include <string.h>")
     w("")
     w(f"#define FP_PROTOCOL_VERSION {PROTOCOL_VERSION}")
+    w(f"#define FP_FROZEN_HEADER_VERSION {FROZEN_HEADER_VERSION}  /* header version of hello, hello_reply */")
     w(f"#define FP_SPEC_HASH 0x{SPEC_HASH:08X}u")
     w(f"#define FP_MAX_PAYLOAD {MAX_PAYLOAD}")
     w(f"#define FP_HEADER_SIZE {HEADER_SIZE}")
@@ -303,6 +305,12 @@ def generate() -> str:
     w("    }")
     w("}")
     w("")
+    w("/* The frozen handshake's frames carry FP_FROZEN_HEADER_VERSION whatever the protocol version,")
+    w("   so peers of any two versions handshake and say they differ. */")
+    w("static inline int fp_is_frozen(uint8_t msg_id) {")
+    w("    return " + " || ".join(f"msg_id == FP_MSG_{m.name.upper()}" for m in MESSAGES if m.frozen) + ";")
+    w("}")
+    w("")
     w("typedef struct { uint8_t version, msg_id, flags; uint16_t seq, payload_len; } fp_header_t;")
     w("")
     w("""/* Build a complete frame (COBS-encoded, 0x00-terminated) around payload. Returns its length,
@@ -313,7 +321,8 @@ static inline size_t fp_frame_encode(uint8_t msg_id, uint8_t flags, uint16_t seq
     uint32_t seed, crc;
     size_t n;
     if (len > FP_MAX_PAYLOAD || fp_crc_seed(msg_id, &seed) != 0) return 0;
-    raw[0] = FP_PROTOCOL_VERSION; raw[1] = msg_id; raw[2] = flags;
+    raw[0] = fp_is_frozen(msg_id) ? FP_FROZEN_HEADER_VERSION : FP_PROTOCOL_VERSION;
+    raw[1] = msg_id; raw[2] = flags;
     fp_put_u16(raw + 3, seq); fp_put_u16(raw + 5, (uint16_t)len);
     if (len) memcpy(raw + FP_HEADER_SIZE, payload, len);
     crc = fp_crc32(seed, raw, FP_HEADER_SIZE + len);
@@ -348,7 +357,9 @@ static inline int fp_frame_decode(const uint8_t *enc, size_t len, uint8_t *raw, 
     if (fp_crc_seed(h->msg_id, &seed) != 0) return FP_FRAME_ERR_UNKNOWN_ID;
     if (fp_crc32(seed, raw, (size_t)n - FP_CRC_SIZE) != fp_get_u32(raw + n - FP_CRC_SIZE))
         return FP_FRAME_ERR_CRC;
-    if (h->version != FP_PROTOCOL_VERSION) return FP_FRAME_ERR_VERSION;
+    if (h->version != FP_PROTOCOL_VERSION
+        && !(fp_is_frozen(h->msg_id) && h->version == FP_FROZEN_HEADER_VERSION))
+        return FP_FRAME_ERR_VERSION;
     *payload = raw + FP_HEADER_SIZE;
     return FP_FRAME_OK;
 }

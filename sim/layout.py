@@ -60,8 +60,8 @@ __all__ = [
 DEFAULT_AREA_MM2 = 4.0
 DEFAULT_PD_RADIUS_MM = 5.64
 DEFAULT_PD_DISTANCE_MM = 10.0
-MAX_PIXELS = 255  # pixel numbers are u8 on the wire, 0 meaning "none"
-_MAX_REPEAT = 64
+MAX_PIXELS = 1024  # pixel numbers are u16 on the wire (0: none); as many as aging channels
+_MAX_REPEAT = MAX_PIXELS
 
 
 class LayoutError(ValueError):

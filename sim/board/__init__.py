@@ -6,6 +6,23 @@ Board time is virtual (:mod:`sim.clock`); the board does everything due up to th
 given, in time order, in bulk (the aging samples of every due channel and timestamp in one
 numpy pass).
 
+Organised as a firmware is, one layer per module, each using only the layers below it
+(:class:`Board` is the top of the stack)::
+
+    core.py       Board: the main loop (everything due, in time order) and the fault plan
+    handlers.py   every request: its checks in the order below, and what it does
+    rings.py      stream_ack and stream_replay
+    safety.py     outputs off on every path: all_off, interlock, watchdog, reboot, failures
+    sweep.py      the sweep engine (SweepRun: program, timeline, physics; points and spectra)
+    aging.py      the aging scheduler (AgingChannel; samples in bulk; predicted self-stops)
+    status.py     status and capabilities
+    link.py       frames out (replies, events, stream blocks), the request queue, dispatch
+    state.py      constants, counters, the board's parts and what a reset does to them
+    endpoint.py   framing: reply cache, retries, unknown message ids
+
+Pixel and channel numbers are u16 on the wire (protocol version 2): up to 1024 channels (as
+many as ``status.aging_active`` names) and pixels.
+
 What a host can rely on
 -----------------------
 Requests

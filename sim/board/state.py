@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from firmware_protocol.base import BaseMessage
 from firmware_protocol.board import Request
+from firmware_protocol.channels import MAX_AGING_CHANNELS as SPEC_MAX_AGING_CHANNELS
 from firmware_protocol.messages import (
     AGING_SAMPLE_DTYPE,
     SWEEP_POINT_DTYPE,
@@ -57,7 +58,7 @@ FIRMWARE_VERSION = f"sim {SIM_VERSION}"
 DEFAULT_RING_DEPTH = 200_000
 SWEEP_RING_DEPTH = 20_000
 SPECTRUM_RING_DEPTH = 256
-MAX_AGING_CHANNELS = 256  # channel numbers are u8; status.aging_active carries any number
+MAX_AGING_CHANNELS = SPEC_MAX_AGING_CHANNELS  # channel numbers are u16; a status names up to 1024
 # the ranges of the spec (firmware_protocol/spec.py), reported in capabilities
 MIN_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.lo)
 MAX_AGING_INTERVAL_MS = int(AGING_INTERVAL_MS.hi)
@@ -71,7 +72,7 @@ MAX_SAMPLES_PER_ADVANCE = 50_000
 
 NO_SEQ = SEQ_MASK
 NO_SWEEP_ID = 0xFFFF
-NONE_CHANNEL = 0xFF
+NONE_CHANNEL = 0xFFFF
 
 
 def max_records(msg_name: str) -> int:

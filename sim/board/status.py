@@ -76,7 +76,7 @@ class BoardStatus(BoardLink):
         return Capabilities(
             n_substrates=self.layout.n_substrates,
             pixels_per_substrate=self.layout.pixels_per_substrate,
-            n_aging_channels=min(self.n_channels, 255), aging_channels=self.n_channels,
+            n_aging_channels=self.n_channels,
             n_temperature_sensors=self.layout.n_substrates + 1,
             smu_voltage_ranges_v=c.smu_voltage_ranges_v,
             smu_current_ranges_a=c.smu_current_ranges_a,
