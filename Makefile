@@ -40,7 +40,7 @@ build/firmware/libfw_host.so: $(FW_SRC) $(FW_HDR)
 # the same core for a Cortex-M3 (ARM MPS2 AN385, as qemu-system-arm -M mps2-an385 emulates it),
 # with a HAL modelling one LED pixel (firmware/arm/); sizes for a small MCU
 ARM_CC := arm-none-eabi-gcc
-ARM_SIZES := -DFW_MAX_CHANNELS=1 -DFW_MAX_PIXELS=1 -DFW_AGING_RING_MAX=128 -DFW_SWEEP_RING_MAX=32 \
+ARM_SIZES := -DFW_MAX_CHANNELS=1 -DFW_MAX_PIXELS=1 -DFW_AGING_RING_MAX=120 -DFW_SWEEP_RING_MAX=32 \
 	-DFW_SPECTRUM_RING_MAX=1 -DFW_SPECTRUM_PIXELS=64 -DFW_REPLY_CACHE=4 -DFW_QUEUE_DEPTH=2
 ARM_CFLAGS := -std=c99 -Wall -Wextra -Werror -Os -mcpu=cortex-m3 -mthumb -ffunction-sections \
 	-fdata-sections $(ARM_SIZES)

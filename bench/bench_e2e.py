@@ -28,11 +28,10 @@ run, so they compare across machines; the absolute figures depend on the machine
     daemon's MQTT sink publishes (default decimation, 1 Hz per pixel); latency = receipt time
     − the time the board produced the sample (board ``t_us`` mapped to wall time through the
     simulator's clock, speed 1, checked for slip). Null when Mosquitto is not installed.
-(e) ``cpu_pct_256ch_10hz``/``rss_mb_256ch_10hz``: a separate station process (store, 255
-    ``run_aging`` loops, MQTT + Influx sinks) aging 255 pixels at 10 Hz each (2,550 samples/s)
-    on a simulated 256-channel board — measured, not scaled: the board's channel set is
-    variable-length; 255, not 256, because pixel numbers are u8 with 0 meaning none, so a board
-    addresses at most 255 pixels. CPU time (getrusage) of that process over ~10 s
+(e) ``cpu_pct_256ch_10hz``/``rss_mb_256ch_10hz``: a separate station process (store, 256
+    ``run_aging`` loops, MQTT + Influx sinks) aging 256 pixels at 10 Hz each (2,560 samples/s)
+    on a simulated 256-channel board — measured, not scaled (pixel and channel numbers are u16
+    on the wire since protocol version 2). CPU time (getrusage) of that process over ~10 s
     (``--quick``: ~4 s), % of one core.
 
 Progress goes to stderr; ``--json`` prints one JSON object. No assertion: it reports.
@@ -90,7 +89,7 @@ GOALS = {
     "cpu_pct_256ch_10hz": ("<=", 25.0),
 }
 N_CH = 32  # aging channels of (a) and (b)
-DAEMON_CH = 255  # (d, e): every pixel a board addresses, on a 256-channel board
+DAEMON_CH = 256  # (d, e): every channel of a 256-channel board, one pixel each
 DAEMON_BOARD_CH = 256
 AGING_J_MA_CM2 = 2.0
 AREA_MM2 = 4.0
@@ -660,7 +659,7 @@ async def bench_daemon(tmp: Path, quick: bool, servers: Servers) -> dict[str, An
     lat: list[float] = []
     sub_task = None
     stop_sub = asyncio.Event()
-    layout = "dbsa*64,dbsa*64,dbsa*64,dbsa*63"  # 255 pixels: the most a board addresses
+    layout = f"dbsa*{DAEMON_CH}"
     async with sim_child(tmp, "daemon", layout=layout, speed=1.0,
                          channels=DAEMON_BOARD_CH) as (sc, ready):
         offset = float(ready["epoch_offset_s"])

@@ -16,11 +16,12 @@
 #define SEQ_MASK 0xFFFFFFFFu
 #define NO_SEQ 0xFFFFFFFFu
 #define NO_SWEEP_ID 0xFFFFu
-#define NONE_CHANNEL 0xFFu
+#define NONE_CHANNEL 0xFFFFu
 #define AUTO_RANGE 0xFFu
-#define AGING_PER_FRAME 31
-#define SWEEP_PER_FRAME 28
-#define SPEC_PAYLOAD_MAX (4 + 8 + 2 + 2 + 1 + 1 + 4 * 4 + 2 + 2 * FW_SPECTRUM_PIXELS)
+/* records per stream frame: the array lengths of the generated messages */
+#define AGING_PER_FRAME ((uint16_t)(sizeof ((fp_aging_samples_t *)0)->records / sizeof(fp_aging_sample_t)))
+#define SWEEP_PER_FRAME ((uint16_t)(sizeof ((fp_sweep_points_t *)0)->records / sizeof(fp_sweep_point_t)))
+#define SPEC_PAYLOAD_MAX (4 + 8 + 2 + 2 + 2 + 1 + 4 * 4 + 2 + 2 * FW_SPECTRUM_PIXELS)
 #define REPLY_MAX 320
 #define MAX_SWEEP_POINTS 2000
 #define MIN_AGING_INTERVAL_MS 10u
@@ -72,7 +73,8 @@ static void ring_replay_range(const ring_t *r, uint32_t from32, uint32_t to32, i
 
 /* ---- state ------------------------------------------------------------------------------------ */
 typedef struct {
-    uint8_t active, pixel, gain;
+    uint8_t active, gain;
+    uint16_t pixel;
     float current_a, compliance_v;
     uint64_t interval_us, next_t;
 } channel_t;
@@ -80,7 +82,8 @@ typedef struct {
 typedef struct {
     uint8_t active;
     uint16_t sweep_id;
-    uint8_t pixel, options, gain, autorange, stop_on_compliance;
+    uint16_t pixel;
+    uint8_t options, gain, autorange, stop_on_compliance;
     uint8_t is_list;
     double start, step, stop;
     float list[200];
@@ -298,7 +301,7 @@ static void respond_error(uint16_t seq, uint8_t code, uint8_t ref, const char *d
     respond(seq, FP_MSG_ERROR);
 }
 
-static void event(uint8_t code, uint8_t ch, uint8_t pixel, float value, const char *detail) {
+static void event(uint8_t code, uint16_t ch, uint16_t pixel, float value, const char *detail) {
     fp_event_t m;
     memset(&m, 0, sizeof m);
     m.code = code; m.channel = ch; m.pixel = pixel;
@@ -325,13 +328,13 @@ static int finite_arg(const char *name, float v) {
     return 0;
 }
 static uint16_t n_pixels(void) { return (uint16_t)(cfg.n_substrates * cfg.pixels_per_substrate); }
-static int pixel_arg(uint8_t pixel, int allow_none) {
+static int pixel_arg(uint16_t pixel, int allow_none) {
     if (pixel < (allow_none ? 0 : 1) || pixel > n_pixels())
         return fail(FP_ERROR_CODE_BAD_ARGUMENT, "pixel %u unknown: board has pixels 1..%u%s", pixel,
                     n_pixels(), allow_none ? " (0 = none)" : "");
     return 0;
 }
-static int channel_arg(uint8_t ch) {
+static int channel_arg(uint16_t ch) {
     if (ch >= cfg.n_channels)
         return fail(FP_ERROR_CODE_BAD_ARGUMENT, "channel %u unknown: board has channels 0..%u", ch,
                     cfg.n_channels - 1);
@@ -360,7 +363,7 @@ static int interlock_closed(const char *what) {
         return fail(FP_ERROR_CODE_INTERLOCK, "%s: interlock is open; outputs are disabled", what);
     return 0;
 }
-static int channel_of_pixel(uint8_t pixel) {
+static int channel_of_pixel(uint16_t pixel) {
     int i;
     for (i = 0; i < cfg.n_channels; i++)
         if (channels[i].active && channels[i].pixel == pixel) return i;
@@ -378,7 +381,7 @@ static void push_aging(fp_aging_sample_t *rec) {
     block_add(1, slot);
 }
 
-static void aging_sample(uint8_t ch, uint64_t t, uint8_t extra_flags) {
+static void aging_sample(uint16_t ch, uint64_t t, uint8_t extra_flags) {
     fp_aging_sample_t rec;
     channel_t *c = &channels[ch];
     memset(&rec, 0, sizeof rec);
@@ -401,27 +404,27 @@ static void run_aging(uint64_t t_end, int inclusive) {
                 && (best < 0 || channels[i].next_t < channels[best].next_t))
                 best = i;
         if (best < 0) break;
-        aging_sample((uint8_t)best, channels[best].next_t, 0);
+        aging_sample((uint16_t)best, channels[best].next_t, 0);
         channels[best].next_t += channels[best].interval_us;
     }
 }
 
-static void stop_channel(uint8_t ch, uint8_t cause) {
+static void stop_channel(uint16_t ch, uint8_t cause) {
     static const uint8_t extra[] = {0, FP_SAMPLE_FLAGS_SHORT, FP_SAMPLE_FLAGS_OPEN, FP_SAMPLE_FLAGS_COMPLIANCE, 0, 0};
     char d[65];
     channel_t *c = &channels[ch];
-    uint8_t px = c->pixel;
+    uint16_t px = c->pixel;
     uint64_t seq_before = (uint64_t)r_aging.head;
-    float v;
+    fp_aging_sample_t last;
     if (!c->active) return;
     aging_sample(ch, now_us, (uint8_t)(FP_SAMPLE_FLAGS_STOPPED | extra[cause]));
-    v = fp_get_f32(aging_buf[seq_before % r_aging.depth] + 4 + 8 + 4 + 4);
+    fp_aging_sample_get(aging_buf[seq_before % r_aging.depth], &last);
     hal_aging_off(ch);
     c->active = 0;
     switch (cause) {
     case FW_STOP_SHORT:
         snprintf(d, sizeof d, "pixel %u shorted; channel %u stopped", px, ch);
-        event(FP_EVENT_CODE_PIXEL_SHORT, ch, px, v, d);
+        event(FP_EVENT_CODE_PIXEL_SHORT, ch, px, last.voltage_v, d);
         break;
     case FW_STOP_OPEN:
         snprintf(d, sizeof d, "pixel %u open; channel %u stopped", px, ch);
@@ -489,7 +492,7 @@ static void outputs_off(uint8_t cause) {
     int i;
     smu_off(cause == FW_STOP_INTERLOCK ? FP_SWEEP_END_INTERLOCK : FP_SWEEP_END_ABORTED);
     for (i = 0; i < cfg.n_channels; i++)
-        if (channels[i].active) stop_channel((uint8_t)i, cause);
+        if (channels[i].active) stop_channel((uint16_t)i, cause);
 }
 
 static uint64_t sweep_next_t(void) {
@@ -905,14 +908,15 @@ static void finish(const request_t *req) {
         respond(req->seq, FP_MSG_SMU_READING);
     } else if (req->msg_id == FP_MSG_PD_READ) {
         fp_pd_reading_t *r = &out_msg.pd_reading;
-        uint8_t px = m->pd_read.pixel, g = pd_gain[px];
+        uint16_t px = m->pd_read.pixel;
+        uint8_t g = pd_gain[px];
         hal_pd_read(px, m->pd_read.n, m->pd_read.integration_ms, &g, pd_auto[px], &r->mean_a, &r->std_a, &r->flags);
         pd_gain[px] = g;
         r->pixel = px;
         r->gain_index = g;
         respond(req->seq, FP_MSG_PD_READING);
     } else if (req->msg_id == FP_MSG_SPECTRUM_ACQUIRE) {
-        uint8_t px = m->spectrum_acquire.pixel;
+        uint16_t px = m->spectrum_acquire.pixel;
         float integ = m->spectrum_acquire.integration_ms;
         fp_spectrum_t *s = &req_msg.spectrum; /* the request's fields are read: reuse its space */
         uint32_t slot;
@@ -1172,7 +1176,7 @@ void fw_interlock(int open) {
     flush_block();
 }
 
-void fw_aging_fault(uint8_t ch, uint8_t cause) {
+void fw_aging_fault(uint16_t ch, uint8_t cause) {
     if (ch < cfg.n_channels && channels[ch].active) stop_channel(ch, cause);
     flush_block();
 }
@@ -1251,8 +1255,7 @@ int fw_init(const fw_config_t *c) {
     if (caps.spectrometer_pixels > FW_SPECTRUM_PIXELS) return -1;
     caps.n_substrates = cfg.n_substrates;
     caps.pixels_per_substrate = cfg.pixels_per_substrate;
-    caps.n_aging_channels = (uint8_t)(cfg.n_channels > 255 ? 255 : cfg.n_channels);
-    caps.aging_channels = cfg.n_channels;
+    caps.n_aging_channels = cfg.n_channels;
     caps.n_temperature_sensors = (uint8_t)(cfg.n_substrates + 1);
     caps.spectrum_kind = FP_SPECTRUM_KIND_PHOTON_COUNTS;
     caps.ring_depth = cfg.aging_ring_depth;
@@ -1289,7 +1292,7 @@ void fw_reboot(void) {
         }
     }
     for (i = 0; i < cfg.n_channels; i++)
-        if (channels[i].active) hal_aging_off((uint8_t)i);
+        if (channels[i].active) hal_aging_off((uint16_t)i);
     reset_volatile();
     new_boot_id();
     if (cfg.reboot_loses_ring) {
@@ -1310,7 +1313,7 @@ const fw_counters_t *fw_counters(void) { return &counters; }
 uint32_t fw_boot_id(void) { return boot_id; }
 uint64_t fw_now_us(void) { return now_us; }
 uint64_t fw_clock_us(void) { return now_us - clock_base_us; }
-uint8_t fw_channel_pixel(uint16_t ch) { return ch < cfg.n_channels && channels[ch].active ? channels[ch].pixel : 0; }
+uint16_t fw_channel_pixel(uint16_t ch) { return ch < cfg.n_channels && channels[ch].active ? channels[ch].pixel : 0; }
 
 size_t fw_status_payload(uint8_t *buf, size_t cap) {
     fp_status_t st;

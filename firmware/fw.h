@@ -43,7 +43,7 @@
 
 typedef struct {
     uint8_t n_substrates;
-    uint8_t pixels_per_substrate;
+    uint16_t pixels_per_substrate;
     uint16_t n_channels;        /* aging channels, 1..FW_MAX_CHANNELS */
     uint32_t aging_ring_depth;  /* <= FW_AGING_RING_MAX */
     uint32_t sweep_ring_depth;  /* <= FW_SWEEP_RING_MAX */
@@ -80,7 +80,7 @@ void fw_interlock(int open);
 #define FW_STOP_COMPLIANCE 3
 #define FW_STOP_INTERLOCK 4
 #define FW_STOP_WATCHDOG 5
-void fw_aging_fault(uint8_t ch, uint8_t cause);
+void fw_aging_fault(uint16_t ch, uint8_t cause);
 
 /* ---- introspection (the firmware-in-the-loop and tests) ---------------------------------- */
 typedef struct {
@@ -98,7 +98,7 @@ uint64_t fw_now_us(void);
 /* Board clock as messages carry it (fw_now_us minus the epoch). */
 uint64_t fw_clock_us(void);
 /* Running channel's pixel (0: channel idle). */
-uint8_t fw_channel_pixel(uint16_t ch);
+uint16_t fw_channel_pixel(uint16_t ch);
 /* A running channel's schedule: its next sample time and interval (0, 0 when idle). */
 void fw_channel_schedule(uint16_t ch, uint64_t *next_t, uint64_t *interval_us);
 /* Time of the next request to run or finish (UINT64_MAX when none is queued or running). */

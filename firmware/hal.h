@@ -39,7 +39,7 @@ typedef struct {
     uint8_t mode;        /* FP_SMU_MODE_SOURCE_V / _SOURCE_I */
     uint8_t range_index; /* of the measured quantity, 0xFF autorange */
     uint8_t output_on;
-    uint8_t pixel;       /* multiplexer: 1-based, 0 none */
+    uint16_t pixel;       /* multiplexer: 1-based, 0 none */
     float compliance;    /* A (source V) or V (source I) */
     float integration_ms;
     float level;         /* V or A */
@@ -61,31 +61,31 @@ void hal_smu_measure(const hal_smu_state_t *s, float *voltage_v, float *current_
  * autoranged when asked) and flags (COMPLIANCE when current-limited at compliance_a,
  * PD_SATURATED, AUTORANGED) of rec. v_set is the point's programmed voltage; dt_us the point's
  * duration (a model of the device ages it by that much). */
-void hal_sweep_point(uint8_t pixel, float v_set, float compliance_a, float integration_ms,
+void hal_sweep_point(uint16_t pixel, float v_set, float compliance_a, float integration_ms,
                      uint8_t autorange, uint32_t dt_us, fp_sweep_point_t *rec);
 
 /* ---- photodiodes ----------------------------------------------------------------------------- */
 /* Average n readings of a pixel's photodiode (transimpedance amp + ADC), each integrating
  * integration_ms; *gain in/out (autoranged when autorange). flags as above. */
-void hal_pd_read(uint8_t pixel, uint16_t n, float integration_ms, uint8_t *gain,
+void hal_pd_read(uint16_t pixel, uint16_t n, float integration_ms, uint8_t *gain,
                  uint8_t autorange, float *mean_a, float *std_a, uint8_t *flags);
 
 /* ---- aging drivers (one constant-current source per channel) --------------------------------- */
 /* Drive pixel at current_a with voltage compliance compliance_v on channel ch (on at once). */
-void hal_aging_on(uint8_t ch, uint8_t pixel, float current_a, float compliance_v);
+void hal_aging_on(uint16_t ch, uint16_t pixel, float current_a, float compliance_v);
 /* Channel output off (immediate). */
-void hal_aging_off(uint8_t ch);
+void hal_aging_off(uint16_t ch);
 /* Read channel ch at board time t_us: fills current_a, voltage_v, photodiode_a, pd_gain,
  * temperature_c and flags (SHORT / OPEN / COMPLIANCE as the driver's status pins say,
  * PD_SATURATED, AUTORANGED) of rec. *gain in/out: the channel's photodiode gain (autoranged). */
-void hal_aging_sample(uint8_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_t *rec);
+void hal_aging_sample(uint16_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_t *rec);
 
 /* ---- spectrometer ---------------------------------------------------------------------------- */
 /* One spectrum of pixel at its present operating point, integrating integration_ms: counts
  * (n pixels, the capabilities' spectrometer_pixels), the mean dark level, flags (bit0 saturated),
  * and the pixel's voltage and current while it was taken. Returns 0, or -1 if the spectrometer
  * failed. */
-int hal_spectrum(uint8_t pixel, float integration_ms, uint16_t *counts, uint16_t n,
+int hal_spectrum(uint16_t pixel, float integration_ms, uint16_t *counts, uint16_t n,
                  float *dark_counts, uint8_t *flags, float *voltage_v, float *current_a);
 
 /* ---- what the board has ---------------------------------------------------------------------- */

@@ -14,19 +14,19 @@ typedef struct {
     int (*interlock_closed)(void);
     uint8_t (*temperatures)(float *out, uint8_t max);
     /* mode, range, on, pixel, compliance, integration_ms, level */
-    void (*smu_apply)(uint8_t, uint8_t, uint8_t, uint8_t, float, float, float);
+    void (*smu_apply)(uint8_t, uint8_t, uint8_t, uint16_t, float, float, float);
     /* out: v, i, pd (float[3]); gain in/out; autorange; flags out */
     void (*smu_measure)(float *out3, uint8_t *gain, uint8_t autorange, uint8_t *flags);
     /* pixel, v_set, compliance, integration, autorange, dt_us; out: v, i, pd; gain in/out; flags */
-    void (*sweep_point)(uint8_t, float, float, float, uint8_t, uint32_t, float *out3, uint8_t *gain, uint8_t *flags);
-    void (*pd_read)(uint8_t pixel, uint16_t n, float integration_ms, uint8_t *gain, uint8_t autorange,
+    void (*sweep_point)(uint16_t, float, float, float, uint8_t, uint32_t, float *out3, uint8_t *gain, uint8_t *flags);
+    void (*pd_read)(uint16_t pixel, uint16_t n, float integration_ms, uint8_t *gain, uint8_t autorange,
                     float *out2, uint8_t *flags);
-    void (*aging_on)(uint8_t ch, uint8_t pixel, float current_a, float compliance_v);
-    void (*aging_off)(uint8_t ch);
+    void (*aging_on)(uint16_t ch, uint16_t pixel, float current_a, float compliance_v);
+    void (*aging_off)(uint16_t ch);
     /* out: current, voltage, pd, temperature; gain in/out; flags out */
-    void (*aging_sample)(uint8_t ch, uint64_t t_us, uint8_t *gain, float *out4, uint8_t *flags);
+    void (*aging_sample)(uint16_t ch, uint64_t t_us, uint8_t *gain, float *out4, uint8_t *flags);
     /* out: dark, v, i; flags out; returns 0 or -1 */
-    int (*spectrum)(uint8_t pixel, float integration_ms, uint16_t *counts, uint16_t n, float *out3, uint8_t *flags);
+    int (*spectrum)(uint16_t pixel, float integration_ms, uint16_t *counts, uint16_t n, float *out3, uint8_t *flags);
     /* the capabilities, as a packed capabilities payload (the Python codec builds it) */
     size_t (*capabilities)(uint8_t *buf, size_t cap);
 } fw_host_hal_t;
@@ -55,7 +55,7 @@ void hal_smu_measure(const hal_smu_state_t *s, float *voltage_v, float *current_
     *voltage_v = o[0]; *current_a = o[1]; *photodiode_a = o[2];
 }
 
-void hal_sweep_point(uint8_t pixel, float v_set, float compliance_a, float integration_ms, uint8_t autorange,
+void hal_sweep_point(uint16_t pixel, float v_set, float compliance_a, float integration_ms, uint8_t autorange,
                      uint32_t dt_us, fp_sweep_point_t *rec) {
     float o[3] = {0, 0, 0};
     uint8_t flags = 0;
@@ -64,19 +64,19 @@ void hal_sweep_point(uint8_t pixel, float v_set, float compliance_a, float integ
     rec->flags = flags;
 }
 
-void hal_pd_read(uint8_t pixel, uint16_t n, float integration_ms, uint8_t *gain, uint8_t autorange,
+void hal_pd_read(uint16_t pixel, uint16_t n, float integration_ms, uint8_t *gain, uint8_t autorange,
                  float *mean_a, float *std_a, uint8_t *flags) {
     float o[2] = {0, 0};
     H.pd_read(pixel, n, integration_ms, gain, autorange, o, flags);
     *mean_a = o[0]; *std_a = o[1];
 }
 
-void hal_aging_on(uint8_t ch, uint8_t pixel, float current_a, float compliance_v) {
+void hal_aging_on(uint16_t ch, uint16_t pixel, float current_a, float compliance_v) {
     H.aging_on(ch, pixel, current_a, compliance_v);
 }
-void hal_aging_off(uint8_t ch) { H.aging_off(ch); }
+void hal_aging_off(uint16_t ch) { H.aging_off(ch); }
 
-void hal_aging_sample(uint8_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_t *rec) {
+void hal_aging_sample(uint16_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_t *rec) {
     float o[4] = {0, 0, 0, 0};
     uint8_t flags = 0;
     H.aging_sample(ch, t_us, gain, o, &flags);
@@ -85,7 +85,7 @@ void hal_aging_sample(uint8_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_
     rec->flags = flags;
 }
 
-int hal_spectrum(uint8_t pixel, float integration_ms, uint16_t *counts, uint16_t n, float *dark_counts,
+int hal_spectrum(uint16_t pixel, float integration_ms, uint16_t *counts, uint16_t n, float *dark_counts,
                  uint8_t *flags, float *voltage_v, float *current_a) {
     float o[3] = {0, 0, 0};
     int rc = H.spectrum(pixel, integration_ms, counts, n, o, flags);

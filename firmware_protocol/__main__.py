@@ -58,6 +58,36 @@ def _decode(stream: Any, out: Any) -> int:
     return 0
 
 
+def _encode(seq: int, flags: int) -> int:
+    try:
+        obj = json.loads(sys.stdin.read())
+        sys.stdout.buffer.write(encode_message_json(obj, seq, flags))
+    except json.JSONDecodeError as ex:
+        print(f"error: stdin is not JSON: {ex}", file=sys.stderr)
+        return 2
+    except EncodeError as ex:
+        print(f"error: {ex}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check(write: bool) -> int:
+    """1 when a generated file in the repo is stale (rewritten instead with ``write``)."""
+    stale = []
+    for rel, gen in GENERATED.items():
+        text = gen() + ("\n" if rel.endswith(".md") else "")
+        path = ROOT / rel
+        if not path.exists() or path.read_text() != text:
+            stale.append(rel)
+            if write:
+                path.write_text(text)
+    if stale and not write:
+        print("stale generated files (run python -m firmware_protocol check --write): "
+              + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m firmware_protocol", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,30 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "python":
         sys.stdout.write(gen_python.generate())
     elif args.cmd == "encode":
-        try:
-            obj = json.loads(sys.stdin.read())
-            sys.stdout.buffer.write(encode_message_json(obj, args.seq, args.flags))
-        except json.JSONDecodeError as ex:
-            print(f"error: stdin is not JSON: {ex}", file=sys.stderr)
-            return 2
-        except EncodeError as ex:
-            print(f"error: {ex}", file=sys.stderr)
-            return 2
+        return _encode(args.seq, args.flags)
     elif args.cmd == "decode":
         return _decode(sys.stdin.buffer, sys.stdout)
     elif args.cmd == "check":
-        stale = []
-        for rel, gen in GENERATED.items():
-            text = gen() + ("\n" if rel.endswith(".md") else "")
-            path = ROOT / rel
-            if not path.exists() or path.read_text() != text:
-                stale.append(rel)
-                if args.write:
-                    path.write_text(text)
-        if stale and not args.write:
-            print("stale generated files (run python -m firmware_protocol check --write): "
-                  + ", ".join(stale), file=sys.stderr)
-            return 1
+        return _check(args.write)
     return 0
 
 

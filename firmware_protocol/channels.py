@@ -1,10 +1,11 @@
-"""Aging channel sets of any size (up to 256 channels).
+"""Aging channel sets of any size (up to 1024 channels).
 
-``status.aging_active_mask`` (u32) names channels 0..31 only; boards with more channels also
-send the extension field ``status.aging_active``, a bitmask of ``ceil(n / 8)`` bytes (bit k % 8
-of byte k // 8 is channel k), and report their count in ``capabilities.aging_channels`` (the u8
-``n_aging_channels`` stops at 255). These helpers read and write both, so a host works with a
-32-channel board of an older spec and a 256-channel one alike.
+Channel and pixel numbers are u16 on the wire (protocol version 2), and
+``capabilities.n_aging_channels`` is a u16. ``status.aging_active_mask`` (u32) names channels
+0..31 only; boards with more channels also send the extension field ``status.aging_active``, a
+bitmask of ``ceil(n / 8)`` bytes (bit k % 8 of byte k // 8 is channel k; at most 128 bytes, so
+1024 channels). These helpers read and write both, so a host works with a 32-channel board and
+a 256- or 1024-channel one alike.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-MAX_AGING_CHANNELS = 256  # channel numbers are u8 on the wire
+from firmware_protocol.spec import MESSAGES_BY_NAME
+
+MAX_AGING_CHANNELS = 8 * next(f.max_len for f in MESSAGES_BY_NAME["status"].fields
+                              if f.name == "aging_active")
+"""The most channels a status can name (1024): channel numbers are u16 on the wire."""
 
 
 def aging_channel_count(caps: Any) -> int:
     """The board's number of aging channels (``capabilities``)."""
-    return int(getattr(caps, "aging_channels", 0) or caps.n_aging_channels)
+    return int(caps.n_aging_channels)
 
 
 def active_channels(status: Any) -> frozenset[int]:

@@ -27,6 +27,8 @@ from .messages import MESSAGE_CLASSES, MESSAGE_CLASSES_BY_NAME, RECORD_DTYPES
 from .spec import (
     CRC_SEEDS,
     CRC_SIZE,
+    FROZEN_HEADER_VERSION,
+    FROZEN_IDS,
     HEADER_SIZE,
     MAX_PAYLOAD,
     MESSAGES_BY_ID,
@@ -160,6 +162,40 @@ def decode_payload(msg_id: int, payload: bytes | memoryview) -> BaseMessage:
     return cls(**decode_fields(_PLANS[msg_id], payload, cls.NAME))
 
 
+def _decode_str(buf: memoryview, off: int, f: Field, name: str) -> tuple[str, int]:
+    """A ``str`` field at ``off``: its value and the offset after it."""
+    if off + 1 > len(buf):
+        raise DecodeError(f"{name}.{f.name}: payload truncated")
+    n = buf[off]
+    off += 1
+    if n > f.max_len or off + n > len(buf):
+        raise DecodeError(f"{name}.{f.name}: bad string length {n}")
+    raw = bytes(buf[off : off + n])
+    if b"\x00" in raw:
+        raise DecodeError(f"{name}.{f.name}: NUL inside a string")
+    try:
+        return raw.decode("utf-8"), off + n
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"{name}.{f.name}: invalid UTF-8") from e
+
+
+def _decode_array(buf: memoryview, off: int, kind: str, codec: Any, f: Field,
+                  name: str) -> tuple[Any, int]:
+    """A counted array (``records``: a structured array; else a tuple) at ``off``."""
+    if off + 2 > len(buf):
+        raise DecodeError(f"{name}.{f.name}: payload truncated")
+    (n,) = _U16.unpack_from(buf, off)
+    off += 2
+    size = n * codec.itemsize
+    if n > f.max_len or off + size > len(buf):
+        raise DecodeError(f"{name}.{f.name}: bad element count {n}")
+    arr = np.frombuffer(buf, dtype=codec, count=n, offset=off)
+    off += size
+    if kind == "records":
+        return arr, off
+    return tuple(arr.tolist()), off
+
+
 def decode_fields(plan: Plan, payload: bytes | memoryview, name: str) -> dict[str, Any]:
     """The fields of ``plan`` read from ``payload``. Extension fields the payload ends before
     are left out (the message class gives their defaults); bytes after the last known field
@@ -181,34 +217,9 @@ def decode_fields(plan: Plan, payload: bytes | memoryview, name: str) -> dict[st
             continue
         f = fields[0]
         if kind == "str":
-            if off + 1 > n_total:
-                raise DecodeError(f"{name}.{f.name}: payload truncated")
-            n = buf[off]
-            off += 1
-            if n > f.max_len or off + n > n_total:
-                raise DecodeError(f"{name}.{f.name}: bad string length {n}")
-            raw = bytes(buf[off : off + n])
-            if b"\x00" in raw:
-                raise DecodeError(f"{name}.{f.name}: NUL inside a string")
-            try:
-                values[f.name] = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DecodeError(f"{name}.{f.name}: invalid UTF-8") from e
-            off += n
-            continue
-        if off + 2 > n_total:
-            raise DecodeError(f"{name}.{f.name}: payload truncated")
-        (n,) = _U16.unpack_from(buf, off)
-        off += 2
-        size = n * codec.itemsize
-        if n > f.max_len or off + size > n_total:
-            raise DecodeError(f"{name}.{f.name}: bad element count {n}")
-        arr = np.frombuffer(buf, dtype=codec, count=n, offset=off)
-        off += size
-        if kind == "records":
-            values[f.name] = arr
+            values[f.name], off = _decode_str(buf, off, f, name)
         else:
-            values[f.name] = tuple(arr.tolist())
+            values[f.name], off = _decode_array(buf, off, kind, codec, f, name)
     return values
 
 
@@ -227,7 +238,8 @@ class Header:
 def encode_frame(msg: BaseMessage, seq: int = 0, flags: int = 0) -> bytes:
     """A complete wire frame, COBS-encoded and 0x00-terminated."""
     payload = encode_payload(msg)
-    return frame_bytes(msg.MSG_ID, payload, seq, flags)
+    version = FROZEN_HEADER_VERSION if msg.MSG_ID in FROZEN_IDS else PROTOCOL_VERSION
+    return frame_bytes(msg.MSG_ID, payload, seq, flags, version)
 
 
 def frame_bytes(msg_id: int, payload: bytes, seq: int = 0, flags: int = 0,
@@ -238,7 +250,8 @@ def frame_bytes(msg_id: int, payload: bytes, seq: int = 0, flags: int = 0,
         raise EncodeError("seq must fit u16 and flags u8")
     raw = _HEADER.pack(version, msg_id, flags, seq, len(payload)) + payload
     crc = zlib.crc32(raw, CRC_SEEDS.get(msg_id, 0))
-    return cobs.encode(raw + _CRC.pack(crc)) + b"\x00"
+    encoded: bytes = cobs.encode(raw + _CRC.pack(crc))
+    return encoded + b"\x00"
 
 
 def encode_message_json(obj: dict[str, Any], seq: int = 0, flags: int = 0) -> bytes:
@@ -297,6 +310,9 @@ class FrameError:
     reason: str
     detail: str
     nbytes: int
+    msg_id: int | None = None
+    """The frame's message id when its header could be read (``unknown_id``, ``crc``, ``version``,
+    ``payload``), else None."""
 
 
 ERROR_REASONS = ("oversize", "cobs", "short", "crc", "version", "length", "unknown_id", "payload")
@@ -355,9 +371,9 @@ class StreamDecoder:
                 continue
             events.append(self._decode_frame(encoded))
 
-    def _error(self, reason: str, detail: str, nbytes: int) -> FrameError:
+    def _error(self, reason: str, detail: str, nbytes: int, msg_id: int | None = None) -> FrameError:
         self.errors[reason] += 1
-        return FrameError(reason, detail, nbytes)
+        return FrameError(reason, detail, nbytes, msg_id)
 
     def _decode_frame(self, encoded: bytes) -> FrameReceived | FrameError:
         try:
@@ -376,17 +392,17 @@ class StreamDecoder:
             # Unknown ids cannot be CRC-checked against a seed; check with 0 so that a
             # clean frame of a newer spec is reported as unknown, noise as CRC.
             if zlib.crc32(memoryview(raw)[: len(raw) - CRC_SIZE], 0) == crc:
-                return self._error("unknown_id", f"message id 0x{msg_id:02X}", len(encoded))
-            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded))
+                return self._error("unknown_id", f"message id 0x{msg_id:02X}", len(encoded), msg_id)
+            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded), msg_id)
         if zlib.crc32(memoryview(raw)[: len(raw) - CRC_SIZE], seed) != crc:
-            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded))
-        if version != self.version:
+            return self._error("crc", f"id 0x{msg_id:02X}", len(encoded), msg_id)
+        if version != self.version and not (msg_id in FROZEN_IDS and version == FROZEN_HEADER_VERSION):
             return self._error("version", f"frame version {version}, expected {self.version}",
-                               len(encoded))
+                               len(encoded), msg_id)
         try:
             msg = decode_payload(msg_id, memoryview(raw)[HEADER_SIZE : len(raw) - CRC_SIZE])
         except DecodeError as e:
-            return self._error("payload", str(e), len(encoded))
+            return self._error("payload", str(e), len(encoded), msg_id)
         self.frames_ok += 1
         return FrameReceived(Header(version, msg_id, flags, seq, plen), msg)
 

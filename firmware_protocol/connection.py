@@ -654,22 +654,7 @@ class Connection:
     def _handle(self, fr: FrameReceived) -> None:
         msg, hdr = fr.message, fr.header
         if hdr.flags & FrameFlags.RESPONSE and hdr.seq:
-            p = self._pending.pop(hdr.seq, None)
-            if p is None:
-                self.stats.late_replies += 1  # a reply to a retry already answered
-                return
-            if hdr.seq == self._hello_seq:
-                self._on_hello(p, msg)
-                return
-            if isinstance(msg, Error):
-                self._events.append(RequestFailed(hdr.seq, p.name, msg.code, msg.detail))
-                return
-            expected = MESSAGES_BY_NAME[p.name].reply or "ok"
-            if expected != msg.NAME:
-                self._events.append(RequestFailed(hdr.seq, p.name, -1,
-                                                  f"expected {expected}, got {msg.NAME}"))
-                return
-            self._events.append(Response(hdr.seq, p.name, msg))
+            self._on_reply(hdr.seq, msg)
             return
         if self.state is not ConnState.READY:
             return  # stale stream data from before the handshake
@@ -680,32 +665,57 @@ class Connection:
             self._on_records(stream, msg.records)
             return
         if isinstance(msg, Spectrum):
-            tr = self.trackers[Stream.SPECTRUM]
-            new, seq64, gaps = tr.accept(np.array([msg.seq], dtype=np.uint32))
-            for lo, hi in gaps:
-                self._events.append(GapDetected(Stream.SPECTRUM, lo, hi))
-            if new[0]:
-                self._note_board_time(msg.t_us)
-                if self.t_offset_us:
-                    msg = dataclasses.replace(msg, t_us=msg.t_us + self.t_offset_us)
-                tr.last_t_us = msg.t_us
-                self._events.append(SpectrumReceived(msg, int(seq64[0]), self.epoch))
+            self._on_spectrum(msg)
             return
         if isinstance(msg, Status):
-            if self.boot_id is not None and msg.boot_id != self.boot_id:
-                # reset without the link dropping: hold stream data until the caller reconciles
-                self._events.append(BoardRebooted(self.boot_id, msg.boot_id))
-                self.boot_id = msg.boot_id
-                self._holding = True
-            elif msg.boot_id == self.epoch_boot_id and not self._holding:
-                self._note_board_time(msg.t_us)
-                for stream, head in ((Stream.AGING, msg.aging_head_seq),
-                                     (Stream.SWEEP, msg.sweep_head_seq),
-                                     (Stream.SPECTRUM, msg.spectrum_head_seq)):
-                    if self.trackers[stream].expected is not None:
-                        h = self._head64(stream, head)
-                        self._last_heads[stream] = max(h, self._last_heads.get(stream, h))
+            self._on_status(msg)
         self._events.append(Unsolicited(msg))
+
+    def _on_reply(self, seq: int, msg: BaseMessage) -> None:
+        """A reply (RESPONSE flag) to the request ``seq``."""
+        p = self._pending.pop(seq, None)
+        if p is None:
+            self.stats.late_replies += 1  # a reply to a retry already answered
+            return
+        if seq == self._hello_seq:
+            self._on_hello(p, msg)
+            return
+        if isinstance(msg, Error):
+            self._events.append(RequestFailed(seq, p.name, msg.code, msg.detail))
+            return
+        expected = MESSAGES_BY_NAME[p.name].reply or "ok"
+        if expected != msg.NAME:
+            self._events.append(RequestFailed(seq, p.name, -1, f"expected {expected}, got {msg.NAME}"))
+            return
+        self._events.append(Response(seq, p.name, msg))
+
+    def _on_spectrum(self, msg: Spectrum) -> None:
+        tr = self.trackers[Stream.SPECTRUM]
+        new, seq64, gaps = tr.accept(np.array([msg.seq], dtype=np.uint32))
+        for lo, hi in gaps:
+            self._events.append(GapDetected(Stream.SPECTRUM, lo, hi))
+        if new[0]:
+            self._note_board_time(msg.t_us)
+            if self.t_offset_us:
+                msg = dataclasses.replace(msg, t_us=msg.t_us + self.t_offset_us)
+            tr.last_t_us = msg.t_us
+            self._events.append(SpectrumReceived(msg, int(seq64[0]), self.epoch))
+
+    def _on_status(self, msg: Status) -> None:
+        """An unsolicited status: a reset without the link dropping, or the heads the board holds."""
+        if self.boot_id is not None and msg.boot_id != self.boot_id:
+            # reset without the link dropping: hold stream data until the caller reconciles
+            self._events.append(BoardRebooted(self.boot_id, msg.boot_id))
+            self.boot_id = msg.boot_id
+            self._holding = True
+        elif msg.boot_id == self.epoch_boot_id and not self._holding:
+            self._note_board_time(msg.t_us)
+            for stream, head in ((Stream.AGING, msg.aging_head_seq),
+                                 (Stream.SWEEP, msg.sweep_head_seq),
+                                 (Stream.SPECTRUM, msg.spectrum_head_seq)):
+                if self.trackers[stream].expected is not None:
+                    h = self._head64(stream, head)
+                    self._last_heads[stream] = max(h, self._last_heads.get(stream, h))
 
     def _on_records(self, stream: Stream, records: np.ndarray) -> None:
         tr = self.trackers[stream]

@@ -11,8 +11,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FP_PROTOCOL_VERSION 1
-#define FP_SPEC_HASH 0x9B587E93u
+#define FP_PROTOCOL_VERSION 2
+#define FP_FROZEN_HEADER_VERSION 1  /* header version of hello, hello_reply */
+#define FP_SPEC_HASH 0x68A4D624u
 #define FP_MAX_PAYLOAD 1024
 #define FP_HEADER_SIZE 7
 #define FP_CRC_SIZE 4
@@ -162,12 +163,12 @@ static inline long fp_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, s
 }
 
 /* ---- records -------------------------------------------------------------------------- */
-/* One constant-current aging sample of one channel. (32 bytes on the wire) */
+/* One constant-current aging sample of one channel. (34 bytes on the wire) */
 typedef struct {
     uint32_t seq;
     uint64_t t_us;  /* us */
-    uint8_t channel;
-    uint8_t pixel;
+    uint16_t channel;
+    uint16_t pixel;
     uint8_t flags;
     uint8_t pd_gain;
     float current_a;  /* A */
@@ -175,13 +176,13 @@ typedef struct {
     float photodiode_a;  /* A */
     float temperature_c;  /* degC */
 } fp_aging_sample_t;
-#define FP_AGING_SAMPLE_SIZE 32
+#define FP_AGING_SAMPLE_SIZE 34
 static inline void fp_aging_sample_put(uint8_t *buf, const fp_aging_sample_t *r) {
     size_t n = 0;
     fp_put_u32(buf + n, r->seq); n += 4;
     fp_put_u64(buf + n, r->t_us); n += 8;
-    fp_put_u8(buf + n, r->channel); n += 1;
-    fp_put_u8(buf + n, r->pixel); n += 1;
+    fp_put_u16(buf + n, r->channel); n += 2;
+    fp_put_u16(buf + n, r->pixel); n += 2;
     fp_put_u8(buf + n, r->flags); n += 1;
     fp_put_u8(buf + n, r->pd_gain); n += 1;
     fp_put_f32(buf + n, r->current_a); n += 4;
@@ -194,8 +195,8 @@ static inline void fp_aging_sample_get(const uint8_t *buf, fp_aging_sample_t *r)
     size_t n = 0;
     r->seq = fp_get_u32(buf + n); n += 4;
     r->t_us = fp_get_u64(buf + n); n += 8;
-    r->channel = fp_get_u8(buf + n); n += 1;
-    r->pixel = fp_get_u8(buf + n); n += 1;
+    r->channel = fp_get_u16(buf + n); n += 2;
+    r->pixel = fp_get_u16(buf + n); n += 2;
     r->flags = fp_get_u8(buf + n); n += 1;
     r->pd_gain = fp_get_u8(buf + n); n += 1;
     r->current_a = fp_get_f32(buf + n); n += 4;
@@ -205,13 +206,13 @@ static inline void fp_aging_sample_get(const uint8_t *buf, fp_aging_sample_t *r)
     (void)n;
 }
 
-/* One point of an on-board J-V-L sweep program. (35 bytes on the wire) */
+/* One point of an on-board J-V-L sweep program. (36 bytes on the wire) */
 typedef struct {
     uint32_t seq;
     uint64_t t_us;  /* us */
     uint16_t sweep_id;
     uint16_t index;
-    uint8_t pixel;
+    uint16_t pixel;
     uint8_t flags;
     uint8_t pd_gain;
     float voltage_set_v;  /* V */
@@ -219,14 +220,14 @@ typedef struct {
     float current_a;  /* A */
     float photodiode_a;  /* A */
 } fp_sweep_point_t;
-#define FP_SWEEP_POINT_SIZE 35
+#define FP_SWEEP_POINT_SIZE 36
 static inline void fp_sweep_point_put(uint8_t *buf, const fp_sweep_point_t *r) {
     size_t n = 0;
     fp_put_u32(buf + n, r->seq); n += 4;
     fp_put_u64(buf + n, r->t_us); n += 8;
     fp_put_u16(buf + n, r->sweep_id); n += 2;
     fp_put_u16(buf + n, r->index); n += 2;
-    fp_put_u8(buf + n, r->pixel); n += 1;
+    fp_put_u16(buf + n, r->pixel); n += 2;
     fp_put_u8(buf + n, r->flags); n += 1;
     fp_put_u8(buf + n, r->pd_gain); n += 1;
     fp_put_f32(buf + n, r->voltage_set_v); n += 4;
@@ -241,7 +242,7 @@ static inline void fp_sweep_point_get(const uint8_t *buf, fp_sweep_point_t *r) {
     r->t_us = fp_get_u64(buf + n); n += 8;
     r->sweep_id = fp_get_u16(buf + n); n += 2;
     r->index = fp_get_u16(buf + n); n += 2;
-    r->pixel = fp_get_u8(buf + n); n += 1;
+    r->pixel = fp_get_u16(buf + n); n += 2;
     r->flags = fp_get_u8(buf + n); n += 1;
     r->pd_gain = fp_get_u8(buf + n); n += 1;
     r->voltage_set_v = fp_get_f32(buf + n); n += 4;
@@ -410,11 +411,11 @@ static inline int fp_get_capabilities_unpack(fp_get_capabilities_t *m, const uin
 
 /* capabilities (board to host): What the board has and its limits. */
 #define FP_MSG_CAPABILITIES 0x06
-#define FP_MSG_CAPABILITIES_CRC_SEED 0xAFC57CAEu
+#define FP_MSG_CAPABILITIES_CRC_SEED 0xA8A7D9D1u
 typedef struct {
     uint8_t n_substrates;
-    uint8_t pixels_per_substrate;
-    uint8_t n_aging_channels;
+    uint16_t pixels_per_substrate;
+    uint16_t n_aging_channels;
     uint8_t n_temperature_sensors;
     float smu_voltage_ranges_v[8];  /* V */
     uint16_t smu_voltage_ranges_v_count;
@@ -442,17 +443,16 @@ typedef struct {
     uint32_t max_aging_interval_ms;  /* ms */
     uint16_t max_sweep_points;
     uint16_t max_pd_reads;
-    uint16_t aging_channels;
 } fp_capabilities_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
     if (n + 1 > cap) return FP_PACK_ERROR;
     fp_put_u8(buf + n, m->n_substrates); n += 1;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixels_per_substrate); n += 1;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->n_aging_channels); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixels_per_substrate); n += 2;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->n_aging_channels); n += 2;
     if (n + 1 > cap) return FP_PACK_ERROR;
     fp_put_u8(buf + n, m->n_temperature_sensors); n += 1;
     { uint16_t i; if (m->smu_voltage_ranges_v_count > 8 || n + 2 + (size_t)m->smu_voltage_ranges_v_count * 4 > cap) return FP_PACK_ERROR;
@@ -503,8 +503,6 @@ static inline size_t fp_capabilities_pack(const fp_capabilities_t *m, uint8_t *b
     fp_put_u16(buf + n, m->max_sweep_points); n += 2;
     if (n + 2 > cap) return FP_PACK_ERROR;
     fp_put_u16(buf + n, m->max_pd_reads); n += 2;
-    if (n + 2 > cap) return FP_PACK_ERROR;
-    fp_put_u16(buf + n, m->aging_channels); n += 2;
     return n;
 }
 /* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
@@ -514,10 +512,10 @@ static inline int fp_capabilities_unpack(fp_capabilities_t *m, const uint8_t *bu
     memset(m, 0, sizeof *m);
     if (n + 1 > len) return -1;
     m->n_substrates = fp_get_u8(buf + n); n += 1;
-    if (n + 1 > len) return -1;
-    m->pixels_per_substrate = fp_get_u8(buf + n); n += 1;
-    if (n + 1 > len) return -1;
-    m->n_aging_channels = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixels_per_substrate = fp_get_u16(buf + n); n += 2;
+    if (n + 2 > len) return -1;
+    m->n_aging_channels = fp_get_u16(buf + n); n += 2;
     if (n + 1 > len) return -1;
     m->n_temperature_sensors = fp_get_u8(buf + n); n += 1;
     { uint16_t i; if (n + 2 > len) return -1; m->smu_voltage_ranges_v_count = fp_get_u16(buf + n); n += 2;
@@ -575,9 +573,6 @@ static inline int fp_capabilities_unpack(fp_capabilities_t *m, const uint8_t *bu
     if (n >= len) return 0;  /* extension field max_pd_reads absent */
     if (n + 2 > len) return -1;
     m->max_pd_reads = fp_get_u16(buf + n); n += 2;
-    if (n >= len) return 0;  /* extension field aging_channels absent */
-    if (n + 2 > len) return -1;
-    m->aging_channels = fp_get_u16(buf + n); n += 2;
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
@@ -674,7 +669,7 @@ typedef struct {
     uint32_t sweep_head_seq;
     uint32_t spectrum_head_seq;
     uint32_t aging_oldest_seq;
-    uint8_t aging_active[32];
+    uint8_t aging_active[128];
     uint16_t aging_active_count;
 } fp_status_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
@@ -705,7 +700,7 @@ static inline size_t fp_status_pack(const fp_status_t *m, uint8_t *buf, size_t c
     fp_put_u32(buf + n, m->spectrum_head_seq); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_u32(buf + n, m->aging_oldest_seq); n += 4;
-    { uint16_t i; if (m->aging_active_count > 32 || n + 2 + (size_t)m->aging_active_count * 1 > cap) return FP_PACK_ERROR;
+    { uint16_t i; if (m->aging_active_count > 128 || n + 2 + (size_t)m->aging_active_count * 1 > cap) return FP_PACK_ERROR;
       fp_put_u16(buf + n, m->aging_active_count); n += 2;
       for (i = 0; i < m->aging_active_count; i++) { fp_put_u8(buf + n, m->aging_active[i]); n += 1; } }
     return n;
@@ -742,7 +737,7 @@ static inline int fp_status_unpack(fp_status_t *m, const uint8_t *buf, size_t le
     m->aging_oldest_seq = fp_get_u32(buf + n); n += 4;
     if (n >= len) return 0;  /* extension field aging_active absent */
     { uint16_t i; if (n + 2 > len) return -1; m->aging_active_count = fp_get_u16(buf + n); n += 2;
-      if (m->aging_active_count > 32 || n + (size_t)m->aging_active_count * 1 > len) return -1;
+      if (m->aging_active_count > 128 || n + (size_t)m->aging_active_count * 1 > len) return -1;
       for (i = 0; i < m->aging_active_count; i++) { m->aging_active[i] = fp_get_u8(buf + n); n += 1; } }
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
@@ -801,11 +796,11 @@ static inline int fp_set_watchdog_unpack(fp_set_watchdog_t *m, const uint8_t *bu
 
 /* event (board to host): Unsolicited notification (interlock, failure, compliance, watchdog). */
 #define FP_MSG_EVENT 0x0D
-#define FP_MSG_EVENT_CRC_SEED 0x24CA63D8u
+#define FP_MSG_EVENT_CRC_SEED 0x3BBB08A3u
 typedef struct {
     uint8_t code;
-    uint8_t channel;
-    uint8_t pixel;
+    uint16_t channel;
+    uint16_t pixel;
     uint64_t t_us;  /* us */
     float value;
     char detail[65];  /* NUL-terminated */
@@ -815,10 +810,10 @@ static inline size_t fp_event_pack(const fp_event_t *m, uint8_t *buf, size_t cap
     size_t n = 0;
     if (n + 1 > cap) return FP_PACK_ERROR;
     fp_put_u8(buf + n, m->code); n += 1;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->channel); n += 1;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->channel); n += 2;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 8 > cap) return FP_PACK_ERROR;
     fp_put_u64(buf + n, m->t_us); n += 8;
     if (n + 4 > cap) return FP_PACK_ERROR;
@@ -834,10 +829,10 @@ static inline int fp_event_unpack(fp_event_t *m, const uint8_t *buf, size_t len)
     memset(m, 0, sizeof *m);
     if (n + 1 > len) return -1;
     m->code = fp_get_u8(buf + n); n += 1;
-    if (n + 1 > len) return -1;
-    m->channel = fp_get_u8(buf + n); n += 1;
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->channel = fp_get_u16(buf + n); n += 2;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 8 > len) return -1;
     m->t_us = fp_get_u64(buf + n); n += 8;
     if (n + 4 > len) return -1;
@@ -851,15 +846,15 @@ static inline int fp_event_unpack(fp_event_t *m, const uint8_t *buf, size_t len)
 
 /* mux_select (host to board, acknowledged): Connect the SMU to one pixel (1-based) or to none (0). */
 #define FP_MSG_MUX_SELECT 0x10
-#define FP_MSG_MUX_SELECT_CRC_SEED 0x1F29BCB5u
+#define FP_MSG_MUX_SELECT_CRC_SEED 0x03CC2BF2u
 typedef struct {
-    uint8_t pixel;
+    uint16_t pixel;
 } fp_mux_select_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_mux_select_pack(const fp_mux_select_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     return n;
 }
 /* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
@@ -867,8 +862,8 @@ static inline size_t fp_mux_select_pack(const fp_mux_select_t *m, uint8_t *buf, 
 static inline int fp_mux_select_unpack(fp_mux_select_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
@@ -1016,7 +1011,7 @@ static inline int fp_smu_reading_unpack(fp_smu_reading_t *m, const uint8_t *buf,
 
 /* sweep_start (host to board, acknowledged): Run a voltage sweep on one pixel on the board; points stream as sweep_point records, spectra as spectrum messages, and sweep_done ends it. */
 #define FP_MSG_SWEEP_START 0x15
-#define FP_MSG_SWEEP_START_CRC_SEED 0x3F3E26C7u
+#define FP_MSG_SWEEP_START_CRC_SEED 0x4A4796B5u
 #define FP_SWEEP_START_DWELL_MS_MIN 0.0f  /* inclusive */
 #define FP_SWEEP_START_DWELL_MS_MAX 60000.0f  /* inclusive */
 #define FP_SWEEP_START_INTEGRATION_MS_MIN 0.0f  /* exclusive */
@@ -1025,7 +1020,7 @@ static inline int fp_smu_reading_unpack(fp_smu_reading_t *m, const uint8_t *buf,
 #define FP_SWEEP_START_SPECTRUM_INTEGRATION_MS_MAX 60000.0f  /* inclusive */
 typedef struct {
     uint16_t sweep_id;
-    uint8_t pixel;
+    uint16_t pixel;
     float start_v;  /* V */
     float stop_v;  /* V */
     float step_v;  /* V */
@@ -1046,8 +1041,8 @@ static inline size_t fp_sweep_start_pack(const fp_sweep_start_t *m, uint8_t *buf
     size_t n = 0;
     if (n + 2 > cap) return FP_PACK_ERROR;
     fp_put_u16(buf + n, m->sweep_id); n += 2;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_f32(buf + n, m->start_v); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
@@ -1083,8 +1078,8 @@ static inline int fp_sweep_start_unpack(fp_sweep_start_t *m, const uint8_t *buf,
     memset(m, 0, sizeof *m);
     if (n + 2 > len) return -1;
     m->sweep_id = fp_get_u16(buf + n); n += 2;
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 4 > len) return -1;
     m->start_v = fp_get_f32(buf + n); n += 4;
     if (n + 4 > len) return -1;
@@ -1178,12 +1173,12 @@ static inline int fp_sweep_done_unpack(fp_sweep_done_t *m, const uint8_t *buf, s
 
 /* aging_start (host to board, acknowledged): Drive a pixel at constant current on an aging channel, sampling every interval. */
 #define FP_MSG_AGING_START 0x18
-#define FP_MSG_AGING_START_CRC_SEED 0xF90D4075u
+#define FP_MSG_AGING_START_CRC_SEED 0x0302C243u
 #define FP_AGING_START_INTERVAL_MS_MIN 10u  /* inclusive */
 #define FP_AGING_START_INTERVAL_MS_MAX 86400000u  /* inclusive */
 typedef struct {
-    uint8_t channel;
-    uint8_t pixel;
+    uint16_t channel;
+    uint16_t pixel;
     float current_a;  /* A */
     uint32_t interval_ms;  /* ms */
     float compliance_v;  /* V */
@@ -1192,10 +1187,10 @@ typedef struct {
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_aging_start_pack(const fp_aging_start_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->channel); n += 1;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->channel); n += 2;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_f32(buf + n, m->current_a); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
@@ -1211,10 +1206,10 @@ static inline size_t fp_aging_start_pack(const fp_aging_start_t *m, uint8_t *buf
 static inline int fp_aging_start_unpack(fp_aging_start_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->channel = fp_get_u8(buf + n); n += 1;
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->channel = fp_get_u16(buf + n); n += 2;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 4 > len) return -1;
     m->current_a = fp_get_f32(buf + n); n += 4;
     if (n + 4 > len) return -1;
@@ -1229,17 +1224,17 @@ static inline int fp_aging_start_unpack(fp_aging_start_t *m, const uint8_t *buf,
 
 /* aging_set (host to board, acknowledged): Change a running channel's current or interval. */
 #define FP_MSG_AGING_SET 0x19
-#define FP_MSG_AGING_SET_CRC_SEED 0x44D2DB2Bu
+#define FP_MSG_AGING_SET_CRC_SEED 0x4EB9E17Au
 typedef struct {
-    uint8_t channel;
+    uint16_t channel;
     float current_a;  /* A */
     uint32_t interval_ms;  /* ms */
 } fp_aging_set_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_aging_set_pack(const fp_aging_set_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->channel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->channel); n += 2;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_f32(buf + n, m->current_a); n += 4;
     if (n + 4 > cap) return FP_PACK_ERROR;
@@ -1251,8 +1246,8 @@ static inline size_t fp_aging_set_pack(const fp_aging_set_t *m, uint8_t *buf, si
 static inline int fp_aging_set_unpack(fp_aging_set_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->channel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->channel = fp_get_u16(buf + n); n += 2;
     if (n + 4 > len) return -1;
     m->current_a = fp_get_f32(buf + n); n += 4;
     if (n + 4 > len) return -1;
@@ -1263,15 +1258,15 @@ static inline int fp_aging_set_unpack(fp_aging_set_t *m, const uint8_t *buf, siz
 
 /* aging_stop (host to board, acknowledged): Stop an aging channel (output off). */
 #define FP_MSG_AGING_STOP 0x1A
-#define FP_MSG_AGING_STOP_CRC_SEED 0x50B712A8u
+#define FP_MSG_AGING_STOP_CRC_SEED 0x3E8AB89Bu
 typedef struct {
-    uint8_t channel;
+    uint16_t channel;
 } fp_aging_stop_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_aging_stop_pack(const fp_aging_stop_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->channel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->channel); n += 2;
     return n;
 }
 /* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the
@@ -1279,25 +1274,25 @@ static inline size_t fp_aging_stop_pack(const fp_aging_stop_t *m, uint8_t *buf, 
 static inline int fp_aging_stop_unpack(fp_aging_stop_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->channel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->channel = fp_get_u16(buf + n); n += 2;
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
 }
 
 /* pd_configure (host to board, acknowledged): Photodiode gain and autorange (pixel 0 = all). */
 #define FP_MSG_PD_CONFIGURE 0x1B
-#define FP_MSG_PD_CONFIGURE_CRC_SEED 0xC94E21DDu
+#define FP_MSG_PD_CONFIGURE_CRC_SEED 0xF1223207u
 typedef struct {
-    uint8_t pixel;
+    uint16_t pixel;
     uint8_t gain_index;
     uint8_t autorange;
 } fp_pd_configure_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_pd_configure_pack(const fp_pd_configure_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 1 > cap) return FP_PACK_ERROR;
     fp_put_u8(buf + n, m->gain_index); n += 1;
     if (n + 1 > cap) return FP_PACK_ERROR;
@@ -1309,8 +1304,8 @@ static inline size_t fp_pd_configure_pack(const fp_pd_configure_t *m, uint8_t *b
 static inline int fp_pd_configure_unpack(fp_pd_configure_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 1 > len) return -1;
     m->gain_index = fp_get_u8(buf + n); n += 1;
     if (n + 1 > len) return -1;
@@ -1321,21 +1316,21 @@ static inline int fp_pd_configure_unpack(fp_pd_configure_t *m, const uint8_t *bu
 
 /* pd_read (host to board, acknowledged): Average n readings of a pixel's photodiode. */
 #define FP_MSG_PD_READ 0x1C
-#define FP_MSG_PD_READ_CRC_SEED 0x3C61B028u
+#define FP_MSG_PD_READ_CRC_SEED 0xAE7E4723u
 #define FP_PD_READ_N_MIN 1u  /* inclusive */
 #define FP_PD_READ_N_MAX 1000u  /* inclusive */
 #define FP_PD_READ_INTEGRATION_MS_MIN 0.0f  /* exclusive */
 #define FP_PD_READ_INTEGRATION_MS_MAX 10000.0f  /* inclusive */
 typedef struct {
-    uint8_t pixel;
+    uint16_t pixel;
     uint16_t n;
     float integration_ms;  /* ms */
 } fp_pd_read_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_pd_read_pack(const fp_pd_read_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 2 > cap) return FP_PACK_ERROR;
     fp_put_u16(buf + n, m->n); n += 2;
     if (n + 4 > cap) return FP_PACK_ERROR;
@@ -1347,8 +1342,8 @@ static inline size_t fp_pd_read_pack(const fp_pd_read_t *m, uint8_t *buf, size_t
 static inline int fp_pd_read_unpack(fp_pd_read_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 2 > len) return -1;
     m->n = fp_get_u16(buf + n); n += 2;
     if (n + 4 > len) return -1;
@@ -1359,9 +1354,9 @@ static inline int fp_pd_read_unpack(fp_pd_read_t *m, const uint8_t *buf, size_t 
 
 /* pd_reading (board to host): Reply to pd_read. */
 #define FP_MSG_PD_READING 0x1D
-#define FP_MSG_PD_READING_CRC_SEED 0xF525A391u
+#define FP_MSG_PD_READING_CRC_SEED 0x52625DC6u
 typedef struct {
-    uint8_t pixel;
+    uint16_t pixel;
     uint8_t gain_index;
     uint8_t flags;
     float mean_a;  /* A */
@@ -1370,8 +1365,8 @@ typedef struct {
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_pd_reading_pack(const fp_pd_reading_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 1 > cap) return FP_PACK_ERROR;
     fp_put_u8(buf + n, m->gain_index); n += 1;
     if (n + 1 > cap) return FP_PACK_ERROR;
@@ -1387,8 +1382,8 @@ static inline size_t fp_pd_reading_pack(const fp_pd_reading_t *m, uint8_t *buf, 
 static inline int fp_pd_reading_unpack(fp_pd_reading_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 1 > len) return -1;
     m->gain_index = fp_get_u8(buf + n); n += 1;
     if (n + 1 > len) return -1;
@@ -1403,18 +1398,18 @@ static inline int fp_pd_reading_unpack(fp_pd_reading_t *m, const uint8_t *buf, s
 
 /* spectrum_acquire (host to board, acknowledged): Take one spectrum of a pixel (the SMU's present operating point); answered by a spectrum message on the SPECTRUM stream, whose seq the ok carries. */
 #define FP_MSG_SPECTRUM_ACQUIRE 0x1E
-#define FP_MSG_SPECTRUM_ACQUIRE_CRC_SEED 0x2C2F15FFu
+#define FP_MSG_SPECTRUM_ACQUIRE_CRC_SEED 0xB4DCC0F0u
 #define FP_SPECTRUM_ACQUIRE_INTEGRATION_MS_MIN 0.0f  /* exclusive */
 #define FP_SPECTRUM_ACQUIRE_INTEGRATION_MS_MAX 60000.0f  /* inclusive */
 typedef struct {
-    uint8_t pixel;
+    uint16_t pixel;
     float integration_ms;  /* ms */
 } fp_spectrum_acquire_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_spectrum_acquire_pack(const fp_spectrum_acquire_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 4 > cap) return FP_PACK_ERROR;
     fp_put_f32(buf + n, m->integration_ms); n += 4;
     return n;
@@ -1424,8 +1419,8 @@ static inline size_t fp_spectrum_acquire_pack(const fp_spectrum_acquire_t *m, ui
 static inline int fp_spectrum_acquire_unpack(fp_spectrum_acquire_t *m, const uint8_t *buf, size_t len) {
     size_t n = 0;
     memset(m, 0, sizeof *m);
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 4 > len) return -1;
     m->integration_ms = fp_get_f32(buf + n); n += 4;
     (void)n; (void)len;
@@ -1434,13 +1429,13 @@ static inline int fp_spectrum_acquire_unpack(fp_spectrum_acquire_t *m, const uin
 
 /* spectrum (board to host): One spectrum (dark counts not subtracted; see the dark fields). */
 #define FP_MSG_SPECTRUM 0x1F
-#define FP_MSG_SPECTRUM_CRC_SEED 0x2F042F1Du
+#define FP_MSG_SPECTRUM_CRC_SEED 0x00372838u
 typedef struct {
     uint32_t seq;
     uint64_t t_us;  /* us */
     uint16_t sweep_id;
     uint16_t index;
-    uint8_t pixel;
+    uint16_t pixel;
     uint8_t flags;
     float voltage_v;  /* V */
     float current_a;  /* A */
@@ -1460,8 +1455,8 @@ static inline size_t fp_spectrum_pack(const fp_spectrum_t *m, uint8_t *buf, size
     fp_put_u16(buf + n, m->sweep_id); n += 2;
     if (n + 2 > cap) return FP_PACK_ERROR;
     fp_put_u16(buf + n, m->index); n += 2;
-    if (n + 1 > cap) return FP_PACK_ERROR;
-    fp_put_u8(buf + n, m->pixel); n += 1;
+    if (n + 2 > cap) return FP_PACK_ERROR;
+    fp_put_u16(buf + n, m->pixel); n += 2;
     if (n + 1 > cap) return FP_PACK_ERROR;
     fp_put_u8(buf + n, m->flags); n += 1;
     if (n + 4 > cap) return FP_PACK_ERROR;
@@ -1490,8 +1485,8 @@ static inline int fp_spectrum_unpack(fp_spectrum_t *m, const uint8_t *buf, size_
     m->sweep_id = fp_get_u16(buf + n); n += 2;
     if (n + 2 > len) return -1;
     m->index = fp_get_u16(buf + n); n += 2;
-    if (n + 1 > len) return -1;
-    m->pixel = fp_get_u8(buf + n); n += 1;
+    if (n + 2 > len) return -1;
+    m->pixel = fp_get_u16(buf + n); n += 2;
     if (n + 1 > len) return -1;
     m->flags = fp_get_u8(buf + n); n += 1;
     if (n + 4 > len) return -1;
@@ -1511,15 +1506,15 @@ static inline int fp_spectrum_unpack(fp_spectrum_t *m, const uint8_t *buf, size_
 
 /* aging_samples (board to host): A block of AGING stream records. */
 #define FP_MSG_AGING_SAMPLES 0x20
-#define FP_MSG_AGING_SAMPLES_CRC_SEED 0xB439DE37u
+#define FP_MSG_AGING_SAMPLES_CRC_SEED 0x68DFB3ECu
 typedef struct {
-    fp_aging_sample_t records[31];
+    fp_aging_sample_t records[30];
     uint16_t records_count;
 } fp_aging_samples_t;
 /* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */
 static inline size_t fp_aging_samples_pack(const fp_aging_samples_t *m, uint8_t *buf, size_t cap) {
     size_t n = 0;
-    { uint16_t i; if (m->records_count > 31 || n + 2 + (size_t)m->records_count * FP_AGING_SAMPLE_SIZE > cap) return FP_PACK_ERROR;
+    { uint16_t i; if (m->records_count > 30 || n + 2 + (size_t)m->records_count * FP_AGING_SAMPLE_SIZE > cap) return FP_PACK_ERROR;
       fp_put_u16(buf + n, m->records_count); n += 2;
       for (i = 0; i < m->records_count; i++) { fp_aging_sample_put(buf + n, &m->records[i]); n += FP_AGING_SAMPLE_SIZE; } }
     return n;
@@ -1530,7 +1525,7 @@ static inline int fp_aging_samples_unpack(fp_aging_samples_t *m, const uint8_t *
     size_t n = 0;
     memset(m, 0, sizeof *m);
     { uint16_t i; if (n + 2 > len) return -1; m->records_count = fp_get_u16(buf + n); n += 2;
-      if (m->records_count > 31 || n + (size_t)m->records_count * FP_AGING_SAMPLE_SIZE > len) return -1;
+      if (m->records_count > 30 || n + (size_t)m->records_count * FP_AGING_SAMPLE_SIZE > len) return -1;
       for (i = 0; i < m->records_count; i++) { fp_aging_sample_get(buf + n, &m->records[i]); n += FP_AGING_SAMPLE_SIZE; } }
     (void)n; (void)len;
     return 0;  /* bytes after the last known field: a newer peer's extensions */
@@ -1538,7 +1533,7 @@ static inline int fp_aging_samples_unpack(fp_aging_samples_t *m, const uint8_t *
 
 /* sweep_points (board to host): A block of SWEEP stream records. */
 #define FP_MSG_SWEEP_POINTS 0x21
-#define FP_MSG_SWEEP_POINTS_CRC_SEED 0x77F9D2CDu
+#define FP_MSG_SWEEP_POINTS_CRC_SEED 0xCF082150u
 typedef struct {
     fp_sweep_point_t records[28];
     uint16_t records_count;
@@ -1666,6 +1661,12 @@ static inline int fp_crc_seed(uint8_t msg_id, uint32_t *seed) {
     }
 }
 
+/* The frozen handshake's frames carry FP_FROZEN_HEADER_VERSION whatever the protocol version,
+   so peers of any two versions handshake and say they differ. */
+static inline int fp_is_frozen(uint8_t msg_id) {
+    return msg_id == FP_MSG_HELLO || msg_id == FP_MSG_HELLO_REPLY;
+}
+
 typedef struct { uint8_t version, msg_id, flags; uint16_t seq, payload_len; } fp_header_t;
 
 /* Build a complete frame (COBS-encoded, 0x00-terminated) around payload. Returns its length,
@@ -1676,7 +1677,8 @@ static inline size_t fp_frame_encode(uint8_t msg_id, uint8_t flags, uint16_t seq
     uint32_t seed, crc;
     size_t n;
     if (len > FP_MAX_PAYLOAD || fp_crc_seed(msg_id, &seed) != 0) return 0;
-    raw[0] = FP_PROTOCOL_VERSION; raw[1] = msg_id; raw[2] = flags;
+    raw[0] = fp_is_frozen(msg_id) ? FP_FROZEN_HEADER_VERSION : FP_PROTOCOL_VERSION;
+    raw[1] = msg_id; raw[2] = flags;
     fp_put_u16(raw + 3, seq); fp_put_u16(raw + 5, (uint16_t)len);
     if (len) memcpy(raw + FP_HEADER_SIZE, payload, len);
     crc = fp_crc32(seed, raw, FP_HEADER_SIZE + len);
@@ -1711,7 +1713,9 @@ static inline int fp_frame_decode(const uint8_t *enc, size_t len, uint8_t *raw, 
     if (fp_crc_seed(h->msg_id, &seed) != 0) return FP_FRAME_ERR_UNKNOWN_ID;
     if (fp_crc32(seed, raw, (size_t)n - FP_CRC_SIZE) != fp_get_u32(raw + n - FP_CRC_SIZE))
         return FP_FRAME_ERR_CRC;
-    if (h->version != FP_PROTOCOL_VERSION) return FP_FRAME_ERR_VERSION;
+    if (h->version != FP_PROTOCOL_VERSION
+        && !(fp_is_frozen(h->msg_id) && h->version == FP_FROZEN_HEADER_VERSION))
+        return FP_FRAME_ERR_VERSION;
     *payload = raw + FP_HEADER_SIZE;
     return FP_FRAME_OK;
 }

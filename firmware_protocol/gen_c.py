@@ -9,6 +9,7 @@ from __future__ import annotations
 from .spec import (
     CRC_SEEDS,
     ENUMS,
+    FROZEN_HEADER_VERSION,
     HEADER_SIZE,
     MAX_PAYLOAD,
     MESSAGES,
@@ -17,6 +18,8 @@ from .spec import (
     SCALAR_TYPES,
     SPEC_HASH,
     Field,
+    Message,
+    Record,
 )
 
 _PRELUDE = r"""
@@ -130,7 +133,131 @@ def _unpack_scalar(f: Field, dst: str) -> list[str]:
             f"    {dst} = fp_get_{f.type}(buf + n); n += {size};"]
 
 
+def _pack_field(f: Field) -> list[str]:
+    """C lines serialising field ``f`` of ``*m`` into ``buf``."""
+    o: list[str] = []
+    w = o.append
+    if f.is_scalar:
+        o.extend(_pack_scalar(f, f"m->{f.name}"))
+    elif f.type == "str":
+        w(f"    {{ size_t l = strlen(m->{f.name}); if (l > {f.max_len} || n + 1 + l > cap) return FP_PACK_ERROR;")
+        w(f"      buf[n++] = (uint8_t)l; memcpy(buf + n, m->{f.name}, l); n += l; }}")
+    elif f.type == "records":
+        rs = f"FP_{f.record.upper()}_SIZE"
+        w(f"    {{ uint16_t i; if (m->{f.name}_count > {f.max_len} || "
+          f"n + 2 + (size_t)m->{f.name}_count * {rs} > cap) return FP_PACK_ERROR;")
+        w(f"      fp_put_u16(buf + n, m->{f.name}_count); n += 2;")
+        w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
+          f"fp_{f.record}_put(buf + n, &m->{f.name}[i]); n += {rs}; }} }}")
+    else:
+        es = SCALAR_TYPES[f.elem_type][1]
+        w(f"    {{ uint16_t i; if (m->{f.name}_count > {f.max_len} || "
+          f"n + 2 + (size_t)m->{f.name}_count * {es} > cap) return FP_PACK_ERROR;")
+        w(f"      fp_put_u16(buf + n, m->{f.name}_count); n += 2;")
+        w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
+          f"fp_put_{f.elem_type}(buf + n, m->{f.name}[i]); n += {es}; }} }}")
+    return o
+
+
+def _unpack_field(f: Field) -> list[str]:
+    """C lines parsing field ``f`` of ``*m`` from ``buf``."""
+    o: list[str] = []
+    w = o.append
+    if f.extension:  # an older peer's payload ends before it: it stays 0 / empty
+        w(f"    if (n >= len) return 0;  /* extension field {f.name} absent */")
+    if f.is_scalar:
+        o.extend(_unpack_scalar(f, f"m->{f.name}"))
+    elif f.type == "str":
+        w("    { size_t l; if (n + 1 > len) return -1; l = buf[n++];")
+        w(f"      if (l > {f.max_len} || n + l > len) return -1;")
+        w(f"      memcpy(m->{f.name}, buf + n, l); m->{f.name}[l] = 0; n += l; }}")
+    elif f.type == "records":
+        rs = f"FP_{f.record.upper()}_SIZE"
+        w(f"    {{ uint16_t i; if (n + 2 > len) return -1; m->{f.name}_count = fp_get_u16(buf + n); n += 2;")
+        w(f"      if (m->{f.name}_count > {f.max_len} || "
+          f"n + (size_t)m->{f.name}_count * {rs} > len) return -1;")
+        w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
+          f"fp_{f.record}_get(buf + n, &m->{f.name}[i]); n += {rs}; }} }}")
+    else:
+        es = SCALAR_TYPES[f.elem_type][1]
+        w(f"    {{ uint16_t i; if (n + 2 > len) return -1; m->{f.name}_count = fp_get_u16(buf + n); n += 2;")
+        w(f"      if (m->{f.name}_count > {f.max_len} || "
+          f"n + (size_t)m->{f.name}_count * {es} > len) return -1;")
+        w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
+          f"m->{f.name}[i] = fp_get_{f.elem_type}(buf + n); n += {es}; }} }}")
+    return o
+
+
+def _record_lines(r: Record) -> list[str]:
+    """The C struct of a record and its put/get."""
+    o: list[str] = []
+    w = o.append
+    w(f"/* {r.doc} ({r.size} bytes on the wire) */")
+    w("typedef struct {")
+    o.extend(_struct_fields(r.fields))
+    w(f"}} fp_{r.name}_t;")
+    w(f"#define FP_{r.name.upper()}_SIZE {r.size}")
+    w(f"static inline void fp_{r.name}_put(uint8_t *buf, const fp_{r.name}_t *r) {{")
+    w("    size_t n = 0;")
+    for f in r.fields:
+        w(f"    fp_put_{f.type}(buf + n, r->{f.name}); n += {SCALAR_TYPES[f.type][1]};")
+    w("    (void)n;")
+    w("}")
+    w(f"static inline void fp_{r.name}_get(const uint8_t *buf, fp_{r.name}_t *r) {{")
+    w("    size_t n = 0;")
+    for f in r.fields:
+        w(f"    r->{f.name} = fp_get_{f.type}(buf + n); n += {SCALAR_TYPES[f.type][1]};")
+    w("    (void)n;")
+    w("}")
+    w("")
+    return o
+
+
+def _message_lines(m: Message) -> list[str]:
+    """The C id, seed, ranges, struct, pack and unpack of a message."""
+    o: list[str] = []
+    w = o.append
+    up = m.name.upper()
+    w(f"/* {m.name} ({m.direction.replace('_', ' ')}{', acknowledged' if m.acked else ''}): "
+      f"{m.doc} */")
+    w(f"#define FP_MSG_{up} 0x{m.id:02X}")
+    w(f"#define FP_MSG_{up}_CRC_SEED 0x{CRC_SEEDS[m.id]:08X}u")
+    for f in m.fields:
+        if f.range is not None:  # the values any board accepts (the board's own: capabilities)
+            rng, fu = f.range, f"FP_{up}_{f.name.upper()}"
+            w(f"#define {fu}_MIN {_c_num(f, rng.lo)}  /* {'exclusive' if rng.lo_open else 'inclusive'} */")
+            w(f"#define {fu}_MAX {_c_num(f, rng.hi)}  /* inclusive */")
+    w("typedef struct {")
+    body = _struct_fields(m.fields)
+    o.extend(body if body else ["    uint8_t _unused;"])
+    w(f"}} fp_{m.name}_t;")
+    w("/* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */")
+    w(f"static inline size_t fp_{m.name}_pack(const fp_{m.name}_t *m, uint8_t *buf, size_t cap) {{")
+    w("    size_t n = 0;")
+    if not m.fields:
+        w("    (void)m; (void)buf; (void)cap;")
+    for f in m.fields:
+        o.extend(_pack_field(f))
+    w("    return n;")
+    w("}")
+    w("/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the")
+    w("   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */")
+    w(f"static inline int fp_{m.name}_unpack(fp_{m.name}_t *m, const uint8_t *buf, size_t len) {{")
+    w("    size_t n = 0;")
+    w("    memset(m, 0, sizeof *m);")
+    if not m.fields:
+        w("    (void)buf;")
+    for f in m.fields:
+        o.extend(_unpack_field(f))
+    w("    (void)n; (void)len;")
+    w("    return 0;  /* bytes after the last known field: a newer peer's extensions */")
+    w("}")
+    w("")
+    return o
+
+
 def generate() -> str:
+    """The C header."""
     o: list[str] = []
     w = o.append
     w("/* firmware_protocol.h - GENERATED by `python -m firmware_protocol c-header`: do not edit.")
@@ -147,6 +274,7 @@ def generate() -> str:
     w("#include <string.h>")
     w("")
     w(f"#define FP_PROTOCOL_VERSION {PROTOCOL_VERSION}")
+    w(f"#define FP_FROZEN_HEADER_VERSION {FROZEN_HEADER_VERSION}  /* header version of hello, hello_reply */")
     w(f"#define FP_SPEC_HASH 0x{SPEC_HASH:08X}u")
     w(f"#define FP_MAX_PAYLOAD {MAX_PAYLOAD}")
     w(f"#define FP_HEADER_SIZE {HEADER_SIZE}")
@@ -164,103 +292,10 @@ def generate() -> str:
     w(_PRELUDE)
     w("/* ---- records -------------------------------------------------------------------------- */")
     for r in RECORDS:
-        w(f"/* {r.doc} ({r.size} bytes on the wire) */")
-        w("typedef struct {")
-        o.extend(_struct_fields(r.fields))
-        w(f"}} fp_{r.name}_t;")
-        w(f"#define FP_{r.name.upper()}_SIZE {r.size}")
-        w(f"static inline void fp_{r.name}_put(uint8_t *buf, const fp_{r.name}_t *r) {{")
-        w("    size_t n = 0;")
-        for f in r.fields:
-            w(f"    fp_put_{f.type}(buf + n, r->{f.name}); n += {SCALAR_TYPES[f.type][1]};")
-        w("    (void)n;")
-        w("}")
-        w(f"static inline void fp_{r.name}_get(const uint8_t *buf, fp_{r.name}_t *r) {{")
-        w("    size_t n = 0;")
-        for f in r.fields:
-            w(f"    r->{f.name} = fp_get_{f.type}(buf + n); n += {SCALAR_TYPES[f.type][1]};")
-        w("    (void)n;")
-        w("}")
-        w("")
+        o.extend(_record_lines(r))
     w("/* ---- messages ------------------------------------------------------------------------- */")
     for m in MESSAGES:
-        up = m.name.upper()
-        w(f"/* {m.name} ({m.direction.replace('_', ' ')}{', acknowledged' if m.acked else ''}): "
-          f"{m.doc} */")
-        w(f"#define FP_MSG_{up} 0x{m.id:02X}")
-        w(f"#define FP_MSG_{up}_CRC_SEED 0x{CRC_SEEDS[m.id]:08X}u")
-        for f in m.fields:
-            if f.range is not None:  # the values any board accepts (the board's own: capabilities)
-                rng, fu = f.range, f"FP_{up}_{f.name.upper()}"
-                w(f"#define {fu}_MIN {_c_num(f, rng.lo)}  /* {'exclusive' if rng.lo_open else 'inclusive'} */")
-                w(f"#define {fu}_MAX {_c_num(f, rng.hi)}  /* inclusive */")
-        w("typedef struct {")
-        body = _struct_fields(m.fields)
-        o.extend(body if body else ["    uint8_t _unused;"])
-        w(f"}} fp_{m.name}_t;")
-        # pack
-        w("/* Serialise into buf (capacity cap); returns the payload length or FP_PACK_ERROR. */")
-        w(f"static inline size_t fp_{m.name}_pack(const fp_{m.name}_t *m, uint8_t *buf, size_t cap) {{")
-        w("    size_t n = 0;")
-        if not m.fields:
-            w("    (void)m; (void)buf; (void)cap;")
-        for f in m.fields:
-            if f.is_scalar:
-                o.extend(_pack_scalar(f, f"m->{f.name}"))
-            elif f.type == "str":
-                w(f"    {{ size_t l = strlen(m->{f.name}); if (l > {f.max_len} || n + 1 + l > cap) return FP_PACK_ERROR;")
-                w(f"      buf[n++] = (uint8_t)l; memcpy(buf + n, m->{f.name}, l); n += l; }}")
-            elif f.type == "records":
-                rs = f"FP_{f.record.upper()}_SIZE"
-                w(f"    {{ uint16_t i; if (m->{f.name}_count > {f.max_len} || "
-                  f"n + 2 + (size_t)m->{f.name}_count * {rs} > cap) return FP_PACK_ERROR;")
-                w(f"      fp_put_u16(buf + n, m->{f.name}_count); n += 2;")
-                w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
-                  f"fp_{f.record}_put(buf + n, &m->{f.name}[i]); n += {rs}; }} }}")
-            else:
-                es = SCALAR_TYPES[f.elem_type][1]
-                w(f"    {{ uint16_t i; if (m->{f.name}_count > {f.max_len} || "
-                  f"n + 2 + (size_t)m->{f.name}_count * {es} > cap) return FP_PACK_ERROR;")
-                w(f"      fp_put_u16(buf + n, m->{f.name}_count); n += 2;")
-                w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
-                  f"fp_put_{f.elem_type}(buf + n, m->{f.name}[i]); n += {es}; }} }}")
-        w("    return n;")
-        w("}")
-        # unpack
-        w("/* Parse a payload; returns 0, or -1 if it is malformed. Extension fields missing at the")
-        w("   end are 0 / empty; bytes after the last known field (a newer peer's) are ignored. */")
-        w(f"static inline int fp_{m.name}_unpack(fp_{m.name}_t *m, const uint8_t *buf, size_t len) {{")
-        w("    size_t n = 0;")
-        w("    memset(m, 0, sizeof *m);")
-        if not m.fields:
-            w("    (void)buf;")
-        for f in m.fields:
-            if f.extension:  # an older peer's payload ends before it: it stays 0 / empty
-                w(f"    if (n >= len) return 0;  /* extension field {f.name} absent */")
-            if f.is_scalar:
-                o.extend(_unpack_scalar(f, f"m->{f.name}"))
-            elif f.type == "str":
-                w("    { size_t l; if (n + 1 > len) return -1; l = buf[n++];")
-                w(f"      if (l > {f.max_len} || n + l > len) return -1;")
-                w(f"      memcpy(m->{f.name}, buf + n, l); m->{f.name}[l] = 0; n += l; }}")
-            elif f.type == "records":
-                rs = f"FP_{f.record.upper()}_SIZE"
-                w(f"    {{ uint16_t i; if (n + 2 > len) return -1; m->{f.name}_count = fp_get_u16(buf + n); n += 2;")
-                w(f"      if (m->{f.name}_count > {f.max_len} || "
-                  f"n + (size_t)m->{f.name}_count * {rs} > len) return -1;")
-                w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
-                  f"fp_{f.record}_get(buf + n, &m->{f.name}[i]); n += {rs}; }} }}")
-            else:
-                es = SCALAR_TYPES[f.elem_type][1]
-                w(f"    {{ uint16_t i; if (n + 2 > len) return -1; m->{f.name}_count = fp_get_u16(buf + n); n += 2;")
-                w(f"      if (m->{f.name}_count > {f.max_len} || "
-                  f"n + (size_t)m->{f.name}_count * {es} > len) return -1;")
-                w(f"      for (i = 0; i < m->{f.name}_count; i++) {{ "
-                  f"m->{f.name}[i] = fp_get_{f.elem_type}(buf + n); n += {es}; }} }}")
-        w("    (void)n; (void)len;")
-        w("    return 0;  /* bytes after the last known field: a newer peer's extensions */")
-        w("}")
-        w("")
+        o.extend(_message_lines(m))
     w("/* ---- framing -------------------------------------------------------------------------- */")
     w("static inline int fp_crc_seed(uint8_t msg_id, uint32_t *seed) {")
     w("    switch (msg_id) {")
@@ -268,6 +303,12 @@ def generate() -> str:
         w(f"    case FP_MSG_{m.name.upper()}: *seed = FP_MSG_{m.name.upper()}_CRC_SEED; return 0;")
     w("    default: return -1;")
     w("    }")
+    w("}")
+    w("")
+    w("/* The frozen handshake's frames carry FP_FROZEN_HEADER_VERSION whatever the protocol version,")
+    w("   so peers of any two versions handshake and say they differ. */")
+    w("static inline int fp_is_frozen(uint8_t msg_id) {")
+    w("    return " + " || ".join(f"msg_id == FP_MSG_{m.name.upper()}" for m in MESSAGES if m.frozen) + ";")
     w("}")
     w("")
     w("typedef struct { uint8_t version, msg_id, flags; uint16_t seq, payload_len; } fp_header_t;")
@@ -280,7 +321,8 @@ static inline size_t fp_frame_encode(uint8_t msg_id, uint8_t flags, uint16_t seq
     uint32_t seed, crc;
     size_t n;
     if (len > FP_MAX_PAYLOAD || fp_crc_seed(msg_id, &seed) != 0) return 0;
-    raw[0] = FP_PROTOCOL_VERSION; raw[1] = msg_id; raw[2] = flags;
+    raw[0] = fp_is_frozen(msg_id) ? FP_FROZEN_HEADER_VERSION : FP_PROTOCOL_VERSION;
+    raw[1] = msg_id; raw[2] = flags;
     fp_put_u16(raw + 3, seq); fp_put_u16(raw + 5, (uint16_t)len);
     if (len) memcpy(raw + FP_HEADER_SIZE, payload, len);
     crc = fp_crc32(seed, raw, FP_HEADER_SIZE + len);
@@ -315,7 +357,9 @@ static inline int fp_frame_decode(const uint8_t *enc, size_t len, uint8_t *raw, 
     if (fp_crc_seed(h->msg_id, &seed) != 0) return FP_FRAME_ERR_UNKNOWN_ID;
     if (fp_crc32(seed, raw, (size_t)n - FP_CRC_SIZE) != fp_get_u32(raw + n - FP_CRC_SIZE))
         return FP_FRAME_ERR_CRC;
-    if (h->version != FP_PROTOCOL_VERSION) return FP_FRAME_ERR_VERSION;
+    if (h->version != FP_PROTOCOL_VERSION
+        && !(fp_is_frozen(h->msg_id) && h->version == FP_FROZEN_HEADER_VERSION))
+        return FP_FRAME_ERR_VERSION;
     *payload = raw + FP_HEADER_SIZE;
     return FP_FRAME_OK;
 }

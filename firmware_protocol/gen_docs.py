@@ -5,6 +5,7 @@ from __future__ import annotations
 from .spec import (
     CRC_SEEDS,
     ENUMS,
+    FROZEN_HEADER_VERSION,
     HEADER_SIZE,
     MAX_DWELL_MS,
     MAX_INTEGRATION_MS,
@@ -57,7 +58,7 @@ def generate() -> str:
     w("")
     w("| offset | size | field |")
     w("|---|---|---|")
-    w("| 0 | 1 | protocol version |")
+    w(f"| 0 | 1 | protocol version ({FROZEN_HEADER_VERSION} in the frames of `hello` and `hello_reply`) |")
     w("| 1 | 1 | message id |")
     w("| 2 | 1 | flags: 0x01 response, 0x02 retry, 0x04 stream |")
     w("| 3 | 2 | request sequence number (0 for unsolicited frames) |")
@@ -69,8 +70,11 @@ def generate() -> str:
     w("id, fields' names, types, units and lengths, record layouts — not the documentation;")
     w("MAVLink's CRC_EXTRA idea), so a frame whose layout differs between two specs fails its CRC")
     w("rather than decoding into wrong numbers; rewording the docs changes no seed and no spec")
-    w("hash. The frozen handshake (`hello`, `hello_reply`) keeps its pinned seeds, so any two")
-    w("specs can always handshake and say they differ. A frame that fails COBS, length, CRC, version or payload")
+    w("hash. The frozen handshake (`hello`, `hello_reply`) keeps its pinned seeds and its frames'")
+    w(f"header version ({FROZEN_HEADER_VERSION}, which every decoder accepts for those two messages), so any")
+    w("two specs and protocol versions can always handshake and say they differ. Version 2 made")
+    w("pixel and channel numbers u16 (version 1: u8, so at most 255 pixels and 256 channels).")
+    w("A frame that fails COBS, length, CRC, version or payload")
     w("checks is dropped and counted; the decoder resynchronises at the next `0x00`.")
     w("")
     w("Payload encodings: `str` is a u8 length and UTF-8 bytes (no NUL); `T[≤n]` is a u16 count and the")

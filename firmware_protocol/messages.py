@@ -12,14 +12,14 @@ import numpy as np
 
 from .base import BaseMessage
 
-SPEC_HASH = 0x9B587E93
+SPEC_HASH = 0x68A4D624
 
 AGING_SAMPLE_DTYPE = np.dtype(
     [
         ("seq", "<u4"),  # -: sample sequence number of the AGING stream
         ("t_us", "<u8"),  # us: board time since its epoch
-        ("channel", "u1"),  # -: aging channel (0-based)
-        ("pixel", "u1"),  # -: pixel driven by the channel (1-based)
+        ("channel", "<u2"),  # -: aging channel (0-based)
+        ("pixel", "<u2"),  # -: pixel driven by the channel (1-based)
         ("flags", "u1"),  # -: SampleFlags
         ("pd_gain", "u1"),  # -: photodiode gain index used
         ("current_a", "<f4"),  # A: measured drive current
@@ -28,7 +28,7 @@ AGING_SAMPLE_DTYPE = np.dtype(
         ("temperature_c", "<f4"),  # degC: substrate temperature
     ]
 )
-"""One constant-current aging sample of one channel. 32 bytes, packed little-endian."""
+"""One constant-current aging sample of one channel. 34 bytes, packed little-endian."""
 
 SWEEP_POINT_DTYPE = np.dtype(
     [
@@ -36,7 +36,7 @@ SWEEP_POINT_DTYPE = np.dtype(
         ("t_us", "<u8"),  # us: board time at the end of the point's integration
         ("sweep_id", "<u2"),  # -: the id the host gave the sweep
         ("index", "<u2"),  # -: point index in the program (0-based, forward then reverse)
-        ("pixel", "u1"),  # -: pixel (1-based)
+        ("pixel", "<u2"),  # -: pixel (1-based)
         ("flags", "u1"),  # -: SampleFlags
         ("pd_gain", "u1"),  # -: photodiode gain index used
         ("voltage_set_v", "<f4"),  # V: programmed voltage
@@ -45,7 +45,7 @@ SWEEP_POINT_DTYPE = np.dtype(
         ("photodiode_a", "<f4"),  # A: photodiode current (not dark-subtracted)
     ]
 )
-"""One point of an on-board J-V-L sweep program. 35 bytes, packed little-endian."""
+"""One point of an on-board J-V-L sweep program. 36 bytes, packed little-endian."""
 
 RECORD_DTYPES: dict[str, np.dtype] = {
     "aging_sample": AGING_SAMPLE_DTYPE,
@@ -136,7 +136,6 @@ class Capabilities(BaseMessage):
     max_aging_interval_ms: int = 0  # extension field: ms
     max_sweep_points: int = 0  # extension field
     max_pd_reads: int = 0  # extension field
-    aging_channels: int = 0  # extension field
 
 
 @dataclass(frozen=True, eq=False)

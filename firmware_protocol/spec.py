@@ -24,8 +24,15 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Literal
 
-PROTOCOL_VERSION = 1
-"""Framing/header version carried in every frame header."""
+PROTOCOL_VERSION = 2
+"""Framing/header version carried in every frame header. 2: pixel and channel numbers are u16
+(boards of more than 255 pixels or 256 channels); 1: they were u8."""
+
+FROZEN_HEADER_VERSION = 1
+"""Header version of the frozen handshake's frames (``hello``, ``hello_reply``) whatever
+:data:`PROTOCOL_VERSION` is: a peer of any version decodes them, so two peers of different
+versions still handshake and say they differ (a decoder accepts a frozen message at this header
+version or its own)."""
 
 MAX_PAYLOAD = 1024
 """Largest payload in bytes; a frame announcing more is rejected."""
@@ -224,8 +231,8 @@ RECORDS: tuple[Record, ...] = (
         (
             F("seq", "u32", doc="sample sequence number of the AGING stream"),
             F("t_us", "u64", "us", "board time since its epoch"),
-            F("channel", "u8", doc="aging channel (0-based)"),
-            F("pixel", "u8", doc="pixel driven by the channel (1-based)"),
+            F("channel", "u16", doc="aging channel (0-based)"),
+            F("pixel", "u16", doc="pixel driven by the channel (1-based)"),
             F("flags", "u8", doc="SampleFlags"),
             F("pd_gain", "u8", doc="photodiode gain index used"),
             F("current_a", "f32", "A", "measured drive current"),
@@ -242,7 +249,7 @@ RECORDS: tuple[Record, ...] = (
             F("t_us", "u64", "us", "board time at the end of the point's integration"),
             F("sweep_id", "u16", doc="the id the host gave the sweep"),
             F("index", "u16", doc="point index in the program (0-based, forward then reverse)"),
-            F("pixel", "u8", doc="pixel (1-based)"),
+            F("pixel", "u16", doc="pixel (1-based)"),
             F("flags", "u8", doc="SampleFlags"),
             F("pd_gain", "u8", doc="photodiode gain index used"),
             F("voltage_set_v", "f32", "V", "programmed voltage"),
@@ -296,8 +303,8 @@ MESSAGES: tuple[Message, ...] = (
         "capabilities", 0x06, "board_to_host", "What the board has and its limits.",
         (
             F("n_substrates", "u8"),
-            F("pixels_per_substrate", "u8"),
-            F("n_aging_channels", "u8"),
+            F("pixels_per_substrate", "u16"),
+            F("n_aging_channels", "u16"),
             F("n_temperature_sensors", "u8"),
             F("smu_voltage_ranges_v", "f32[]", "V", max_len=8),
             F("smu_current_ranges_a", "f32[]", "A", max_len=8),
@@ -327,8 +334,6 @@ MESSAGES: tuple[Message, ...] = (
             F("max_sweep_points", "u16", doc="points of a forward sweep program",
               extension=True),
             F("max_pd_reads", "u16", doc="largest pd_read n", extension=True),
-            F("aging_channels", "u16", doc="aging channels, up to 256 (0: n_aging_channels)",
-              extension=True),
         ),
     ),
     Message(
@@ -362,7 +367,7 @@ MESSAGES: tuple[Message, ...] = (
             F("aging_oldest_seq", "u32", doc="oldest AGING seq still in the ring buffer"),
             F("aging_active", "u8[]", doc="the running aging channels of a board with any "
               "number of them: bit k%8 of byte k/8 is channel k (empty: aging_active_mask "
-              "says)", max_len=32, extension=True),
+              "says)", max_len=128, extension=True),
         ),
     ),
     Message(
@@ -380,8 +385,8 @@ MESSAGES: tuple[Message, ...] = (
         "Unsolicited notification (interlock, failure, compliance, watchdog).",
         (
             F("code", "u8", doc="EventCode"),
-            F("channel", "u8", doc="aging channel or 0xFF"),
-            F("pixel", "u8", doc="pixel or 0"),
+            F("channel", "u16", doc="aging channel or 0xFFFF"),
+            F("pixel", "u16", doc="pixel or 0"),
             F("t_us", "u64", "us"),
             F("value", "f32", doc="code-specific value"),
             F("detail", "str", max_len=64),
@@ -390,7 +395,7 @@ MESSAGES: tuple[Message, ...] = (
     # --- SMU and multiplexer ----------------------------------------------------------------
     Message(
         "mux_select", 0x10, "host_to_board",
-        "Connect the SMU to one pixel (1-based) or to none (0).", (F("pixel", "u8"),), acked=True,
+        "Connect the SMU to one pixel (1-based) or to none (0).", (F("pixel", "u16"),), acked=True,
     ),
     Message(
         "smu_configure", 0x11, "host_to_board", "Source mode, range, compliance, integration.",
@@ -428,7 +433,7 @@ MESSAGES: tuple[Message, ...] = (
         "spectra as spectrum messages, and sweep_done ends it.",
         (
             F("sweep_id", "u16", doc="host-chosen id, echoed in every point"),
-            F("pixel", "u8"),
+            F("pixel", "u16"),
             F("start_v", "f32", "V", "linear program (ignored when voltages_v is given)"),
             F("stop_v", "f32", "V"),
             F("step_v", "f32", "V"),
@@ -463,8 +468,8 @@ MESSAGES: tuple[Message, ...] = (
         "aging_start", 0x18, "host_to_board",
         "Drive a pixel at constant current on an aging channel, sampling every interval.",
         (
-            F("channel", "u8"),
-            F("pixel", "u8"),
+            F("channel", "u16"),
+            F("pixel", "u16"),
             F("current_a", "f32", "A"),
             F("interval_ms", "u32", "ms", range=AGING_INTERVAL_MS),
             F("compliance_v", "f32", "V"),
@@ -474,28 +479,28 @@ MESSAGES: tuple[Message, ...] = (
     ),
     Message(
         "aging_set", 0x19, "host_to_board", "Change a running channel's current or interval.",
-        (F("channel", "u8"), F("current_a", "f32", "A"), F("interval_ms", "u32", "ms")),
+        (F("channel", "u16"), F("current_a", "f32", "A"), F("interval_ms", "u32", "ms")),
         acked=True,
     ),
     Message(
         "aging_stop", 0x1A, "host_to_board", "Stop an aging channel (output off).",
-        (F("channel", "u8"),), acked=True,
+        (F("channel", "u16"),), acked=True,
     ),
     # --- photodiodes and spectrometer -------------------------------------------------------
     Message(
         "pd_configure", 0x1B, "host_to_board", "Photodiode gain and autorange (pixel 0 = all).",
-        (F("pixel", "u8"), F("gain_index", "u8"), F("autorange", "u8")), acked=True,
+        (F("pixel", "u16"), F("gain_index", "u8"), F("autorange", "u8")), acked=True,
     ),
     Message(
         "pd_read", 0x1C, "host_to_board", "Average n readings of a pixel's photodiode.",
-        (F("pixel", "u8"), F("n", "u16", range=PD_READS),
+        (F("pixel", "u16"), F("n", "u16", range=PD_READS),
          F("integration_ms", "f32", "ms", range=INTEGRATION_MS)),
         acked=True, reply="pd_reading",
     ),
     Message(
         "pd_reading", 0x1D, "board_to_host", "Reply to pd_read.",
         (
-            F("pixel", "u8"),
+            F("pixel", "u16"),
             F("gain_index", "u8"),
             F("flags", "u8", doc="SampleFlags"),
             F("mean_a", "f32", "A"),
@@ -506,7 +511,7 @@ MESSAGES: tuple[Message, ...] = (
         "spectrum_acquire", 0x1E, "host_to_board",
         "Take one spectrum of a pixel (the SMU's present operating point); answered by a "
         "spectrum message on the SPECTRUM stream, whose seq the ok carries.",
-        (F("pixel", "u8"), F("integration_ms", "f32", "ms", range=SPECTRUM_INTEGRATION_MS)),
+        (F("pixel", "u16"), F("integration_ms", "f32", "ms", range=SPECTRUM_INTEGRATION_MS)),
         acked=True,
     ),
     Message(
@@ -516,7 +521,7 @@ MESSAGES: tuple[Message, ...] = (
             F("t_us", "u64", "us"),
             F("sweep_id", "u16", doc="0xFFFF when not part of a sweep"),
             F("index", "u16", doc="sweep point index it was taken at"),
-            F("pixel", "u8"),
+            F("pixel", "u16"),
             F("flags", "u8", doc="bit0 saturated"),
             F("voltage_v", "f32", "V"),
             F("current_a", "f32", "A"),
@@ -529,7 +534,7 @@ MESSAGES: tuple[Message, ...] = (
     # --- sample streams ---------------------------------------------------------------------
     Message(
         "aging_samples", 0x20, "board_to_host", "A block of AGING stream records.",
-        (F("records", "records", record="aging_sample", max_len=31),), stream="AGING",
+        (F("records", "records", record="aging_sample", max_len=30),), stream="AGING",
     ),
     Message(
         "sweep_points", 0x21, "board_to_host", "A block of SWEEP stream records.",
@@ -668,11 +673,50 @@ def spec_hash(messages: tuple[Message, ...], records: tuple[Record, ...]) -> int
 
 SPEC_HASH: int = spec_hash(MESSAGES, RECORDS)
 CRC_SEEDS: dict[int, int] = {m.id: message_crc_seed(m) for m in MESSAGES}
+FROZEN_IDS: frozenset[int] = frozenset(m.id for m in MESSAGES if m.frozen)
+"""Ids of the frozen handshake messages (their frames carry :data:`FROZEN_HEADER_VERSION`)."""
 
 
 def field_range(message: str, field: str) -> Range | None:
     """The spec's range of ``message.field`` (None when it has none)."""
     return next((f.range for f in MESSAGES_BY_NAME[message].fields if f.name == field), None)
+
+
+def _validate_field(m: Message, f: Field) -> None:
+    if f.range is not None and (not f.is_scalar or m.direction != "host_to_board"):
+        raise AssertionError(f"{m.name}.{f.name}: ranges are for scalar request fields")
+    if f.extension and f.type == "records":
+        raise AssertionError(f"{m.name}.{f.name}: records cannot be an extension field")
+    if f.type == "records":
+        if f.record not in RECORDS_BY_NAME:
+            raise AssertionError(f"{m.name}.{f.name}: unknown record {f.record}")
+    elif f.type == "str":
+        if not 0 < f.max_len < 256:
+            raise AssertionError(f"{m.name}.{f.name}: str needs max_len < 256")
+    elif f.is_array:
+        if f.elem_type not in SCALAR_TYPES or f.max_len <= 0:
+            raise AssertionError(f"{m.name}.{f.name}: bad array")
+    elif f.type not in SCALAR_TYPES:
+        raise AssertionError(f"{m.name}.{f.name}: unknown type {f.type}")
+
+
+def _validate_message(m: Message) -> None:
+    if not 0 < m.id < 256:
+        raise AssertionError(f"{m.name}: id out of range")
+    if m.acked and m.direction != "host_to_board":
+        raise AssertionError(f"{m.name}: only requests are acknowledged")
+    if m.reply and m.reply not in MESSAGES_BY_NAME:
+        raise AssertionError(f"{m.name}: unknown reply {m.reply}")
+    ext = [f.extension for f in m.fields]
+    if any(ext) and ext != sorted(ext):
+        raise AssertionError(f"{m.name}: extension fields must come after every other field")
+    if any(ext) and (m.frozen or m.stream):
+        raise AssertionError(f"{m.name}: frozen and stream messages take no extension fields")
+    for f in m.fields:
+        _validate_field(m, f)
+    size = max_payload_size(m)
+    if size > MAX_PAYLOAD:
+        raise AssertionError(f"{m.name}: can exceed MAX_PAYLOAD ({size} bytes)")
 
 
 def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
@@ -683,36 +727,7 @@ def _validate(messages: tuple[Message, ...] = MESSAGES) -> None:
     if len(set(ids)) != len(ids):
         raise AssertionError("duplicate message id in spec")
     for m in messages:
-        if not 0 < m.id < 256:
-            raise AssertionError(f"{m.name}: id out of range")
-        if m.acked and m.direction != "host_to_board":
-            raise AssertionError(f"{m.name}: only requests are acknowledged")
-        if m.reply and m.reply not in MESSAGES_BY_NAME:
-            raise AssertionError(f"{m.name}: unknown reply {m.reply}")
-        ext = [f.extension for f in m.fields]
-        if any(ext) and ext != sorted(ext):
-            raise AssertionError(f"{m.name}: extension fields must come after every other field")
-        if any(f.extension for f in m.fields) and (m.frozen or m.stream):
-            raise AssertionError(f"{m.name}: frozen and stream messages take no extension fields")
-        for f in m.fields:
-            if f.range is not None and (not f.is_scalar or m.direction != "host_to_board"):
-                raise AssertionError(f"{m.name}.{f.name}: ranges are for scalar request fields")
-            if f.extension and f.type == "records":
-                raise AssertionError(f"{m.name}.{f.name}: records cannot be an extension field")
-            if f.type == "records":
-                if f.record not in RECORDS_BY_NAME:
-                    raise AssertionError(f"{m.name}.{f.name}: unknown record {f.record}")
-            elif f.type == "str":
-                if not 0 < f.max_len < 256:
-                    raise AssertionError(f"{m.name}.{f.name}: str needs max_len < 256")
-            elif f.is_array:
-                if f.elem_type not in SCALAR_TYPES or f.max_len <= 0:
-                    raise AssertionError(f"{m.name}.{f.name}: bad array")
-            elif f.type not in SCALAR_TYPES:
-                raise AssertionError(f"{m.name}.{f.name}: unknown type {f.type}")
-        size = max_payload_size(m)
-        if size > MAX_PAYLOAD:
-            raise AssertionError(f"{m.name}: can exceed MAX_PAYLOAD ({size} bytes)")
+        _validate_message(m)
 
 
 def max_payload_size(m: Message) -> int:
@@ -732,7 +747,8 @@ def max_payload_size(m: Message) -> int:
 _validate()
 
 __all__ = [
-    "CRC_SEEDS", "HEADER_SIZE", "MAX_DWELL_MS", "MAX_INTEGRATION_MS", "MAX_PAYLOAD", "MAX_PD_READS",
+    "CRC_SEEDS", "FROZEN_HEADER_VERSION", "FROZEN_IDS",
+    "HEADER_SIZE", "MAX_DWELL_MS", "MAX_INTEGRATION_MS", "MAX_PAYLOAD", "MAX_PD_READS",
     "MAX_SPECTRUM_INTEGRATION_MS", "MESSAGES", "MESSAGES_BY_ID", "MESSAGES_BY_NAME",
     "PROTOCOL_VERSION", "RECORDS", "RECORDS_BY_NAME", "REQUEST_COSTS", "SPEC_HASH", "Field",
     "Message", "Range", "Record", "field_range", "request_cost_ms",

@@ -48,6 +48,8 @@ examples:
       pixel and an interlock trip (times are virtual)
   station sim --preset dbsa --listen tcp://127.0.0.1:7000 --baud 115200 --usb-latency-ms 1
       a slow serial link with USB frame latency
+  station sim --preset 'dbsa*256' --listen tcp://127.0.0.1:0
+      a 256-channel board: 256 DBSA pixels, each on its own aging channel
   station sim --preset dbsa --truth --json --current-density 10
       the model's Table S1 figures and lifetime at 10 mA/cm^2, as JSON
 
@@ -79,8 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ring-depth", type=int, default=200_000, metavar="N",
                    help="aging samples the board buffers (default 200000)")
     p.add_argument("--aging-channels", type=int, metavar="N",
-                   help="aging channels on the board, 1..256 (default: one per pixel, at most "
-                        "256; channel k drives pixel k+1 by default)")
+                   help="aging channels on the board, 1..1024 (default: one per pixel; channel k "
+                        "drives pixel k+1 by default)")
     p.add_argument("--reboot-loses-ring", action="store_true",
                    help="a reboot also empties the ring buffers and restarts seqs at 0")
     p.add_argument("--firmware", choices=("python", "c", "qemu"), default="python",

@@ -98,7 +98,7 @@ def build_library(force: bool = False, extra_flags: Sequence[str] = (), out: Pat
 # ---- the C side's structures ------------------------------------------------------------------
 
 class _Config(C.Structure):
-    _fields_ = [("n_substrates", C.c_uint8), ("pixels_per_substrate", C.c_uint8),
+    _fields_ = [("n_substrates", C.c_uint8), ("pixels_per_substrate", C.c_uint16),
                 ("n_channels", C.c_uint16), ("aging_ring_depth", C.c_uint32),
                 ("sweep_ring_depth", C.c_uint32), ("spectrum_ring_depth", C.c_uint32),
                 ("first_seq", C.c_uint32), ("reboot_loses_ring", C.c_uint8),
@@ -123,15 +123,16 @@ _CB_MILLIS = C.CFUNCTYPE(C.c_uint64)
 _CB_UART = C.CFUNCTYPE(None, C.c_void_p, C.c_size_t, C.c_int)
 _CB_INTERLOCK = C.CFUNCTYPE(C.c_int)
 _CB_TEMPS = C.CFUNCTYPE(C.c_uint8, _fp, C.c_uint8)
-_CB_SMU_APPLY = C.CFUNCTYPE(None, C.c_uint8, C.c_uint8, C.c_uint8, C.c_uint8, C.c_float, C.c_float, C.c_float)
+_CB_SMU_APPLY = C.CFUNCTYPE(None, C.c_uint8, C.c_uint8, C.c_uint8, C.c_uint16, C.c_float, C.c_float,
+                             C.c_float)
 _CB_SMU_MEASURE = C.CFUNCTYPE(None, _fp, _u8p, C.c_uint8, _u8p)
-_CB_SWEEP_POINT = C.CFUNCTYPE(None, C.c_uint8, C.c_float, C.c_float, C.c_float, C.c_uint8, C.c_uint32,
+_CB_SWEEP_POINT = C.CFUNCTYPE(None, C.c_uint16, C.c_float, C.c_float, C.c_float, C.c_uint8, C.c_uint32,
                               _fp, _u8p, _u8p)
-_CB_PD_READ = C.CFUNCTYPE(None, C.c_uint8, C.c_uint16, C.c_float, _u8p, C.c_uint8, _fp, _u8p)
-_CB_AGING_ON = C.CFUNCTYPE(None, C.c_uint8, C.c_uint8, C.c_float, C.c_float)
-_CB_AGING_OFF = C.CFUNCTYPE(None, C.c_uint8)
-_CB_AGING_SAMPLE = C.CFUNCTYPE(None, C.c_uint8, C.c_uint64, _u8p, _fp, _u8p)
-_CB_SPECTRUM = C.CFUNCTYPE(C.c_int, C.c_uint8, C.c_float, C.POINTER(C.c_uint16), C.c_uint16, _fp, _u8p)
+_CB_PD_READ = C.CFUNCTYPE(None, C.c_uint16, C.c_uint16, C.c_float, _u8p, C.c_uint8, _fp, _u8p)
+_CB_AGING_ON = C.CFUNCTYPE(None, C.c_uint16, C.c_uint16, C.c_float, C.c_float)
+_CB_AGING_OFF = C.CFUNCTYPE(None, C.c_uint16)
+_CB_AGING_SAMPLE = C.CFUNCTYPE(None, C.c_uint16, C.c_uint64, _u8p, _fp, _u8p)
+_CB_SPECTRUM = C.CFUNCTYPE(C.c_int, C.c_uint16, C.c_float, C.POINTER(C.c_uint16), C.c_uint16, _fp, _u8p)
 _CB_CAPS = C.CFUNCTYPE(C.c_size_t, _u8p, C.c_size_t)
 
 
@@ -160,7 +161,7 @@ def _load(path: Path) -> C.CDLL:
     lib.fw_advance.restype = C.c_uint64
     lib.fw_set_link.argtypes = [C.c_int]
     lib.fw_interlock.argtypes = [C.c_int]
-    lib.fw_aging_fault.argtypes = [C.c_uint8, C.c_uint8]
+    lib.fw_aging_fault.argtypes = [C.c_uint16, C.c_uint8]
     lib.fw_counters.restype = C.POINTER(_Counters)
     lib.fw_boot_id.restype = C.c_uint32
     lib.fw_now_us.restype = C.c_uint64
@@ -516,7 +517,8 @@ class CFirmwareBoard(Board):
             times, recs, i = hit
             if i < len(times) and times[i] == t and (i == 0 or int(recs["pd_gain"][i - 1]) == gain):
                 self._aging_cache[c.index] = (times, recs, i + 1)
-                return recs[i]
+                rec: np.void = recs[i]
+                return rec
         nxt, interval = C.c_uint64(), C.c_uint64()
         self._lib.fw_channel_schedule(c.index, C.byref(nxt), C.byref(interval))
         n = 1
@@ -527,7 +529,8 @@ class CFirmwareBoard(Board):
         c.gain = gain
         recs = self._aging_samples([(c, times)])
         self._aging_cache[c.index] = (times, recs, 1)
-        return recs[0]
+        first: np.void = recs[0]
+        return first
 
     def _hal_spectrum(self, pixel: int, integration_ms: float, counts: Any, n: int, out: Any,
                       flags: Any) -> int:

@@ -134,50 +134,57 @@ def _target(value: str, prefix: str, where: str) -> int:
     return n
 
 
+def _split_entry(entry: str) -> tuple[str, str, str]:
+    """(kind, value, where) of one ``kind=value`` entry; a clear error when it is not one."""
+    key, eq, value = entry.partition("=")
+    key = key.strip().lower()
+    where = f"fault {entry!r}"
+    if not eq or not value.strip():
+        raise FaultSpecError(f"{where}: expected kind=value (kinds: {', '.join(_KINDS)})")
+    if key not in _KINDS:
+        raise FaultSpecError(f"{where}: unknown fault kind {key!r}; known: {', '.join(_KINDS)}")
+    return key, value.strip(), where
+
+
+def _event(key: str, value: str, where: str) -> FaultEvent:
+    """The timed event of a short, open, reboot, disconnect or interlock entry."""
+    if key in ("short", "open"):
+        target, at, when = value.partition("@")
+        if not at:
+            raise FaultSpecError(f"{where}: expected {key}=pxN@TIME (e.g. {key}=px5@50h)")
+        return FaultEvent(parse_duration_us(when, where), key, 0, _target(target, "px", where))
+    if key == "reboot":
+        return FaultEvent(parse_duration_us(value, where), "reboot")
+    # disconnect, interlock: TIME+DURATION
+    start, plus, dur = value.partition("+")
+    if not plus and key == "interlock":
+        raise FaultSpecError(f"{where}: expected interlock=TIME+DURATION (e.g. 300s+10s)")
+    d_us = parse_duration_us(dur, where) if plus else 0
+    return FaultEvent(parse_duration_us(start, where), key, d_us)
+
+
 def parse_faults(spec: str | None) -> FaultPlan:
     """Parse a --faults spec (see the module docstring). Empty or None → no faults."""
     if spec is None or not spec.strip():
         return FaultPlan(spec="")
-    ber = drop = None
+    probabilities: dict[str, float] = {}
     saturate: set[int] = set()
     events: list[FaultEvent] = []
     for raw in spec.split(","):
         entry = raw.strip()
         if not entry:
             raise FaultSpecError(f"fault spec {spec!r}: empty entry (two commas in a row?)")
-        key, eq, value = entry.partition("=")
-        key = key.strip().lower()
-        where = f"fault {entry!r}"
-        if not eq or not value.strip():
-            raise FaultSpecError(f"{where}: expected kind=value (kinds: {', '.join(_KINDS)})")
-        if key not in _KINDS:
-            raise FaultSpecError(f"{where}: unknown fault kind {key!r}; known: {', '.join(_KINDS)}")
-        value = value.strip()
+        key, value, where = _split_entry(entry)
         if key in ("ber", "drop"):
-            if (ber if key == "ber" else drop) is not None:
+            if key in probabilities:
                 raise FaultSpecError(f"{where}: {key} given twice")
-            p = _probability(value, where)
-            if key == "ber":
-                ber = p
-            else:
-                drop = p
+            probabilities[key] = _probability(value, where)
         elif key == "saturate":
             saturate.add(_target(value, "pd", where))
-        elif key in ("short", "open"):
-            target, at, when = value.partition("@")
-            if not at:
-                raise FaultSpecError(f"{where}: expected {key}=pxN@TIME (e.g. {key}=px5@50h)")
-            events.append(FaultEvent(parse_duration_us(when, where), key, 0,
-                                     _target(target, "px", where)))
-        elif key == "reboot":
-            events.append(FaultEvent(parse_duration_us(value, where), "reboot"))
-        else:  # disconnect, interlock: TIME+DURATION
-            start, plus, dur = value.partition("+")
-            if not plus and key == "interlock":
-                raise FaultSpecError(f"{where}: expected interlock=TIME+DURATION (e.g. 300s+10s)")
-            d_us = parse_duration_us(dur, where) if plus else 0
-            events.append(FaultEvent(parse_duration_us(start, where), key, d_us))
-    return FaultPlan(ber or 0.0, drop or 0.0, frozenset(saturate), tuple(sorted(events)), spec)
+        else:
+            events.append(_event(key, value, where))
+    return FaultPlan(probabilities.get("ber", 0.0), probabilities.get("drop", 0.0), frozenset(saturate),
+                     tuple(sorted(events)), spec)
 
 
 @dataclass

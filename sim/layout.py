@@ -60,8 +60,8 @@ __all__ = [
 DEFAULT_AREA_MM2 = 4.0
 DEFAULT_PD_RADIUS_MM = 5.64
 DEFAULT_PD_DISTANCE_MM = 10.0
-MAX_PIXELS = 255  # pixel numbers are u8 on the wire, 0 meaning "none"
-_MAX_REPEAT = 64
+MAX_PIXELS = 1024  # pixel numbers are u16 on the wire (0: none); as many as aging channels
+_MAX_REPEAT = MAX_PIXELS
 
 
 class LayoutError(ValueError):
@@ -165,6 +165,50 @@ _PIXEL_KEYS = ("preset", "area_mm2", "pd_radius_mm", "pd_distance_mm")
 _TOP_KEYS = ("serial_number", "defaults", "substrate")
 
 
+def _parse_defaults(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The per-pixel defaults: the built-in ones overridden by the ``[defaults]`` table."""
+    defaults_raw = doc.get("defaults", {})
+    if not isinstance(defaults_raw, Mapping):
+        raise LayoutError(f"{source}: [defaults] must be a table")
+    for key in defaults_raw:
+        if key not in _PIXEL_KEYS:
+            raise LayoutError(f"{source}: defaults.{key}: unknown key; allowed: "
+                              f"{', '.join(_PIXEL_KEYS)}")
+    return {"area_mm2": DEFAULT_AREA_MM2, "pd_radius_mm": DEFAULT_PD_RADIUS_MM,
+            "pd_distance_mm": DEFAULT_PD_DISTANCE_MM, **defaults_raw}
+
+
+def _parse_pixel(px: Any, defaults: Mapping[str, Any], number: int, substrate: int,
+                 where: str) -> PixelSpec:
+    """Pixel ``number`` (1-based) of the board from its table (and the defaults)."""
+    if not isinstance(px, Mapping):
+        raise LayoutError(f"{where}: must be a table like {{ preset = \"dbsa\" }}")
+    for key in px:
+        if key not in _PIXEL_KEYS:
+            raise LayoutError(f"{where}.{key}: unknown key; allowed: {', '.join(_PIXEL_KEYS)}")
+    merged = {**defaults, **px}
+    if "preset" not in merged:
+        raise LayoutError(f"{where}.preset: missing (and no defaults.preset)")
+    preset = _preset(merged["preset"], f"{where}.preset")
+    area = _positive(merged["area_mm2"], f"{where}.area_mm2") * A_M2_PER_MM2
+    r = _positive(merged["pd_radius_mm"], f"{where}.pd_radius_mm") * 1e-3
+    d = _positive(merged["pd_distance_mm"], f"{where}.pd_distance_mm") * 1e-3
+    return PixelSpec(number, substrate, preset, area, r, d)
+
+
+def _substrate_pixels(sub: Any, where_s: str) -> list[Any]:
+    """The pixel tables of one ``[[substrate]]``."""
+    if not isinstance(sub, Mapping):
+        raise LayoutError(f"{where_s}: must be a table")
+    for key in sub:
+        if key != "pixels":
+            raise LayoutError(f"{where_s}.{key}: unknown key; allowed: pixels")
+    plist = sub.get("pixels")
+    if not isinstance(plist, list) or not plist:
+        raise LayoutError(f"{where_s}.pixels: must be a non-empty array of tables")
+    return plist
+
+
 def parse_layout(doc: Mapping[str, Any], source: str = "<layout>") -> Layout:
     """A layout from a parsed TOML document (see the module docstring for the format)."""
     for key in doc:
@@ -173,15 +217,7 @@ def parse_layout(doc: Mapping[str, Any], source: str = "<layout>") -> Layout:
     serial = doc.get("serial_number", "")
     if not isinstance(serial, str) or len(serial.encode()) > 32:
         raise LayoutError(f"{source}: serial_number must be a string of at most 32 bytes")
-    defaults_raw = doc.get("defaults", {})
-    if not isinstance(defaults_raw, Mapping):
-        raise LayoutError(f"{source}: [defaults] must be a table")
-    for key in defaults_raw:
-        if key not in _PIXEL_KEYS:
-            raise LayoutError(f"{source}: defaults.{key}: unknown key; allowed: "
-                              f"{', '.join(_PIXEL_KEYS)}")
-    defaults: dict[str, Any] = {"area_mm2": DEFAULT_AREA_MM2, "pd_radius_mm": DEFAULT_PD_RADIUS_MM,
-                                "pd_distance_mm": DEFAULT_PD_DISTANCE_MM, **defaults_raw}
+    defaults = _parse_defaults(doc, source)
     subs = doc.get("substrate")
     if subs is None:
         raise LayoutError(f"{source}: no [[substrate]] tables (need at least one)")
@@ -191,34 +227,14 @@ def parse_layout(doc: Mapping[str, Any], source: str = "<layout>") -> Layout:
     per: int | None = None
     for si, sub in enumerate(subs):
         where_s = f"{source}: substrate[{si}]"
-        if not isinstance(sub, Mapping):
-            raise LayoutError(f"{where_s}: must be a table")
-        for key in sub:
-            if key != "pixels":
-                raise LayoutError(f"{where_s}.{key}: unknown key; allowed: pixels")
-        plist = sub.get("pixels")
-        if not isinstance(plist, list) or not plist:
-            raise LayoutError(f"{where_s}.pixels: must be a non-empty array of tables")
+        plist = _substrate_pixels(sub, where_s)
         if per is None:
             per = len(plist)
         elif len(plist) != per:
             raise LayoutError(f"{where_s}.pixels: {len(plist)} pixels, but substrate[0] has {per} "
                               "(every substrate must have the same number)")
         for pi, px in enumerate(plist):
-            where = f"{where_s}.pixels[{pi}]"
-            if not isinstance(px, Mapping):
-                raise LayoutError(f"{where}: must be a table like {{ preset = \"dbsa\" }}")
-            for key in px:
-                if key not in _PIXEL_KEYS:
-                    raise LayoutError(f"{where}.{key}: unknown key; allowed: {', '.join(_PIXEL_KEYS)}")
-            merged = {**defaults, **px}
-            if "preset" not in merged:
-                raise LayoutError(f"{where}.preset: missing (and no defaults.preset)")
-            preset = _preset(merged["preset"], f"{where}.preset")
-            area = _positive(merged["area_mm2"], f"{where}.area_mm2") * A_M2_PER_MM2
-            r = _positive(merged["pd_radius_mm"], f"{where}.pd_radius_mm") * 1e-3
-            d = _positive(merged["pd_distance_mm"], f"{where}.pd_distance_mm") * 1e-3
-            pixels.append(PixelSpec(len(pixels) + 1, si, preset, area, r, d))
+            pixels.append(_parse_pixel(px, defaults, len(pixels) + 1, si, f"{where_s}.pixels[{pi}]"))
     if len(pixels) > MAX_PIXELS:
         raise LayoutError(f"{source}: {len(pixels)} pixels > max {MAX_PIXELS}")
     assert per is not None

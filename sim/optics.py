@@ -86,7 +86,8 @@ def si_responsivity_a_per_w(wavelength_nm: ArrayLike) -> NDArray[np.float64]:
     Zero outside 300-1100 nm (the table's range).
     """
     wl = np.asarray(wavelength_nm, dtype=float)
-    return np.interp(wl, SI_RESPONSIVITY_WAVELENGTH_NM, SI_RESPONSIVITY_A_PER_W, left=0.0, right=0.0)
+    r = np.interp(wl, SI_RESPONSIVITY_WAVELENGTH_NM, SI_RESPONSIVITY_A_PER_W, left=0.0, right=0.0)
+    return np.asarray(r, dtype=np.float64)
 
 
 def lambertian_fraction(radius_m: ArrayLike, distance_m: ArrayLike) -> NDArray[np.float64]:
@@ -142,7 +143,8 @@ CIE_WAVELENGTH_NM: NDArray[np.float64] = np.arange(360.0, 831.0, 1.0)
 def photopic_v(wavelength_nm: ArrayLike) -> NDArray[np.float64]:
     """CIE 1924 photopic luminous efficiency V(λ) (CIE 015:2018), zero outside 360-830 nm."""
     wl_tab, _, v = _cie_tables()
-    return np.interp(np.asarray(wavelength_nm, dtype=float), wl_tab, v, left=0.0, right=0.0)
+    return np.asarray(np.interp(np.asarray(wavelength_nm, dtype=float), wl_tab, v, left=0.0, right=0.0),
+                      dtype=np.float64)
 
 
 def cie_1931_cmfs(wavelength_nm: ArrayLike) -> NDArray[np.float64]:
@@ -185,4 +187,4 @@ def photodiode_current_a(
     s = np.asarray(spectrum_w_per_nm, dtype=float)
     weight = np.trapezoid(s * si_responsivity_a_per_w(wl), wl, axis=-1)
     frac = lambertian_fraction(radius_m, distance_m)
-    return np.asarray(optical_power_w, dtype=float) * frac * weight
+    return np.asarray(np.asarray(optical_power_w, dtype=float) * frac * weight, dtype=np.float64)

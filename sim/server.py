@@ -509,25 +509,13 @@ class SimServer:
         assert clock is not None
         next_status = clock.wall() + 1.0
         board = self.board
-        tr = self._transport
         while not self._stopping:
             wall = clock.wall()
             if self._down and wall >= self._down_until_wall and clock.now_us() >= self._down_until_us:
                 await self._bring_up()
             now = clock.now_us()
             if not self._down:
-                data = tr.poll()
-                peer = tr.has_peer
-                if peer != board.link_up:
-                    self._in.clear()
-                    self._out.clear()
-                    board.set_link(peer)
-                if data:
-                    self.stats.bytes_from_host += len(data)
-                    self._in.push(data, wall)
-                inbound = self._in.pop(wall)
-                if inbound:
-                    board.receive(inbound, wall)
+                self._receive(wall)
             reached = board.advance(now)
             if reached < now and not board.link_actions:
                 clock.slip_to(reached)
@@ -536,22 +524,44 @@ class SimServer:
                 next_status = max(next_status + 1.0, wall + 0.5)
                 if board.link_up:
                     board.emit_status()
-            for data, is_stream in board.take_frames():
-                if is_stream and self._out.pending() + tr.backlog() > self.tx_buffer_bytes:
-                    self.stats.tx_frames_dropped += 1
-                    board.discard_frames([data])
-                    continue
-                self._out.push(data, wall)
-            if not self._down:
-                out = self._out.pop(wall)
-                if out:
-                    self.stats.bytes_to_host += len(out)
-                    tr.write(out)
+            self._send(wall)
             if board.link_actions:
                 actions, board.link_actions = board.link_actions, []
                 for act in actions:
                     await self._drop_link(act, wall)
             await asyncio.sleep(LOOP_PERIOD_S)
+
+    def _receive(self, wall: float) -> None:
+        """The host's bytes (through the link's delay and noise) into the board; the peer's state."""
+        board, tr = self.board, self._transport
+        data = tr.poll()
+        peer = tr.has_peer
+        if peer != board.link_up:
+            self._in.clear()
+            self._out.clear()
+            board.set_link(peer)
+        if data:
+            self.stats.bytes_from_host += len(data)
+            self._in.push(data, wall)
+        inbound = self._in.pop(wall)
+        if inbound:
+            board.receive(inbound, wall)
+
+    def _send(self, wall: float) -> None:
+        """The board's frames into the outbound link (stream data dropped when the TX buffer is
+        full), and what is due out of it to the host."""
+        board, tr = self.board, self._transport
+        for data, is_stream in board.take_frames():
+            if is_stream and self._out.pending() + tr.backlog() > self.tx_buffer_bytes:
+                self.stats.tx_frames_dropped += 1
+                board.discard_frames([data])
+                continue
+            self._out.push(data, wall)
+        if not self._down:
+            out = self._out.pop(wall)
+            if out:
+                self.stats.bytes_to_host += len(out)
+                tr.write(out)
 
     async def _drop_link(self, act: LinkAction, wall: float) -> None:
         assert self.clock is not None

@@ -54,7 +54,7 @@ class BoardSection(_Strict):
 
 
 class PixelConfig(_Strict):
-    number: int = Field(..., ge=1, le=255, description="board pixel number (1-based)")
+    number: int = Field(..., ge=1, le=0xFFFF, description="board pixel number (1-based, u16 on the wire)")
     label: str = ""
     area_mm2: float = Field(4.0, gt=0, le=10000)
     device: str = Field("", description="device name or simulator preset")

@@ -38,6 +38,9 @@ def test_bench_quick_json() -> None:
         if v is None and k.startswith("mqtt_") and not has_mosquitto:
             continue  # reported null, with the reason in "notes"
         assert isinstance(v, int | float) and math.isfinite(v), (k, v)
+    # (e) is measured at full width: 256 pixels on the 256 channels of the board, 10 Hz each
+    d = res["detail_daemon"]
+    assert (d["channels"], d["board_channels"], d["interval_s"]) == (256, 256, 0.1)
 
 
 def test_bench_command_registers() -> None:

@@ -54,8 +54,10 @@ def test_frames_encoded_in_c_are_accepted_by_python(cprog):
     assert isinstance(block, AgingSamples)
     r = block.records
     assert r["seq"][0] == 4294967280 and r["seq"][15] == 4294967295 and r["seq"][16] == 0
-    assert np.allclose(r["current_a"], 1e-4 * (np.arange(31) + 1), rtol=1e-6)
-    assert r["t_us"][30] == 5_030_000_000
+    assert np.allclose(r["current_a"], 1e-4 * (np.arange(30) + 1), rtol=1e-6)
+    assert r["t_us"][29] == 5_029_000_000
+    assert r["channel"].tolist() == [i % 4 + 250 for i in range(30)]  # u16 channels and pixels
+    assert r["pixel"].tolist() == [i % 8 + 251 for i in range(30)]
     cap = msgs[3]
     assert isinstance(cap, Capabilities)
     assert cap.smu_voltage_ranges_v == (2.0, 20.0)

@@ -22,7 +22,7 @@ from firmware_protocol.codec import (
     encode_payload,
 )
 from firmware_protocol.messages import AGING_SAMPLE_DTYPE, AgingSamples, Error, Ping, SweepStart
-from firmware_protocol.spec import CRC_SEEDS, MESSAGES, MESSAGES_BY_NAME
+from firmware_protocol.spec import CRC_SEEDS, MESSAGES, MESSAGES_BY_NAME, PROTOCOL_VERSION
 
 from .strategies import message
 
@@ -113,7 +113,7 @@ def test_bit_flips_and_truncations_are_rejected_not_misread(msg, data):
 def test_crc_is_crc32_with_the_message_seed_independently_computed():
     frame = encode_frame(Ping(nonce=0x01020304), seq=5)
     raw = cobs.decode(frame[:-1])
-    assert raw[:7] == bytes([1, MESSAGES_BY_NAME["ping"].id, 0, 5, 0, 4, 0])
+    assert raw[:7] == bytes([PROTOCOL_VERSION, MESSAGES_BY_NAME["ping"].id, 0, 5, 0, 4, 0])
     assert raw[7:11] == bytes([4, 3, 2, 1])
     expect = zlib.crc32(raw[:11], CRC_SEEDS[MESSAGES_BY_NAME["ping"].id])
     assert int.from_bytes(raw[11:], "little") == expect
@@ -142,14 +142,14 @@ def test_wrong_version_counts_and_drops():
 
 
 def test_sample_block_decodes_to_a_structured_array_in_one_call():
-    rec = np.zeros(31, dtype=AGING_SAMPLE_DTYPE)
-    rec["seq"] = np.arange(1000, 1031)
-    rec["current_a"] = np.linspace(1e-4, 2e-4, 31, dtype=np.float32)
+    rec = np.zeros(30, dtype=AGING_SAMPLE_DTYPE)  # a full block (protocol 2: 30 of 34 bytes)
+    rec["seq"] = np.arange(1000, 1030)
+    rec["current_a"] = np.linspace(1e-4, 2e-4, 30, dtype=np.float32)
     (ev,) = StreamDecoder().feed(encode_frame(AgingSamples(records=rec)))
     out = ev.message.records
-    assert out.dtype == AGING_SAMPLE_DTYPE and out.shape == (31,)
-    assert out["seq"].tolist() == list(range(1000, 1031))
-    assert AGING_SAMPLE_DTYPE.itemsize == 32  # packed, no padding
+    assert out.dtype == AGING_SAMPLE_DTYPE and out.shape == (30,)
+    assert out["seq"].tolist() == list(range(1000, 1030))
+    assert AGING_SAMPLE_DTYPE.itemsize == 34  # packed, no padding
 
 
 def test_encode_rejects_out_of_range_values_with_the_field_named():

@@ -35,7 +35,7 @@ from firmware_protocol.messages import (
     Status,
     StreamAck,
 )
-from firmware_protocol.spec import MESSAGES_BY_ID, SPEC_HASH, ErrorCode, Stream
+from firmware_protocol.spec import MESSAGES_BY_ID, PROTOCOL_VERSION, SPEC_HASH, ErrorCode, Stream
 
 
 class Pair:
@@ -58,7 +58,7 @@ class Pair:
                 m = item.message
                 if m.NAME == "hello":
                     out += self.board.respond(item.seq, HelloReply(
-                        protocol_version=1, spec_hash=self.board_hash, boot_id=self.boot_id,
+                        protocol_version=PROTOCOL_VERSION, spec_hash=self.board_hash, boot_id=self.boot_id,
                         firmware_version="test-fw 2.1", serial_number="SN9"))
                 elif m.NAME == "ping":
                     out += self.board.respond(item.seq, Pong(nonce=m.nonce, t_us=5))

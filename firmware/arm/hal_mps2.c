@@ -124,7 +124,7 @@ void hal_smu_measure(const hal_smu_state_t *s, float *voltage_v, float *current_
     *photodiode_a = smu.pixel ? pd_read_once(PD_ETA * led_efficiency() * i + PD_DARK, pd_gain, autorange, flags) : 0.0f;
 }
 
-void hal_sweep_point(uint8_t pixel, float v_set, float compliance_a, float integration_ms, uint8_t autorange,
+void hal_sweep_point(uint16_t pixel, float v_set, float compliance_a, float integration_ms, uint8_t autorange,
                      uint32_t dt_us, fp_sweep_point_t *rec) {
     float i = led_current(v_set), v = v_set;
     uint8_t flags = 0;
@@ -137,7 +137,7 @@ void hal_sweep_point(uint8_t pixel, float v_set, float compliance_a, float integ
     led_dose_h += (float)dt_us / 3.6e9f * powf(i / 1e-3f, 1.7f);
 }
 
-void hal_pd_read(uint8_t pixel, uint16_t n, float integration_ms, uint8_t *gain, uint8_t autorange,
+void hal_pd_read(uint16_t pixel, uint16_t n, float integration_ms, uint8_t *gain, uint8_t autorange,
                  float *mean_a, float *std_a, uint8_t *flags) {
     float v, i, sum = 0, sum2 = 0;
     int hit;
@@ -156,13 +156,13 @@ void hal_pd_read(uint8_t pixel, uint16_t n, float integration_ms, uint8_t *gain,
 /* ---- the aging driver ----------------------------------------------------------------------------- */
 static float aging_i;
 static uint64_t aging_last_us;
-void hal_aging_on(uint8_t ch, uint8_t pixel, float current_a, float compliance_v) {
+void hal_aging_on(uint16_t ch, uint16_t pixel, float current_a, float compliance_v) {
     (void)ch; (void)pixel; (void)compliance_v;
     aging_i = current_a;
     aging_last_us = now_us();
 }
-void hal_aging_off(uint8_t ch) { (void)ch; aging_i = 0; }
-void hal_aging_sample(uint8_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_t *rec) {
+void hal_aging_off(uint16_t ch) { (void)ch; aging_i = 0; }
+void hal_aging_sample(uint16_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_t *rec) {
     uint8_t flags = 0;
     (void)ch;
     if (t_us > aging_last_us) led_dose_h += (float)(t_us - aging_last_us) / 3.6e9f * powf(aging_i / 1e-3f, 1.7f);
@@ -177,7 +177,7 @@ void hal_aging_sample(uint8_t ch, uint64_t t_us, uint8_t *gain, fp_aging_sample_
 
 /* ---- spectrometer: 64 pixels, 400 + 5 p nm, a Gaussian line at 510 nm -------------------------- */
 #define SPEC_PIXELS 64
-int hal_spectrum(uint8_t pixel, float integration_ms, uint16_t *counts, uint16_t n, float *dark_counts,
+int hal_spectrum(uint16_t pixel, float integration_ms, uint16_t *counts, uint16_t n, float *dark_counts,
                  uint8_t *flags, float *voltage_v, float *current_a) {
     float v, i, dark = 100.0f + 0.01f * integration_ms;
     int hit;

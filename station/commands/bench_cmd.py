@@ -31,7 +31,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="end-to-end benchmark: throughput, wire, sweep, MQTT, CPU",
                        description="Run the end-to-end benchmark (bench/bench_e2e.py).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

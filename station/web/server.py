@@ -344,7 +344,7 @@ class WebServer:
         if kind not in (None, "sweep", "aging"):
             return error_response("bad_request", f"kind must be sweep or aging, got {kind!r}")
         limit = self._int_query(request, "limit", 200, 1, 10000)
-        pixel = self._int_query(request, "pixel", None, 0, 255)
+        pixel = self._int_query(request, "pixel", None, 0, 0xFFFF)
         assert limit is not None
         return json_response({"runs": data.runs(self.db, limit=limit, pixel=pixel, kind=kind,
                                                 job_id=request.query.get("job"))})

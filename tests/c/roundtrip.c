@@ -30,12 +30,12 @@ static int gen(void) {
     strcpy(m.hello_reply.serial_number, "SN-0001");
     emit(FP_MSG_HELLO_REPLY, 1, 1, &m);
     memset(&m, 0, sizeof m);
-    m.aging_samples.records_count = 31;
-    for (i = 0; i < 31; i++) {
+    m.aging_samples.records_count = 30;
+    for (i = 0; i < 30; i++) {
         m.aging_samples.records[i].seq = 4294967280u + i; /* crosses the 32-bit wrap */
         m.aging_samples.records[i].t_us = 1000000ull * i + 5000000000ull;
-        m.aging_samples.records[i].channel = (uint8_t)(i % 4);
-        m.aging_samples.records[i].pixel = (uint8_t)(i % 8 + 1);
+        m.aging_samples.records[i].channel = (uint16_t)(i % 4 + 250);
+        m.aging_samples.records[i].pixel = (uint16_t)(i % 8 + 251);
         m.aging_samples.records[i].current_a = 1e-4f * (float)(i + 1);
         m.aging_samples.records[i].voltage_v = 3.0f + 0.01f * (float)i;
         m.aging_samples.records[i].photodiode_a = -2.5e-9f;
