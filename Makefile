@@ -14,11 +14,13 @@ test:
 	$(VENV)/python -m firmware_protocol check
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/mypy --strict -p firmware_protocol -p station
 	$(VENV)/python -m pytest -q $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/mypy --strict -p firmware_protocol -p station
 
 generate:
 	$(VENV)/python -m firmware_protocol check --write
