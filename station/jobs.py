@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from firmware_protocol.channels import active_channels, aging_channel_count
+from firmware_protocol.channels import MAX_AGING_CHANNELS, active_channels, aging_channel_count
 from firmware_protocol.messages import Capabilities
 from firmware_protocol.spec import MAX_SWEEP_POINTS as SPEC_MAX_SWEEP_POINTS
 from firmware_protocol.spec import Range, field_range
@@ -63,7 +63,7 @@ class _Strict(BaseModel):
 
 class StepSpec(_Strict):
     kind: Literal["sweep", "aging"]
-    pixels: list[int] = Field(..., min_length=1, max_length=255)
+    pixels: list[int] = Field(..., min_length=1, max_length=MAX_AGING_CHANNELS)  # a board's all
     sweep: SweepSpec | None = None
     aging: AgingSpec | None = None
 

@@ -31,6 +31,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
+from firmware_protocol.channels import MAX_AGING_CHANNELS
 from firmware_protocol.spec import MESSAGES_BY_NAME, Range, field_range
 
 from .errors import LimitError
@@ -204,7 +205,7 @@ class AgingParams(AgingSettings):
                                                          group="drive"),
                                        Field(gt=0, description=INITIAL_LUMINANCE)] = None
     channel: Annotated[int | None, Field(
-        ge=0, le=255, description="aging driver (default: pixel - 1)")] = None
+        ge=0, le=MAX_AGING_CHANNELS - 1, description="aging driver (default: pixel - 1)")] = None
 
 
 PER_PIXEL = "; one value for every pixel, or a list of one per pixel"

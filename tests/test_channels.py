@@ -122,3 +122,21 @@ async def test_the_station_ages_pixels_on_channels_past_31(tmp_path):
             assert produced > 3 * 100
     finally:
         await server.stop()
+
+
+def test_one_aging_job_can_name_every_pixel_of_a_256_channel_board():
+    """Issue 15: a 256-channel board's pixels fit in one job (and one schedule step); more pixels
+    than the protocol can name are refused, naming the key."""
+    from station.jobs import JobError, parse_job
+
+    every = list(range(1, 257))
+    spec = parse_job({"kind": "aging", "pixels": every,
+                      "aging": {"current_density_ma_cm2": 1.0, "until": "t50"}})
+    assert spec.pixels == every
+    step = parse_job({"kind": "schedule", "steps": [
+        {"kind": "aging", "pixels": every, "aging": {"current_density_ma_cm2": 1.0}}]})
+    assert step.steps[0].pixels == every
+    with pytest.raises(JobError, match="pixels"):
+        parse_job({"kind": "schedule", "steps": [
+            {"kind": "aging", "pixels": list(range(1, 1026)),
+             "aging": {"current_density_ma_cm2": 1.0}}]})
