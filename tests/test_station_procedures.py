@@ -116,7 +116,10 @@ async def test_aging_1000_virtual_hours_to_t50_matches_the_model_lifetime(tmp_pa
 async def test_two_pixels_age_in_parallel_while_a_third_is_swept(tmp_path):
     import asyncio
 
-    async with sim_station(tmp_path, ["dbsa", "otac", "oled"], speed=5e5) as (server, ctx):
+    # 5e4: the 50 h take 3.6 s of wall time, so a loaded host still has each pixel's first
+    # spectrum long before the end (at 5e5 the whole run lasted 0.36 s, and under load a run
+    # could end before its first spectrum came back)
+    async with sim_station(tmp_path, ["dbsa", "otac", "oled"], speed=5e4) as (server, ctx):
         a = asyncio.create_task(run_aging(ctx, 1, AgingParams(current_density_ma_cm2=1.0, until="50h")))
         b = asyncio.create_task(run_aging(ctx, 2, AgingParams(current_density_ma_cm2=1.0, until="50h")))
         sw = await run_sweep(ctx, 3, SweepParams(start_v=2.0, stop_v=4.0, step_v=0.1))
