@@ -52,9 +52,9 @@ def daemon_config(tmp_path: Path, broker: AnonymousMosquitto, board_url: str) ->
 
 @contextlib.asynccontextmanager
 async def daemon(cfg: StationConfig) -> AsyncIterator[asyncio.Task[int]]:
-    from station.commands.run_cmd import _daemon
+    from station.daemon import run_daemon
 
-    task = asyncio.create_task(_daemon(cfg, [], False))
+    task = asyncio.create_task(run_daemon(cfg))
     try:
         yield task
     finally:

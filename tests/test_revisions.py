@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from sim.server import SimServer
-from station.commands.run_cmd import _daemon
 from station.config import load_config
+from station.daemon import run_daemon
 from tests.services import (  # noqa: F401  (fixtures)
     STATION_PASSWORD,
     STATION_USER,
@@ -98,7 +98,7 @@ async def test_database_and_mqtt_end_with_the_stores_final_values(tmp_path, mqtt
     try:
         async with Collector(mqtt_broker, f"{prefix}/{station}/#") as sub:
             await wait_until(lambda: sub.subscribed > 0, what="subscriber ready")
-            daemon = asyncio.create_task(_daemon(cfg, [SWEEP_JOB, AGING_JOB], False))
+            daemon = asyncio.create_task(run_daemon(cfg, jobs=[SWEEP_JOB, AGING_JOB]))
             await wait_until(lambda: len(q(store, "SELECT id FROM jobs WHERE state = 'completed'")) == 2
                              or daemon.done(), what="both jobs completed", timeout_s=300)
             assert not daemon.done(), daemon.result()
