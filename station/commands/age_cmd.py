@@ -33,7 +33,7 @@ EPILOG = """examples:
   station age --port tcp://127.0.0.1:7000 --pixel 1 --current-density 5 --until 300h \\
       --interval 30 --interim-sweep-every 24 --out age3 --json
 
---until takes t95, t90, t80 or t50 (relative to L0, default t50) or a duration such as 300h,
+--until takes t95, t90, t80, t70 or t50 (relative to L0, default t50) or a duration such as 300h,
 2d or 90m. The run also ends on a pixel failure (short, open) or a voltage runaway. Times are
 board times: with the simulator's virtual clock, 1,000 hours pass in seconds.
 """

@@ -44,7 +44,7 @@ def _help(info: FieldInfo) -> str:
     if cli_of(info).required:
         return text
     if d is True:
-        return f"{text} (on unless this option is given)"
+        return f"switch off: {text} (on by default)"
     if d is None or isinstance(d, bool):
         return text
     return f"{text} (default {d:g})" if isinstance(d, float) else f"{text} (default {d})"
