@@ -82,6 +82,16 @@ class Handlers(StreamRings):
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"{name} is {value}: must be a finite number")
         return value
 
+    def _positive_within(self, name: str, value: float, unit: str = "", limit_name: str = "",
+                         limit: float | None = None) -> None:
+        """A finite value > 0 (else BAD_ARGUMENT) and, with a limit, at most it (else LIMIT)."""
+        self._finite(name, value)
+        if value <= 0:
+            raise CommandError(ErrorCode.BAD_ARGUMENT, f"{name} {value:g} must be > 0")
+        if limit is not None and value > limit:
+            raise CommandError(ErrorCode.LIMIT, f"{name} {value:g} {unit} beyond {limit_name} "
+                               f"{limit:g} {unit}")
+
     def _pixel_arg(self, pixel: int, allow_none: bool = False) -> None:
         lo = 0 if allow_none else 1
         if not lo <= pixel <= self.layout.n_pixels:
@@ -169,15 +179,14 @@ class Handlers(StreamRings):
         if m.range_index != AUTO_RANGE and not 0 <= m.range_index < len(ranges):
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"range_index {m.range_index} out of range "
                                f"0..{len(ranges) - 1} or 255 (auto)")
-        self._finite("compliance", m.compliance)
-        if m.compliance <= 0:
-            raise CommandError(ErrorCode.BAD_ARGUMENT, f"compliance {m.compliance:g} must be > 0")
-        if mode == SmuMode.SOURCE_V and m.compliance > self.cfg.max_current_a:
-            raise CommandError(ErrorCode.LIMIT, f"compliance {m.compliance:g} A beyond max_current_a "
-                               f"{self.cfg.max_current_a:g} A")
-        if mode == SmuMode.SOURCE_I and m.compliance > self.cfg.max_voltage_v:
-            raise CommandError(ErrorCode.LIMIT, f"compliance {m.compliance:g} V beyond max_voltage_v "
-                               f"{self.cfg.max_voltage_v:g} V")
+        if mode == SmuMode.SOURCE_V:
+            self._positive_within("compliance", m.compliance, "A", "max_current_a",
+                                  self.cfg.max_current_a)
+        elif mode == SmuMode.SOURCE_I:
+            self._positive_within("compliance", m.compliance, "V", "max_voltage_v",
+                                  self.cfg.max_voltage_v)
+        else:
+            self._positive_within("compliance", m.compliance)
         self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if mode != self.smu.mode:
             self.smu.output_on = False
@@ -349,12 +358,8 @@ class Handlers(StreamRings):
         if vmax > self.cfg.max_voltage_v:
             raise CommandError(ErrorCode.LIMIT, f"sweep reaches {vmax:g} V beyond max_voltage_v "
                                f"{self.cfg.max_voltage_v:g} V")
-        self._finite("compliance_a", m.compliance_a)
-        if m.compliance_a <= 0:
-            raise CommandError(ErrorCode.BAD_ARGUMENT, f"compliance_a {m.compliance_a:g} must be > 0")
-        if m.compliance_a > self.cfg.max_current_a:
-            raise CommandError(ErrorCode.LIMIT, f"compliance_a {m.compliance_a:g} A beyond max_current_a "
-                               f"{self.cfg.max_current_a:g} A")
+        self._positive_within("compliance_a", m.compliance_a, "A", "max_current_a",
+                              self.cfg.max_current_a)
         self._range_arg("dwell_ms", m.dwell_ms, 0.0, MAX_DWELL_MS, lo_open=False)
         self._range_arg("integration_ms", m.integration_ms, 0.0, self.cfg.max_integration_ms)
         if m.options & ~0x07:
@@ -391,21 +396,13 @@ class Handlers(StreamRings):
             raise CommandError(ErrorCode.BAD_ARGUMENT,
                                f"pixel {m.pixel} is already on aging channel {other.index}")
         cfg = self.cfg
-        self._finite("current_a", m.current_a)
-        if m.current_a <= 0:
-            raise CommandError(ErrorCode.BAD_ARGUMENT, f"current_a {m.current_a:g} must be > 0")
-        if m.current_a > cfg.max_aging_current_a:
-            raise CommandError(ErrorCode.LIMIT, f"current_a {m.current_a:g} A beyond max_aging_current_a "
-                               f"{cfg.max_aging_current_a:g} A")
+        self._positive_within("current_a", m.current_a, "A", "max_aging_current_a",
+                              cfg.max_aging_current_a)
         if not MIN_AGING_INTERVAL_MS <= m.interval_ms <= MAX_AGING_INTERVAL_MS:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"interval_ms {m.interval_ms} out of range "
                                f"{MIN_AGING_INTERVAL_MS}..{MAX_AGING_INTERVAL_MS}")
-        self._finite("compliance_v", m.compliance_v)
-        if m.compliance_v <= 0:
-            raise CommandError(ErrorCode.BAD_ARGUMENT, f"compliance_v {m.compliance_v:g} must be > 0")
-        if m.compliance_v > cfg.aging_compliance_v:
-            raise CommandError(ErrorCode.LIMIT, f"compliance_v {m.compliance_v:g} V beyond "
-                               f"aging_compliance_v {cfg.aging_compliance_v:g} V")
+        self._positive_within("compliance_v", m.compliance_v, "V", "aging_compliance_v",
+                              cfg.aging_compliance_v)
         self._gain_arg("pd_gain", m.pd_gain)
         self._interlock_closed("aging_start")
         running = self.channels[m.channel]
@@ -430,12 +427,8 @@ class Handlers(StreamRings):
     def _h_aging_set(self, m: AgingSet) -> HandlerResult:
         self._channel_arg(m.channel)
         ch = self.channels[m.channel]
-        self._finite("current_a", m.current_a)
-        if m.current_a <= 0:
-            raise CommandError(ErrorCode.BAD_ARGUMENT, f"current_a {m.current_a:g} must be > 0")
-        if m.current_a > self.cfg.max_aging_current_a:
-            raise CommandError(ErrorCode.LIMIT, f"current_a {m.current_a:g} A beyond max_aging_current_a "
-                               f"{self.cfg.max_aging_current_a:g} A")
+        self._positive_within("current_a", m.current_a, "A", "max_aging_current_a",
+                              self.cfg.max_aging_current_a)
         if m.interval_ms != 0 and not MIN_AGING_INTERVAL_MS <= m.interval_ms <= MAX_AGING_INTERVAL_MS:
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"interval_ms {m.interval_ms} out of range "
                                f"{MIN_AGING_INTERVAL_MS}..{MAX_AGING_INTERVAL_MS} (0 keeps it)")
